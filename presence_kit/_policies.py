@@ -1,0 +1,252 @@
+"""Policies: per role, pure functions from facts to effects.
+
+A policy never does I/O. The facade gives it the validated session and what the store
+did (the *outcome*), and runs the effects it returns, in order. The registry maps a
+role to its policy; integrators add roles with :meth:`PolicyRegistry.register`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
+from ._errors import InvalidSessionError
+from ._model import (
+    ConnectOutcome,
+    ConnectStatus,
+    DisconnectOutcome,
+    DisconnectStatus,
+)
+from ._roles import ClientRole
+from ._session import Id, Session, validate_role
+from ._settings import Settings
+
+__all__ = [
+    "ConnectFacts",
+    "DisconnectFacts",
+    "DisconnectPolicy",
+    "ParticipantWebPolicy",
+    "PolicyRegistry",
+    "TeacherAppPolicy",
+    "TeacherHubPolicy",
+    "default_policies",
+    "insert_id",
+    "lesson_room",
+    "org_room",
+]
+
+
+def org_room(settings: Settings, org_id: Id) -> str:
+    """Name of the organisation's room (where hubs listen)."""
+    return settings.org_room.format(org_id=org_id)
+
+
+def lesson_room(settings: Settings, lesson_id: Id) -> str:
+    """Name of the lesson's room."""
+    return settings.lesson_room.format(lesson_id=lesson_id)
+
+
+def insert_id(sid: str, event: str) -> str:
+    """Deterministic analytics ``$insert_id`` for ``event`` of connection ``sid`` (32 hex)."""
+    return hashlib.blake2b(f"{sid}\x00{event}".encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConnectFacts:
+    """What a policy knows when a connection opens."""
+
+    sid: str
+    session: Session
+    outcome: ConnectOutcome | None
+    """What the store did; ``None`` when the store failed (presence unknown)."""
+    settings: Settings
+
+    @property
+    def came_online(self) -> bool:
+        """This connection took the (user, role) from offline to online."""
+        return (
+            self.outcome is not None
+            and self.outcome.status is ConnectStatus.NEW
+            and self.outcome.first
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DisconnectFacts:
+    """What a policy knows when a connection ends."""
+
+    sid: str
+    session: Session
+    """The session of the ended connection (the stored record's, when there is one)."""
+    outcome: DisconnectOutcome | None
+    """What the store did; ``None`` when the store failed (presence unknown)."""
+    reason: str
+    settings: Settings
+
+    @property
+    def removed(self) -> bool:
+        """This call removed the connection's record (so it may announce, once)."""
+        return self.outcome is not None and self.outcome.status is DisconnectStatus.REMOVED
+
+    @property
+    def went_offline(self) -> bool:
+        """The removed connection was the (user, role)'s last: a real leave."""
+        return self.removed and self.outcome is not None and self.outcome.last
+
+
+@runtime_checkable
+class DisconnectPolicy(Protocol):
+    """What one client role does when its connections open and end.
+
+    ``tracks_alive`` says whether the role's connections drive the spec's alive hash;
+    ``connect_requires`` names the optional session fields the role needs at connect
+    (``{"room_id"}`` for participants). Both methods are pure.
+    """
+
+    tracks_alive: bool
+    connect_requires: frozenset[str]
+
+    def on_connect(self, facts: ConnectFacts) -> Sequence[Effect]:
+        """Effects of a connection opening."""
+        ...
+
+    def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
+        """Effects of a connection ending."""
+        ...
+
+
+class TeacherAppPolicy:
+    """``TeacherAPP``: drives the alive hash; hubs hear ``teacher_connect``/``_disconnect``."""
+
+    tracks_alive = True
+    connect_requires: frozenset[str] = frozenset()
+
+    def on_connect(self, facts: ConnectFacts) -> Sequence[Effect]:
+        """Join the lesson; announce ``teacher_connect`` when the teacher came online."""
+        s, settings = facts.session, facts.settings
+        effects: list[Effect] = [JoinRoom(sid=facts.sid, room=lesson_room(settings, s.lesson_id))]
+        if facts.came_online and settings.announce_connect:
+            effects.append(
+                Emit(
+                    event=settings.teacher_connect_event,
+                    data={"user_id": s.user_id},
+                    to=org_room(settings, s.org_id),
+                )
+            )
+        return effects
+
+    def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
+        """Announce ``teacher_disconnect`` on a real leave; always leave the lesson."""
+        s, settings = facts.session, facts.settings
+        effects: list[Effect] = []
+        if facts.went_offline:
+            effects.append(
+                Emit(
+                    event=settings.teacher_disconnect_event,
+                    data={"user_id": s.user_id},
+                    to=org_room(settings, s.org_id),
+                )
+            )
+        effects.append(LeaveRoom(sid=facts.sid, room=lesson_room(settings, s.lesson_id)))
+        return effects
+
+
+class TeacherHubPolicy:
+    """``TeacherHub``: listens in the org room; announces nothing."""
+
+    tracks_alive = False
+    connect_requires: frozenset[str] = frozenset()
+
+    def on_connect(self, facts: ConnectFacts) -> Sequence[Effect]:
+        """Join the org room (teacher events arrive there) and the lesson room."""
+        s, settings = facts.session, facts.settings
+        return [
+            JoinRoom(sid=facts.sid, room=org_room(settings, s.org_id)),
+            JoinRoom(sid=facts.sid, room=lesson_room(settings, s.lesson_id)),
+        ]
+
+    def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
+        """Leave the lesson room; nothing written, nothing emitted."""
+        return [LeaveRoom(sid=facts.sid, room=lesson_room(facts.settings, facts.session.lesson_id))]
+
+
+class ParticipantWebPolicy:
+    """``ParticipantWeb``: one analytics ``disconnect`` per ended connection."""
+
+    tracks_alive = False
+    connect_requires: frozenset[str] = frozenset({"room_id"})
+
+    def on_connect(self, facts: ConnectFacts) -> Sequence[Effect]:
+        """Join the lesson room (the store keeps ``room_id`` for the disconnect)."""
+        return [JoinRoom(sid=facts.sid, room=lesson_room(facts.settings, facts.session.lesson_id))]
+
+    def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
+        """Track ``disconnect`` with the stored ``room_id`` (only if this call removed it)."""
+        s, settings = facts.session, facts.settings
+        effects: list[Effect] = []
+        if facts.removed and facts.outcome is not None:
+            event = settings.analytics_disconnect_event
+            effects.append(
+                Track(
+                    event=event,
+                    distinct_id=str(s.user_id),
+                    properties={
+                        "room_id": s.room_id,
+                        "lesson_id": s.lesson_id,
+                        "org_id": s.org_id,
+                        "reason": facts.reason,
+                    },
+                    time=facts.outcome.at,
+                    insert_id=insert_id(facts.sid, event),
+                )
+            )
+        effects.append(LeaveRoom(sid=facts.sid, room=lesson_room(settings, s.lesson_id)))
+        return effects
+
+
+class PolicyRegistry(Mapping[str, DisconnectPolicy]):
+    """Role -> policy. Starts with whatever it is given; see :func:`default_policies`."""
+
+    def __init__(self, policies: Mapping[str, DisconnectPolicy] | None = None) -> None:
+        self._policies: dict[str, DisconnectPolicy] = {}
+        for role, policy in (policies or {}).items():
+            self.register(role, policy)
+
+    def register(self, role: str | ClientRole, policy: DisconnectPolicy) -> None:
+        """Use ``policy`` for sessions whose ``role`` is ``role`` (replacing any other)."""
+        name = validate_role(role)
+        if not isinstance(policy, DisconnectPolicy):
+            raise TypeError(f"{policy!r} does not implement DisconnectPolicy")
+        self._policies[name] = policy
+
+    def __getitem__(self, role: str) -> DisconnectPolicy:
+        return self._policies[role]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._policies)
+
+    def __len__(self) -> int:
+        return len(self._policies)
+
+    def for_role(self, role: str) -> DisconnectPolicy:
+        """The policy of ``role``; an unknown role is an :class:`InvalidSessionError`."""
+        try:
+            return self._policies[role]
+        except KeyError:
+            raise InvalidSessionError(
+                "role", f"unknown role {role!r} (known: {', '.join(sorted(self._policies))})"
+            ) from None
+
+
+def default_policies() -> PolicyRegistry:
+    """A registry with the spec's three roles."""
+    return PolicyRegistry(
+        {
+            ClientRole.TEACHER_APP.value: TeacherAppPolicy(),
+            ClientRole.TEACHER_HUB.value: TeacherHubPolicy(),
+            ClientRole.PARTICIPANT_WEB.value: ParticipantWebPolicy(),
+        }
+    )

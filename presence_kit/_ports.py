@@ -1,0 +1,120 @@
+"""Ports: the small interfaces the facades drive. Adapters implement them.
+
+Each is a :class:`typing.Protocol`, so an adapter needs no base class: any object
+with these methods fits. The sync facade (:class:`~presence_kit.PresenceKit`) uses the
+plain ports, the asyncio facade the ``Async`` ones; :class:`Analytics` is shared,
+since ``track`` only enqueues and never blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
+
+from ._effects import Track
+from ._model import ConnectOutcome, ConnectRequest, DisconnectOutcome, DisconnectRequest
+
+__all__ = ["Analytics", "AsyncSockets", "AsyncStore", "Sockets", "Store"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Presence storage, blocking. Each method is one atomic transition.
+
+    Implementations raise :class:`~presence_kit.StoreError` on any backend failure and
+    must be idempotent per ``(sid, operation)``: a repeat returns the first outcome.
+    """
+
+    def connect(self, request: ConnectRequest) -> ConnectOutcome:
+        """Record a connection (see :class:`~presence_kit.ConnectRequest`)."""
+        ...
+
+    def disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
+        """Remove a connection (see :class:`~presence_kit.DisconnectRequest`)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the store opened itself (never the integrator's client)."""
+        ...
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """Presence storage for asyncio; the same contract as :class:`Store`."""
+
+    async def connect(self, request: ConnectRequest) -> ConnectOutcome:
+        """Record a connection."""
+        ...
+
+    async def disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
+        """Remove a connection."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the store opened itself."""
+        ...
+
+
+@runtime_checkable
+class Sockets(Protocol):
+    """Room membership, emits and background tasks of a blocking Socket.IO server."""
+
+    def enter_room(self, sid: str, room: str) -> None:
+        """Add ``sid`` to ``room``."""
+        ...
+
+    def leave_room(self, sid: str, room: str) -> None:
+        """Remove ``sid`` from ``room``."""
+        ...
+
+    def emit(self, event: str, data: Any, *, to: str) -> None:
+        """Send ``event`` to a room or a sid."""
+        ...
+
+    def start_background_task(self, target: Callable[..., Any], *args: Any) -> Any:
+        """Run ``target(*args)`` in the server's concurrency model (thread, greenlet)."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep the way the server's concurrency model wants."""
+        ...
+
+
+@runtime_checkable
+class AsyncSockets(Protocol):
+    """Room membership, emits and background tasks of an asyncio Socket.IO server."""
+
+    async def enter_room(self, sid: str, room: str) -> None:
+        """Add ``sid`` to ``room``."""
+        ...
+
+    async def leave_room(self, sid: str, room: str) -> None:
+        """Remove ``sid`` from ``room``."""
+        ...
+
+    async def emit(self, event: str, data: Any, *, to: str) -> None:
+        """Send ``event`` to a room or a sid."""
+        ...
+
+    def start_background_task(
+        self, target: Callable[..., Awaitable[Any]], *args: Any
+    ) -> Any:
+        """Start ``target(*args)`` as a task; return it (the caller keeps a reference)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep without blocking the loop."""
+        ...
+
+
+@runtime_checkable
+class Analytics(Protocol):
+    """An analytics sink. ``track`` must return at once and never raise."""
+
+    def track(self, event: Track) -> None:
+        """Enqueue ``event`` for delivery."""
+        ...
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush what is queued (waiting at most ``timeout`` seconds), then stop."""
+        ...

@@ -1,0 +1,121 @@
+"""Sessions: the validated, typed facts about one connection.
+
+A server keeps a session mapping per sid (python-socketio's ``save_session``). The
+facades turn it into a frozen :class:`Session` before anything is written, joined or
+emitted; anything wrong raises :class:`~presence_kit.InvalidSessionError` naming the
+field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Union
+
+from ._errors import InvalidSessionError
+
+__all__ = ["Id", "Session", "parse_session", "validate_sid"]
+
+Id = Union[int, str]
+"""An identifier: an ``int`` (never a ``bool``) or a ``str``; its type is preserved."""
+
+_SID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+# Never allowed in an id, whatever Settings.id_pattern says: they would change the shape
+# of a Redis key (hash tags, separators) or of a log line.
+_FORBIDDEN = re.compile(r"[{}\s\x00-\x1f\x7f]")
+_ROLE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_MAX_INT_DIGITS = 128
+_MAX_INT = 10**_MAX_INT_DIGITS
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Session:
+    """One connection's identity, validated.
+
+    ``room_id`` is set for roles that need it at connect (``ParticipantWeb``); at
+    disconnect the stored one is used, not the one in the mapping.
+    """
+
+    role: str
+    org_id: Id
+    user_id: Id
+    lesson_id: Id
+    room_id: Id | None = None
+
+    def to_record(self) -> dict[str, Id | None]:
+        """The session as a JSON-ready dict that keeps the ids' types."""
+        return {
+            "role": self.role,
+            "org_id": self.org_id,
+            "user_id": self.user_id,
+            "lesson_id": self.lesson_id,
+            "room_id": self.room_id,
+        }
+
+
+def validate_sid(sid: object) -> str:
+    """Return ``sid`` if it is a plausible engine.io / Socket.IO sid, else raise."""
+    if not isinstance(sid, str):
+        raise InvalidSessionError("sid", f"must be a str, got {type(sid).__name__}")
+    if not _SID.fullmatch(sid):
+        raise InvalidSessionError("sid", "must be 1-128 characters of A-Z a-z 0-9 _ -")
+    return sid
+
+
+def validate_role(role: object) -> str:
+    """Return the role's text (a :class:`ClientRole` gives its value), else raise."""
+    if isinstance(role, str) and _ROLE.fullmatch(role):
+        return str(role.value) if hasattr(role, "value") else role
+    if isinstance(role, str):
+        raise InvalidSessionError("role", "must be 1-64 characters of A-Z a-z 0-9 _ -")
+    raise InvalidSessionError("role", f"must be a str or ClientRole, got {type(role).__name__}")
+
+
+def _validate_id(field: str, value: object, pattern: re.Pattern[str]) -> Id:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidSessionError(field, f"must be an int or a str, got {type(value).__name__}")
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidSessionError(field, "must not be negative")
+        if value >= _MAX_INT:
+            raise InvalidSessionError(field, f"must have at most {_MAX_INT_DIGITS} digits")
+        text = str(value)
+    else:
+        text = value
+    if _FORBIDDEN.search(text) or not pattern.fullmatch(text):
+        raise InvalidSessionError(
+            field, f"{text[:40]!r} is not a valid id (expected {pattern.pattern})"
+        )
+    return value
+
+
+def parse_session(
+    raw: object,
+    *,
+    id_pattern: re.Pattern[str],
+    required: frozenset[str] = frozenset(),
+) -> Session:
+    """Validate a session mapping into a :class:`Session`.
+
+    ``required`` names optional fields (``room_id``) that the role needs here.
+    Extra keys are ignored.
+    """
+    if not isinstance(raw, Mapping):
+        raise InvalidSessionError("session", f"must be a mapping, got {type(raw).__name__}")
+
+    def get(field: str) -> object:
+        try:
+            return raw[field]
+        except KeyError:
+            raise InvalidSessionError(field, "is missing") from None
+        except Exception as exc:  # a hostile Mapping's __getitem__
+            raise InvalidSessionError(field, f"could not be read: {type(exc).__name__}") from None
+
+    role = validate_role(get("role"))
+    ids = {name: _validate_id(name, get(name), id_pattern) for name in ("org_id", "user_id")}
+    lesson_id = _validate_id("lesson_id", get("lesson_id"), id_pattern)
+    room_id: Id | None = None
+    if "room_id" in required:
+        room_id = _validate_id("room_id", get("room_id"), id_pattern)
+    return Session(role=role, lesson_id=lesson_id, room_id=room_id, **ids)

@@ -1,0 +1,141 @@
+"""Settings: every name, duration and switch of presence_kit in one frozen object.
+
+The defaults reproduce what the spec lets a client or another system observe: the
+alive key's name, its ``state`` field and values, the one-hour TTL after a leave, the
+event names and payload shapes. The deliberate departures (namespaced rooms, the
+leave announced when a user's *last* connection goes, the added events) are listed
+in the docs and can be switched back here.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ._errors import InvalidSettingsError
+
+__all__ = ["Settings"]
+
+_TEMPLATE_FIELDS = {
+    "alive_key": {"org_id", "user_id"},
+    "org_room": {"org_id"},
+    "lesson_room": {"lesson_id"},
+}
+_NAME = re.compile(r"[A-Za-z0-9_:.\-]{1,64}")
+
+
+def _template_fields(name: str, template: str) -> set[str]:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InvalidSettingsError(name, f"is not a valid format template: {exc}") from None
+    found: set[str] = set()
+    for _literal, field_name, spec, conversion in parsed:
+        if field_name is None:
+            continue
+        if spec or conversion:
+            raise InvalidSettingsError(name, "placeholders take no format spec or conversion")
+        found.add(field_name)
+    return found
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    """Configuration of a kit. Frozen; every field is validated when built.
+
+    Use :func:`dataclasses.replace` to derive a variant.
+    """
+
+    # --- Redis key schema (the alive key is the spec's, read by other systems) ---
+    alive_key: str = "alive:org_{org_id}_user_{user_id}"
+    """Template of the spec's alive hash; ``{org_id}`` and ``{user_id}`` are required."""
+    key_prefix: str = "presence"
+    """Prefix of every companion key presence_kit writes (connection records, tombstones)."""
+    state_field: str = "state"
+    """Hash field of the alive key that holds the state."""
+    connect_state: str = "connect"
+    """Value of ``state_field`` while a teacher is online."""
+    disconnect_state: str = "disconnect"
+    """Value of ``state_field`` once a teacher went offline."""
+    offline_ttl: int = 3600
+    """Seconds the alive key lives after the teacher went offline (the spec's 1 hour)."""
+    connection_ttl: int = 86400
+    """Safety TTL (seconds) of a user's connection records, refreshed on every connect."""
+    tombstone_ttl: int = 600
+    """Seconds a finished disconnect is remembered, so a repeat returns the same outcome."""
+
+    # --- identifiers ---
+    id_pattern: str = r"[A-Za-z0-9-]{1,128}"
+    """Regular expression (full match) that ``org_id``, ``user_id``, ``lesson_id`` and
+    ``room_id`` must match once turned into text. Must refuse ``{``, ``}`` and ``_``
+    only if your key templates rely on it; the default refuses both."""
+
+    # --- Socket.IO rooms and events ---
+    org_room: str = "org:{org_id}"
+    """Room of an organisation, where hubs hear teacher events. ``"{org_id}"`` is the
+    spec's raw id (then org 5 and lesson 5 share a room)."""
+    lesson_room: str = "lesson:{lesson_id}"
+    """Room of a lesson. ``"{lesson_id}"`` is the spec's raw id."""
+    teacher_disconnect_event: str = "teacher_disconnect"
+    """Event emitted to the org room when a teacher goes offline."""
+    teacher_connect_event: str = "teacher_connect"
+    """Event emitted to the org room when a teacher comes online."""
+    announce_connect: bool = True
+    """Emit ``teacher_connect_event`` on offline -> online."""
+
+    # --- analytics ---
+    analytics_disconnect_event: str = "disconnect"
+    """Analytics event sent when a participant's connection ends."""
+
+    # --- failure handling ---
+    strict_connect: bool = False
+    """If true, ``handle_connect`` raises :class:`~presence_kit.StoreError` when the
+    store fails (after joining the rooms); by default it logs and returns."""
+
+    def __post_init__(self) -> None:
+        for name, required in _TEMPLATE_FIELDS.items():
+            template = getattr(self, name)
+            if not isinstance(template, str) or not template:
+                raise InvalidSettingsError(name, "must be a non-empty str")
+            found = _template_fields(name, template)
+            if found != required:
+                raise InvalidSettingsError(
+                    name, f"must use exactly the placeholders {sorted(required)}, got {sorted(found)}"
+                )
+        if "{" in self.alive_key.replace("{org_id}", "").replace("{user_id}", "") or "}" in (
+            self.alive_key.replace("{org_id}", "").replace("{user_id}", "")
+        ):
+            raise InvalidSettingsError("alive_key", "must not contain literal braces (hash tags)")
+        for name in (
+            "key_prefix",
+            "state_field",
+            "connect_state",
+            "disconnect_state",
+            "teacher_disconnect_event",
+            "teacher_connect_event",
+            "analytics_disconnect_event",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _NAME.fullmatch(value):
+                raise InvalidSettingsError(name, "must be 1-64 characters of A-Z a-z 0-9 _ : . -")
+        if self.connect_state == self.disconnect_state:
+            raise InvalidSettingsError("disconnect_state", "must differ from connect_state")
+        for name in ("offline_ttl", "connection_ttl", "tombstone_ttl"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InvalidSettingsError(name, "must be a positive int (seconds)")
+        for name in ("announce_connect", "strict_connect"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidSettingsError(name, "must be a bool")
+        if not isinstance(self.id_pattern, str):
+            raise InvalidSettingsError("id_pattern", "must be a str")
+        try:
+            re.compile(self.id_pattern)
+        except re.error as exc:
+            raise InvalidSettingsError("id_pattern", f"is not a valid regular expression: {exc}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for logs and the CLI)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
