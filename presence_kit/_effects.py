@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 __all__ = ["Effect", "Emit", "JoinRoom", "LeaveRoom", "Track"]
 
@@ -81,5 +81,5 @@ class Track:
             raise TypeError(f"time must be a number of seconds, got {self.time!r}")
 
 
-Effect = Union[JoinRoom, LeaveRoom, Emit, Track]
+Effect = JoinRoom | LeaveRoom | Emit | Track
 """Any effect a policy may return."""

@@ -170,7 +170,9 @@ class TeacherHubPolicy:
 
     def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
         """Leave the lesson room; nothing written, nothing emitted."""
-        return [LeaveRoom(sid=facts.sid, room=lesson_room(facts.settings, facts.session.lesson_id))]
+        return [
+            LeaveRoom(sid=facts.sid, room=lesson_room(facts.settings, facts.session.lesson_id))
+        ]
 
 
 class ParticipantWebPolicy:

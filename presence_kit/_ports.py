@@ -96,9 +96,7 @@ class AsyncSockets(Protocol):
         """Send ``event`` to a room or a sid."""
         ...
 
-    def start_background_task(
-        self, target: Callable[..., Awaitable[Any]], *args: Any
-    ) -> Any:
+    def start_background_task(self, target: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Start ``target(*args)`` as a task; return it (the caller keeps a reference)."""
         ...
 

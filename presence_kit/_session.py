@@ -11,13 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Union
 
 from ._errors import InvalidSessionError
 
-__all__ = ["Id", "Session", "parse_session", "validate_sid"]
+__all__ = ["Id", "Session", "parse_session", "read_role", "validate_role", "validate_sid"]
 
-Id = Union[int, str]
+Id = int | str
 """An identifier: an ``int`` (never a ``bool``) or a ``str``; its type is preserved."""
 
 _SID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
@@ -90,6 +89,26 @@ def _validate_id(field: str, value: object, pattern: re.Pattern[str]) -> Id:
     return value
 
 
+def _check_mapping(raw: object) -> Mapping[object, object]:
+    if not isinstance(raw, Mapping):
+        raise InvalidSessionError("session", f"must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _read(raw: Mapping[object, object], field: str) -> object:
+    try:
+        return raw[field]
+    except KeyError:
+        raise InvalidSessionError(field, "is missing") from None
+    except Exception as exc:  # a hostile Mapping's __getitem__
+        raise InvalidSessionError(field, f"could not be read: {type(exc).__name__}") from None
+
+
+def read_role(raw: object) -> str:
+    """The validated ``role`` of a session mapping (to pick its policy)."""
+    return validate_role(_read(_check_mapping(raw), "role"))
+
+
 def parse_session(
     raw: object,
     *,
@@ -101,21 +120,18 @@ def parse_session(
     ``required`` names optional fields (``room_id``) that the role needs here.
     Extra keys are ignored.
     """
-    if not isinstance(raw, Mapping):
-        raise InvalidSessionError("session", f"must be a mapping, got {type(raw).__name__}")
+    mapping = _check_mapping(raw)
 
     def get(field: str) -> object:
-        try:
-            return raw[field]
-        except KeyError:
-            raise InvalidSessionError(field, "is missing") from None
-        except Exception as exc:  # a hostile Mapping's __getitem__
-            raise InvalidSessionError(field, f"could not be read: {type(exc).__name__}") from None
+        return _read(mapping, field)
 
-    role = validate_role(get("role"))
-    ids = {name: _validate_id(name, get(name), id_pattern) for name in ("org_id", "user_id")}
-    lesson_id = _validate_id("lesson_id", get("lesson_id"), id_pattern)
-    room_id: Id | None = None
-    if "room_id" in required:
-        room_id = _validate_id("room_id", get("room_id"), id_pattern)
-    return Session(role=role, lesson_id=lesson_id, room_id=room_id, **ids)
+    room_id = (
+        _validate_id("room_id", get("room_id"), id_pattern) if "room_id" in required else None
+    )
+    return Session(
+        role=validate_role(get("role")),
+        org_id=_validate_id("org_id", get("org_id"), id_pattern),
+        user_id=_validate_id("user_id", get("user_id"), id_pattern),
+        lesson_id=_validate_id("lesson_id", get("lesson_id"), id_pattern),
+        room_id=room_id,
+    )

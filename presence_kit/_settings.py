@@ -89,6 +89,11 @@ class Settings:
     analytics_disconnect_event: str = "disconnect"
     """Analytics event sent when a participant's connection ends."""
 
+    # --- nodes ---
+    node_id: str | None = None
+    """This kit's node id (recorded with each connection); generated from the host
+    name, the pid and a random part when ``None``."""
+
     # --- failure handling ---
     strict_connect: bool = False
     """If true, ``handle_connect`` raises :class:`~presence_kit.StoreError` when the
@@ -102,7 +107,8 @@ class Settings:
             found = _template_fields(name, template)
             if found != required:
                 raise InvalidSettingsError(
-                    name, f"must use exactly the placeholders {sorted(required)}, got {sorted(found)}"
+                    name,
+                    f"must use exactly the placeholders {sorted(required)}, got {sorted(found)}",
                 )
         if "{" in self.alive_key.replace("{org_id}", "").replace("{user_id}", "") or "}" in (
             self.alive_key.replace("{org_id}", "").replace("{user_id}", "")
@@ -126,6 +132,10 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise InvalidSettingsError(name, "must be a positive int (seconds)")
+        if self.node_id is not None and (
+            not isinstance(self.node_id, str) or not _NAME.fullmatch(self.node_id)
+        ):
+            raise InvalidSettingsError("node_id", "must be 1-64 characters of A-Z a-z 0-9 _ : . -")
         for name in ("announce_connect", "strict_connect"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidSettingsError(name, "must be a bool")
@@ -134,7 +144,9 @@ class Settings:
         try:
             re.compile(self.id_pattern)
         except re.error as exc:
-            raise InvalidSettingsError("id_pattern", f"is not a valid regular expression: {exc}")
+            raise InvalidSettingsError(
+                "id_pattern", f"is not a valid regular expression: {exc}"
+            ) from None
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (for logs and the CLI)."""

@@ -1,0 +1,93 @@
+"""presence_kit: presence and disconnect handling for Python Socket.IO servers.
+
+Call :meth:`AsyncPresenceKit.handle_connect` / :meth:`~AsyncPresenceKit.handle_disconnect`
+(or the blocking :class:`PresenceKit`'s) from your Socket.IO handlers; plug in the
+adapters of :mod:`presence_kit.redis`, :mod:`presence_kit.socketio` and
+:mod:`presence_kit.mixpanel`, or your own (see :mod:`presence_kit.testing`).
+"""
+
+from __future__ import annotations
+
+from ._core import KitStats
+from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
+from ._errors import (
+    AnalyticsError,
+    BackendError,
+    InvalidInputError,
+    InvalidSessionError,
+    InvalidSettingsError,
+    PresenceError,
+    SocketsError,
+    StoreError,
+)
+from ._kit import AsyncPresenceKit, PresenceKit
+from ._model import (
+    ConnectionRecord,
+    ConnectOutcome,
+    ConnectRequest,
+    ConnectStatus,
+    DisconnectOutcome,
+    DisconnectRequest,
+    DisconnectStatus,
+    StoreLayout,
+)
+from ._policies import (
+    ConnectFacts,
+    DisconnectFacts,
+    DisconnectPolicy,
+    ParticipantWebPolicy,
+    PolicyRegistry,
+    TeacherAppPolicy,
+    TeacherHubPolicy,
+    default_policies,
+)
+from ._ports import Analytics, AsyncSockets, AsyncStore, Sockets, Store
+from ._roles import ClientRole
+from ._session import Session
+from ._settings import Settings
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Analytics",
+    "AnalyticsError",
+    "AsyncPresenceKit",
+    "AsyncSockets",
+    "AsyncStore",
+    "BackendError",
+    "ClientRole",
+    "ConnectFacts",
+    "ConnectOutcome",
+    "ConnectRequest",
+    "ConnectStatus",
+    "ConnectionRecord",
+    "DisconnectFacts",
+    "DisconnectOutcome",
+    "DisconnectPolicy",
+    "DisconnectRequest",
+    "DisconnectStatus",
+    "Effect",
+    "Emit",
+    "InvalidInputError",
+    "InvalidSessionError",
+    "InvalidSettingsError",
+    "JoinRoom",
+    "KitStats",
+    "LeaveRoom",
+    "ParticipantWebPolicy",
+    "PolicyRegistry",
+    "PresenceError",
+    "PresenceKit",
+    "Session",
+    "Settings",
+    "Sockets",
+    "SocketsError",
+    "Store",
+    "StoreError",
+    "StoreLayout",
+    "TeacherAppPolicy",
+    "TeacherHubPolicy",
+    "Track",
+    "__version__",
+    "default_policies",
+]

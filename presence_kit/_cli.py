@@ -1,0 +1,215 @@
+"""The ``presence-kit`` command: ``demo`` (the README's first command) and ``--version``.
+
+Standard-library :mod:`argparse` only: the CLI has few commands and no need for a
+framework, and it keeps the runtime dependencies to redis, typing-extensions and
+mixpanel. Errors are one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from ._effects import Track
+from ._errors import PresenceError
+
+ORG = "demo"
+LESSON = "lesson-1"
+TEACHER = {"role": "TeacherAPP", "org_id": ORG, "user_id": 7, "lesson_id": LESSON}
+HUB = {"role": "TeacherHub", "org_id": ORG, "user_id": 1, "lesson_id": LESSON}
+PARTICIPANT = {
+    "role": "ParticipantWeb",
+    "org_id": ORG,
+    "user_id": 42,
+    "lesson_id": LESSON,
+    "room_id": "room-9",
+}
+
+
+class CLIError(Exception):
+    """A failure to report as one line."""
+
+
+class _Timeline:
+    """Prints numbered, timed lines so the demo reads as a story."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+
+    def __call__(self, who: str, text: str) -> None:
+        print(f"  {time.monotonic() - self._start:6.3f}s  {who:<12} {text}", flush=True)
+
+
+class _PrintingAnalytics:
+    """Analytics that prints each event (the demo sends nothing to Mixpanel)."""
+
+    def __init__(self, say: _Timeline) -> None:
+        self.events: list[Track] = []
+        self._say = say
+
+    def track(self, event: Track) -> None:
+        self.events.append(event)
+        self._say(
+            "analytics",
+            f"{event.event!r} distinct_id={event.distinct_id} {dict(event.properties)}",
+        )
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+async def _demo(redis_url: str | None) -> None:
+    try:
+        import socketio
+        from aiohttp import web
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise CLIError(
+            f"the demo needs the 'demo' extra: pip install 'presence-kit[demo]' ({exc})"
+        ) from None
+
+    from ._kit import AsyncPresenceKit
+    from .memory import MemoryStore
+    from .socketio import AsyncSocketIORooms
+
+    say = _Timeline()
+    store: Any
+    raw: Any = None
+    if redis_url:
+        import redis.asyncio
+
+        from .redis import AsyncRedisStore
+
+        try:
+            raw = redis.asyncio.from_url(redis_url, decode_responses=True)
+            await raw.ping()
+        except (ValueError, redis.RedisError) as exc:
+            raise CLIError(f"cannot use Redis at {redis_url}: {exc}") from None
+        store = AsyncRedisStore(raw)
+        where = f"Redis at {redis_url}"
+    else:
+        store = MemoryStore()
+        where = "the embedded MemoryStore"
+
+    sio = socketio.AsyncServer(async_mode="aiohttp")
+    app = web.Application()
+    sio.attach(app)
+    analytics = _PrintingAnalytics(say)
+    kit = AsyncPresenceKit(store=store, sockets=AsyncSocketIORooms(sio), analytics=analytics)
+
+    async def connect(sid: str, environ: dict[str, Any], auth: dict[str, Any]) -> None:
+        await sio.save_session(sid, auth)
+        await kit.handle_connect(sid, auth)
+
+    async def disconnect(sid: str, reason: str) -> None:
+        await kit.handle_disconnect(sid, await sio.get_session(sid), reason=reason)
+
+    sio.on("connect", connect)
+    sio.on("disconnect", disconnect)
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}"
+    print(
+        f"presence-kit {__version__} demo: python-socketio server on {url}, presence in {where}\n"
+    )
+
+    async def client(name: str, auth: dict[str, Any]) -> Any:
+        c = socketio.AsyncClient()
+
+        async def heard(event: str, data: Any) -> None:
+            say(name, f"hears {event!r} {data}")
+
+        c.on("*", heard)
+
+        await c.connect(url, auth=auth, transports=["websocket"], wait_timeout=5)
+        say(name, f"connected as {auth['role']} (user {auth['user_id']})")
+        return c
+
+    async def show_store() -> None:
+        alive_key = f"alive:org_{ORG}_user_{TEACHER['user_id']}"
+        if raw is not None:
+            alive, ttl = await raw.hgetall(alive_key), await raw.ttl(alive_key)
+        else:
+            alive, ttl = store.hgetall(alive_key), store.ttl(alive_key)
+        expiry = "no expiry" if ttl == -1 else f"TTL {ttl}s"
+        say("store", f"{alive_key} = {alive} ({expiry})")
+
+    try:
+        hub = await client("hub", HUB)
+        tab1 = await client("teacher/tab1", TEACHER)
+        await asyncio.sleep(0.2)
+        await show_store()
+        tab2 = await client("teacher/tab2", TEACHER)
+        pupil = await client("participant", PARTICIPANT)
+        await asyncio.sleep(0.2)
+        say("demo", "teacher closes tab 1: still online on tab 2, so nothing is announced")
+        await tab1.disconnect()
+        await asyncio.sleep(0.2)
+        await show_store()
+        say("demo", "teacher closes tab 2: the last connection, so the hub hears the leave")
+        await tab2.disconnect()
+        await asyncio.sleep(0.3)
+        await show_store()
+        say("demo", "participant leaves: one analytics 'disconnect' with its stored room_id")
+        await pupil.disconnect()
+        await asyncio.sleep(0.3)
+        await hub.disconnect()
+        await asyncio.sleep(0.1)
+    finally:
+        await kit.aclose()
+        await runner.cleanup()
+        if raw is not None:
+            await raw.aclose()
+    stats = kit.stats
+    print(
+        f"\ndone: {stats.connects} connects, {stats.disconnects} disconnects, "
+        f"{stats.announced_offline} leave announced, {len(analytics.events)} analytics event(s)"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="presence-kit", description="Presence for python-socketio servers."
+    )
+    parser.add_argument("--version", action="version", version=f"presence-kit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="run an in-process Socket.IO server with simulated clients",
+        description="Run a python-socketio server with a hub, a teacher on two tabs and a "
+        "participant, and print what the hub hears, what the store holds and what "
+        "analytics receives.",
+    )
+    demo.add_argument(
+        "--redis-url", help="use this Redis (redis:// or rediss://) instead of memory"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``presence-kit`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            asyncio.run(_demo(args.redis_url))
+            return 0
+        parser.print_help()
+        return 2
+    except (CLIError, PresenceError) as exc:
+        print(f"presence-kit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The shared core of both facades: validation, key naming, effects, counters.
+
+Everything here is pure or in-memory; the facades add only the I/O calls (plain in
+:class:`~presence_kit.PresenceKit`, awaited in :class:`~presence_kit.AsyncPresenceKit`),
+so no behaviour is written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
+from ._errors import InvalidSessionError
+from ._model import (
+    ConnectionRecord,
+    ConnectOutcome,
+    ConnectRequest,
+    DisconnectOutcome,
+    DisconnectRequest,
+    StoreLayout,
+)
+from ._policies import (
+    ConnectFacts,
+    DisconnectFacts,
+    DisconnectPolicy,
+    default_policies,
+)
+from ._session import Session, parse_session, read_role, validate_sid
+from ._settings import Settings
+
+__all__ = ["KitCore", "KitStats", "PortCall"]
+
+logger = logging.getLogger("presence_kit")
+
+_REASON = re.compile(r"[\x20-\x7e]{1,128}")
+UNKNOWN_REASON = "unknown"
+
+
+def validate_reason(reason: object) -> str:
+    """The disconnect reason: ``None`` becomes ``"unknown"``; else 1-128 printable ASCII."""
+    if reason is None:
+        return UNKNOWN_REASON
+    if not isinstance(reason, str):
+        raise InvalidSessionError("reason", f"must be a str or None, got {type(reason).__name__}")
+    if not _REASON.fullmatch(reason):
+        raise InvalidSessionError("reason", "must be 1-128 printable ASCII characters")
+    return reason
+
+
+def generate_node_id() -> str:
+    """A node id from the host name, the pid and a random part."""
+    host = re.sub(r"[^A-Za-z0-9\-]", "-", socket.gethostname())[:32] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KitStats:
+    """Counters of one kit since it was built."""
+
+    connects: int = 0
+    disconnects: int = 0
+    announced_online: int = 0
+    announced_offline: int = 0
+    store_failures: int = 0
+    sockets_failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PortCall:
+    """An effect translated to a port method: ``port.method(*args, **kwargs)``."""
+
+    port: str  # "sockets" or "analytics"
+    method: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+
+
+def port_call(effect: Effect) -> PortCall:
+    """Which port method runs ``effect``."""
+    if isinstance(effect, JoinRoom):
+        return PortCall("sockets", "enter_room", (effect.sid, effect.room), {})
+    if isinstance(effect, LeaveRoom):
+        return PortCall("sockets", "leave_room", (effect.sid, effect.room), {})
+    if isinstance(effect, Emit):
+        return PortCall("sockets", "emit", (effect.event, effect.data), {"to": effect.to})
+    if isinstance(effect, Track):
+        return PortCall("analytics", "track", (effect,), {})
+    raise TypeError(f"not an effect: {effect!r}")
+
+
+class KitCore:
+    """State and pure steps shared by the sync and asyncio facades."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None,
+        policies: Mapping[str, DisconnectPolicy] | None,
+        namespace: str,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        if not isinstance(self.settings, Settings):
+            raise TypeError(f"settings must be a Settings, got {type(self.settings).__name__}")
+        self.policies = default_policies()
+        for role, policy in (policies or {}).items():
+            self.policies.register(role, policy)
+        self.namespace = namespace
+        self.node_id = self.settings.node_id or generate_node_id()
+        self.incarnation = secrets.token_hex(4)
+        self._id_pattern = re.compile(self.settings.id_pattern)
+        s = self.settings
+        self.layout = StoreLayout(
+            state_field=s.state_field,
+            connect_state=s.connect_state,
+            disconnect_state=s.disconnect_state,
+            offline_ttl=s.offline_ttl,
+            connection_ttl=s.connection_ttl,
+            tombstone_ttl=s.tombstone_ttl,
+        )
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys(KitStats.__dataclass_fields__, 0)
+
+    # --- counters -------------------------------------------------------------------
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``name`` (thread-safe)."""
+        with self._lock:
+            self._counts[name] += n
+
+    def stats(self) -> KitStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return KitStats(**self._counts)
+
+    # --- keys -----------------------------------------------------------------------
+
+    def alive_key(self, session: Session) -> str:
+        """The spec's alive hash of the session's (org, user)."""
+        return self.settings.alive_key.format(org_id=session.org_id, user_id=session.user_id)
+
+    def _companion(self, alive_key: str, kind: str, tail: str) -> str:
+        # Hash-tagged with the alive key's own name: same cluster slot as the alive key.
+        return f"{self.settings.key_prefix}:{{{alive_key}}}:{kind}:{tail}"
+
+    # --- connect --------------------------------------------------------------------
+
+    def prepare_connect(
+        self, sid: object, raw_session: object
+    ) -> tuple[str, Session, DisconnectPolicy, ConnectRequest]:
+        """Validate a connect and build the store request; raises before any I/O."""
+        sid = validate_sid(sid)
+        session, policy = self._parse(raw_session, connect=True)
+        alive = self.alive_key(session)
+        record = ConnectionRecord(
+            sid=sid,
+            namespace=self.namespace,
+            node_id=self.node_id,
+            incarnation=self.incarnation,
+            session=session,
+        )
+        request = ConnectRequest(
+            sid=sid,
+            alive_key=alive,
+            connections_key=self._companion(alive, "conns", session.role),
+            tombstone_key=self._companion(alive, "gone", sid),
+            record=record,
+            tracks_alive=policy.tracks_alive,
+            layout=self.layout,
+        )
+        return sid, session, policy, request
+
+    def connect_effects(
+        self,
+        sid: str,
+        session: Session,
+        policy: DisconnectPolicy,
+        outcome: ConnectOutcome | None,
+    ) -> Sequence[Effect]:
+        """Run the role's policy for a connect."""
+        facts = ConnectFacts(sid=sid, session=session, outcome=outcome, settings=self.settings)
+        self.count("connects")
+        if facts.came_online and policy.tracks_alive:
+            self.count("announced_online")
+        return policy.on_connect(facts)
+
+    # --- disconnect -----------------------------------------------------------------
+
+    def prepare_disconnect(
+        self, sid: object, raw_session: object, reason: object
+    ) -> tuple[str, Session, DisconnectPolicy, DisconnectRequest]:
+        """Validate a disconnect and build the store request; raises before any I/O."""
+        sid = validate_sid(sid)
+        reason_text = validate_reason(reason)
+        session, policy = self._parse(raw_session, connect=False)
+        alive = self.alive_key(session)
+        request = DisconnectRequest(
+            sid=sid,
+            alive_key=alive,
+            connections_key=self._companion(alive, "conns", session.role),
+            tombstone_key=self._companion(alive, "gone", sid),
+            tracks_alive=policy.tracks_alive,
+            reason=reason_text,
+            layout=self.layout,
+        )
+        return sid, session, policy, request
+
+    def disconnect_effects(
+        self,
+        request: DisconnectRequest,
+        session: Session,
+        policy: DisconnectPolicy,
+        outcome: DisconnectOutcome | None,
+    ) -> Sequence[Effect]:
+        """Run the role's policy for a disconnect (with the stored session when known)."""
+        if outcome is not None and outcome.record is not None:
+            session = outcome.record.session
+        facts = DisconnectFacts(
+            sid=request.sid,
+            session=session,
+            outcome=outcome,
+            reason=request.reason,
+            settings=self.settings,
+        )
+        self.count("disconnects")
+        if facts.went_offline and policy.tracks_alive:
+            self.count("announced_offline")
+        return policy.on_disconnect(facts)
+
+    def _parse(self, raw_session: object, *, connect: bool) -> tuple[Session, DisconnectPolicy]:
+        policy = self.policies.for_role(read_role(raw_session))
+        session = parse_session(
+            raw_session,
+            id_pattern=self._id_pattern,
+            required=policy.connect_requires if connect else frozenset(),
+        )
+        return session, policy

@@ -1,0 +1,207 @@
+"""Adapters from python-socketio servers to the :class:`~presence_kit.Sockets` ports.
+
+Supported servers (python-socketio 5.x):
+
+* :class:`SocketIORooms` wraps a blocking ``socketio.Server`` (any ``async_mode``:
+  threading, eventlet, gevent) or a Flask-SocketIO ``SocketIO`` object. The latter's
+  ``.server`` is looked up at call time, so the adapter may be built before
+  ``init_app``; calling it before ``init_app`` raises :class:`~presence_kit.SocketsError`.
+* :class:`AsyncSocketIORooms` wraps a ``socketio.AsyncServer`` (aiohttp, ASGI, tornado,
+  sanic).
+
+Both are thin: each call is forwarded to the server in ``namespace`` and any failure is
+re-raised as :class:`~presence_kit.SocketsError` with the original as ``__cause__``.
+Leaving a room is a no-op for a sid that is unknown or already gone (python-socketio
+ignores it); with the default manager, entering a room for such a sid fails with
+``SocketsError``. A pub/sub manager publishes both for a sid it does not hold locally
+(it may live on another node), so neither fails.
+
+Multi-node deployments need a client manager on every node (``socketio.AsyncRedisManager``
+or ``socketio.RedisManager``, or Flask-SocketIO's ``message_queue=``) so that an emit
+reaches clients connected to other nodes. Those emits travel over pub/sub and are
+at-most-once: a node that is disconnected from the broker when a message is published
+never sees it. :meth:`SocketIORooms.local_sids` always answers for this process only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._errors import InvalidInputError, SocketsError
+
+__all__ = ["AsyncSocketIORooms", "SocketIORooms"]
+
+
+def _is_server(obj: Any) -> bool:
+    return hasattr(obj, "manager") and hasattr(obj, "eio")
+
+
+def _is_asyncio(server: Any) -> bool:
+    check = getattr(server, "is_asyncio_based", None)
+    return bool(check()) if callable(check) else False
+
+
+def _check_to(to: str) -> None:
+    # python-socketio broadcasts to the whole namespace when ``to`` is falsy.
+    if not isinstance(to, str) or not to:
+        raise InvalidInputError("to", "must be a non-empty room name or sid")
+
+
+def _local_sids(server: Any, namespace: str) -> set[str]:
+    try:
+        return {sid for sid, _eio_sid in server.manager.get_participants(namespace, None)}
+    except KeyError:
+        # The namespace's last sid left between the manager's membership test and its
+        # lookup (threaded servers): the namespace was empty at that moment.
+        return set()
+    except Exception as exc:
+        raise SocketsError(f"could not list the sids of namespace {namespace!r}") from exc
+
+
+class SocketIORooms:
+    """:class:`~presence_kit.Sockets` over a ``socketio.Server`` or Flask-SocketIO ``SocketIO``.
+
+    ``start_background_task`` and ``sleep`` use the server's concurrency model (a thread,
+    an eventlet or gevent greenlet), so they are safe inside its handlers.
+    """
+
+    def __init__(self, server: Any, namespace: str = "/") -> None:
+        if _is_server(server):
+            if _is_asyncio(server):
+                raise TypeError("SocketIORooms needs a blocking server; use AsyncSocketIORooms")
+        elif not hasattr(server, "server"):
+            raise TypeError(
+                "expected a socketio.Server or a flask_socketio.SocketIO, "
+                f"got {type(server).__name__}"
+            )
+        self._target: Any = server
+        self._namespace = namespace
+
+    @property
+    def namespace(self) -> str:
+        """The Socket.IO namespace every call addresses."""
+        return self._namespace
+
+    @property
+    def server(self) -> Any:
+        """The ``socketio.Server`` (for Flask-SocketIO, its current ``.server``)."""
+        if _is_server(self._target):
+            return self._target
+        server = self._target.server
+        if server is None:
+            raise SocketsError(
+                "the Flask-SocketIO SocketIO object has no server yet; call init_app(app) first"
+            )
+        return server
+
+    def enter_room(self, sid: str, room: str) -> None:
+        """Add ``sid`` to ``room`` (an unknown sid fails unless a pub/sub manager is used)."""
+        server = self.server
+        try:
+            server.enter_room(sid, room, namespace=self._namespace)
+        except Exception as exc:
+            raise SocketsError(f"could not add sid {sid!r} to room {room!r}") from exc
+
+    def leave_room(self, sid: str, room: str) -> None:
+        """Remove ``sid`` from ``room``; a no-op for a sid that already left."""
+        server = self.server
+        try:
+            server.leave_room(sid, room, namespace=self._namespace)
+        except Exception as exc:
+            raise SocketsError(f"could not remove sid {sid!r} from room {room!r}") from exc
+
+    def emit(self, event: str, data: Any, *, to: str) -> None:
+        """Emit ``event`` to a room or a sid (a tuple ``data`` is sent as several args)."""
+        _check_to(to)
+        server = self.server
+        try:
+            server.emit(event, data, to=to, namespace=self._namespace)
+        except Exception as exc:
+            raise SocketsError(f"could not emit {event!r} to {to!r}") from exc
+
+    def start_background_task(self, target: Callable[..., Any], *args: Any) -> Any:
+        """Run ``target(*args)`` via the server; return its handle (it has ``join()``)."""
+        server = self.server
+        try:
+            return server.start_background_task(target, *args)
+        except Exception as exc:
+            raise SocketsError("could not start a background task") from exc
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep with the server's ``sleep`` (cooperative under eventlet/gevent)."""
+        self.server.sleep(seconds)
+
+    def local_sids(self) -> set[str]:
+        """The sids connected to this process in the namespace (never other nodes').
+
+        Includes sids whose connect or disconnect handler is still running.
+        """
+        return _local_sids(self.server, self._namespace)
+
+
+class AsyncSocketIORooms:
+    """:class:`~presence_kit.AsyncSockets` over a ``socketio.AsyncServer``."""
+
+    def __init__(self, server: Any, namespace: str = "/") -> None:
+        if not _is_server(server) or not _is_asyncio(server):
+            raise TypeError(
+                f"expected a socketio.AsyncServer, got {type(server).__name__}"
+                " (use SocketIORooms for blocking servers)"
+            )
+        self._server: Any = server
+        self._namespace = namespace
+
+    @property
+    def namespace(self) -> str:
+        """The Socket.IO namespace every call addresses."""
+        return self._namespace
+
+    @property
+    def server(self) -> Any:
+        """The wrapped ``socketio.AsyncServer``."""
+        return self._server
+
+    async def enter_room(self, sid: str, room: str) -> None:
+        """Add ``sid`` to ``room`` (an unknown sid fails unless a pub/sub manager is used)."""
+        try:
+            await self._server.enter_room(sid, room, namespace=self._namespace)
+        except Exception as exc:
+            raise SocketsError(f"could not add sid {sid!r} to room {room!r}") from exc
+
+    async def leave_room(self, sid: str, room: str) -> None:
+        """Remove ``sid`` from ``room``; a no-op for a sid that already left."""
+        try:
+            await self._server.leave_room(sid, room, namespace=self._namespace)
+        except Exception as exc:
+            raise SocketsError(f"could not remove sid {sid!r} from room {room!r}") from exc
+
+    async def emit(self, event: str, data: Any, *, to: str) -> None:
+        """Emit ``event`` to a room or a sid (a tuple ``data`` is sent as several args)."""
+        _check_to(to)
+        try:
+            await self._server.emit(event, data, to=to, namespace=self._namespace)
+        except Exception as exc:
+            raise SocketsError(f"could not emit {event!r} to {to!r}") from exc
+
+    def start_background_task(self, target: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Start ``target(*args)`` on the running loop and return the ``asyncio.Task``.
+
+        Neither the server nor this adapter keeps a reference to the task: the caller
+        must hold it until it finishes, or the loop may garbage-collect it mid-run.
+        """
+        try:
+            return self._server.start_background_task(target, *args)
+        except Exception as exc:
+            raise SocketsError("could not start a background task") from exc
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep without blocking the loop."""
+        await self._server.sleep(seconds)
+
+    def local_sids(self) -> set[str]:
+        """The sids connected to this process in the namespace (never other nodes').
+
+        Includes sids whose connect or disconnect handler is still running.
+        """
+        return _local_sids(self._server, self._namespace)

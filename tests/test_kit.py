@@ -1,0 +1,324 @@
+"""The facades over the in-memory store and the recording fakes (no servers).
+
+The same flows run against real Redis, python-socketio and Mixpanel in
+``test_integration_*.py``; here we pin the facade's own rules: validation before any
+I/O, failures that never escape ``handle_disconnect``, custom roles, closing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from presence_kit import (
+    AsyncPresenceKit,
+    ClientRole,
+    ConnectFacts,
+    DisconnectFacts,
+    Effect,
+    Emit,
+    InvalidSessionError,
+    JoinRoom,
+    PresenceError,
+    PresenceKit,
+    Settings,
+    StoreError,
+)
+from presence_kit.memory import MemoryStore
+from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics, RecordingSockets
+
+TEACHER = {"role": "TeacherAPP", "org_id": 1, "user_id": 7, "lesson_id": 3}
+HUB = {"role": ClientRole.TEACHER_HUB, "org_id": 1, "user_id": 8, "lesson_id": 3}
+PARTICIPANT = {
+    "role": "ParticipantWeb",
+    "org_id": 1,
+    "user_id": 9,
+    "lesson_id": 3,
+    "room_id": "r-1",
+}
+
+
+class FailingStore:
+    """A store whose backend is down."""
+
+    blocking = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def connect(self, request: Any) -> Any:
+        self.calls += 1
+        raise StoreError("redis is down")
+
+    def disconnect(self, request: Any) -> Any:
+        self.calls += 1
+        raise StoreError("redis is down")
+
+    def close(self) -> None:
+        pass
+
+
+class BrokenSockets(RecordingSockets):
+    """Emits fail; rooms work."""
+
+    def emit(self, event: str, data: Any, *, to: str) -> None:
+        raise RuntimeError("emit failed")
+
+
+@pytest.fixture
+def parts() -> tuple[PresenceKit, MemoryStore, RecordingSockets, RecordingAnalytics]:
+    store, sockets, analytics = MemoryStore(), RecordingSockets(), RecordingAnalytics()
+    return (
+        PresenceKit(sockets=sockets, store=store, analytics=analytics),
+        store,
+        sockets,
+        analytics,
+    )
+
+
+def test_spec_flows_through_the_sync_facade(parts: Any) -> None:
+    kit, store, sockets, analytics = parts
+    kit.handle_connect("hub", HUB)
+    kit.handle_connect("t1", TEACHER)
+    kit.handle_connect("p1", PARTICIPANT)
+    assert sockets.rooms_of("hub") == {"org:1", "lesson:3"}
+    assert sockets.rooms_of("t1") == {"lesson:3"}
+    assert store.hgetall("alive:org_1_user_7")["state"] == "connect"
+
+    kit.handle_disconnect("t1", TEACHER, reason="transport close")
+    kit.handle_disconnect("p1", {**PARTICIPANT, "room_id": "ignored"}, reason="ping timeout")
+    kit.handle_disconnect("hub", HUB)
+    assert sockets.emitted == [
+        ("teacher_connect", {"user_id": 7}, "org:1"),
+        ("teacher_disconnect", {"user_id": 7}, "org:1"),
+    ]
+    assert store.hgetall("alive:org_1_user_7")["state"] == "disconnect"
+    assert store.ttl("alive:org_1_user_7") == 3600
+    [event] = analytics.events
+    assert (event.event, event.distinct_id) == ("disconnect", "9")
+    assert event.properties == {
+        "room_id": "r-1",
+        "lesson_id": 3,
+        "org_id": 1,
+        "reason": "ping timeout",
+    }
+    # The spec leaves only the lesson room; python-socketio drops the rest itself.
+    assert sockets.rooms == {"org:1": {"hub"}}
+    assert kit.stats.announced_offline == 1
+
+
+def test_duplicate_disconnect_announces_nothing_twice(parts: Any) -> None:
+    kit, _store, sockets, analytics = parts
+    kit.handle_connect("t1", TEACHER)
+    kit.handle_connect("p1", PARTICIPANT)
+    for _ in range(2):
+        kit.handle_disconnect("t1", TEACHER)
+        kit.handle_disconnect("p1", PARTICIPANT)
+    assert [e[0] for e in sockets.emitted].count("teacher_disconnect") == 1
+    assert len(analytics.events) == 1
+
+
+def test_never_connected_sid_announces_nothing(parts: Any) -> None:
+    kit, store, sockets, analytics = parts
+    kit.handle_disconnect("ghost", TEACHER)
+    kit.handle_disconnect("ghost2", PARTICIPANT)
+    assert sockets.emitted == []
+    assert analytics.events == []
+    assert store.keys() == []
+
+
+BAD_SESSIONS = [
+    ({"org_id": 1, "user_id": 2, "lesson_id": 3}, "role"),
+    ({**TEACHER, "role": "Janitor"}, "role"),
+    ({**TEACHER, "user_id": None}, "user_id"),
+    ({**TEACHER, "user_id": True}, "user_id"),
+    ({**TEACHER, "org_id": 1.0}, "org_id"),
+    ({**TEACHER, "lesson_id": [3]}, "lesson_id"),
+    ({**TEACHER, "user_id": "1_user_2"}, "user_id"),
+    ({**TEACHER, "org_id": "*"}, "org_id"),
+    ({**TEACHER, "user_id": "{x}"}, "user_id"),
+    ({**TEACHER, "user_id": "a\nb"}, "user_id"),
+    ({**TEACHER, "user_id": "x" * 129}, "user_id"),
+    ({k: v for k, v in PARTICIPANT.items() if k != "room_id"}, "room_id"),
+    ({**PARTICIPANT, "room_id": {"a": 1}}, "room_id"),
+]
+
+
+@pytest.mark.parametrize(("session", "field"), BAD_SESSIONS)
+def test_bad_connect_raises_before_anything_is_written_or_joined(
+    parts: Any, session: dict[str, Any], field: str
+) -> None:
+    kit, store, sockets, _analytics = parts
+    with pytest.raises(InvalidSessionError) as info:
+        kit.handle_connect("sid-1", session)
+    assert info.value.field == field
+    assert store.keys() == []
+    assert sockets.rooms == {}
+    assert sockets.emitted == []
+
+
+@pytest.mark.parametrize(("session", "field"), [b for b in BAD_SESSIONS if b[1] != "room_id"])
+def test_bad_disconnect_raises_before_anything_is_written(
+    parts: Any, session: dict[str, Any], field: str
+) -> None:
+    kit, store, sockets, _ = parts
+    kit.handle_connect("sid-1", TEACHER)
+    keys, rooms = store.keys(), dict(sockets.rooms)
+    with pytest.raises(InvalidSessionError) as info:
+        kit.handle_disconnect("sid-1", session)
+    assert info.value.field == field
+    assert store.keys() == keys
+    assert store.hgetall("alive:org_1_user_7")["state"] == "connect"
+    assert sockets.rooms == rooms
+
+
+@pytest.mark.parametrize(
+    ("sid", "reason", "field"), [("bad sid", None, "sid"), (5, None, "sid"), ("ok", 5, "reason")]
+)
+def test_bad_sid_or_reason(parts: Any, sid: Any, reason: Any, field: str) -> None:
+    kit, store, _sockets, _ = parts
+    with pytest.raises(PresenceError) as info:
+        kit.handle_disconnect(sid, TEACHER, reason=reason)
+    assert info.value.field == field  # type: ignore[attr-defined]
+    assert store.keys() == []
+
+
+def test_store_failure_still_leaves_rooms_and_never_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sockets, store = RecordingSockets(), FailingStore()
+    kit = PresenceKit(sockets=sockets, store=store)
+    assert kit.handle_connect("t1", TEACHER) is None
+    assert sockets.rooms_of("t1") == {"lesson:3"}
+    with caplog.at_level(logging.WARNING, logger="presence_kit"):
+        assert kit.handle_disconnect("t1", TEACHER) is None
+    assert sockets.rooms == {}
+    assert sockets.emitted == []
+    assert kit.stats.store_failures == 2
+    assert "presence store failed during disconnect" in caplog.text
+
+
+def test_strict_connect_raises_after_joining() -> None:
+    sockets = RecordingSockets()
+    kit = PresenceKit(
+        sockets=sockets, store=FailingStore(), settings=Settings(strict_connect=True)
+    )
+    with pytest.raises(StoreError):
+        kit.handle_connect("t1", TEACHER)
+    assert sockets.rooms_of("t1") == {"lesson:3"}
+
+
+def test_a_failing_emit_does_not_stop_the_room_leave() -> None:
+    sockets = BrokenSockets()
+    kit = PresenceKit(sockets=sockets)
+    kit.handle_connect("t1", TEACHER)
+    kit.handle_disconnect("t1", TEACHER)
+    assert sockets.rooms == {}
+    assert kit.stats.sockets_failures == 2  # teacher_connect and teacher_disconnect
+
+
+class ObserverPolicy:
+    tracks_alive = False
+    connect_requires: frozenset[str] = frozenset()
+
+    def on_connect(self, facts: ConnectFacts) -> Sequence[Effect]:
+        return [JoinRoom(sid=facts.sid, room=f"observers:{facts.session.org_id}")]
+
+    def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
+        if not facts.removed:
+            return []
+        return [
+            Emit(
+                event="observer_left",
+                data={"user_id": facts.session.user_id},
+                to=f"org:{facts.session.org_id}",
+            )
+        ]
+
+
+def test_an_integrator_adds_a_role_without_touching_the_library() -> None:
+    sockets = RecordingSockets()
+    kit = PresenceKit(sockets=sockets, policies={"Observer": ObserverPolicy()})
+    observer = {"role": "Observer", "org_id": 1, "user_id": "o-1", "lesson_id": 3}
+    kit.handle_connect("o1", observer)
+    assert sockets.rooms_of("o1") == {"observers:1"}
+    kit.handle_disconnect("o1", observer)
+    kit.handle_disconnect("o1", observer)
+    assert sockets.emitted == [("observer_left", {"user_id": "o-1"}, "org:1")]
+    other = PresenceKit(sockets=RecordingSockets())
+    other.register_policy("Observer", ObserverPolicy())
+    other.handle_connect("o2", observer)
+
+
+def test_close_flushes_analytics_once_and_context_manager(parts: Any) -> None:
+    kit, _store, _sockets, analytics = parts
+    with kit:
+        pass
+    assert analytics.closed
+    kit.close()
+
+
+def test_announce_connect_off() -> None:
+    sockets = RecordingSockets()
+    kit = PresenceKit(sockets=sockets, settings=Settings(announce_connect=False))
+    kit.handle_connect("t1", TEACHER)
+    assert sockets.emitted == []
+
+
+def test_node_id_from_settings_or_generated() -> None:
+    assert (
+        PresenceKit(sockets=RecordingSockets(), settings=Settings(node_id="node-a")).node_id
+        == "node-a"
+    )
+    generated = PresenceKit(sockets=RecordingSockets()).node_id
+    assert generated != PresenceKit(sockets=RecordingSockets()).node_id
+
+
+def test_settings_must_be_settings() -> None:
+    with pytest.raises(TypeError):
+        PresenceKit(sockets=RecordingSockets(), settings={"offline_ttl": 5})  # type: ignore[arg-type]
+
+
+async def test_async_facade_runs_the_same_flows() -> None:
+    sockets, analytics = AsyncRecordingSockets(), RecordingAnalytics()
+    async with AsyncPresenceKit(sockets=sockets, analytics=analytics) as kit:
+        await kit.handle_connect("hub", HUB)
+        await kit.handle_connect("t1", TEACHER)
+        await kit.handle_connect("p1", PARTICIPANT)
+        await kit.handle_disconnect("t1", TEACHER, reason="client disconnect")
+        await kit.handle_disconnect("p1", PARTICIPANT)
+        with pytest.raises(InvalidSessionError):
+            await kit.handle_connect("x", {**TEACHER, "user_id": None})
+    assert sockets.emitted == [
+        ("teacher_connect", {"user_id": 7}, "org:1"),
+        ("teacher_disconnect", {"user_id": 7}, "org:1"),
+    ]
+    assert [e.properties["reason"] for e in analytics.events] == ["unknown"]
+    assert sockets.rooms_of("hub") == {"org:1", "lesson:3"}
+    assert analytics.closed
+
+
+async def test_async_facade_survives_a_failing_store() -> None:
+    sockets = AsyncRecordingSockets()
+    kit = AsyncPresenceKit(sockets=sockets, store=FailingStore())
+    await kit.handle_connect("t1", TEACHER)
+    assert await kit.handle_disconnect("t1", TEACHER) is None
+    assert sockets.rooms == {}
+    kit_strict = AsyncPresenceKit(
+        sockets=sockets, store=FailingStore(), settings=Settings(strict_connect=True)
+    )
+    with pytest.raises(StoreError):
+        await kit_strict.handle_connect("t2", TEACHER)
+    await kit.aclose()
+    await kit.aclose()
+
+
+def test_async_facade_refuses_a_blocking_store() -> None:
+    class Blocking(FailingStore):
+        blocking = True
+
+    with pytest.raises(TypeError, match="AsyncRedisStore"):
+        AsyncPresenceKit(sockets=AsyncRecordingSockets(), store=Blocking())

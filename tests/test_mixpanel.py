@@ -1,0 +1,326 @@
+"""MixpanelAnalytics against a real mixpanel client and a local HTTP endpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import mixpanel
+import pytest
+
+from presence_kit import Analytics, InvalidInputError, Track
+from presence_kit.mixpanel import MixpanelAnalytics, MixpanelStats
+from tests.support.mixpanel_endpoint import MixpanelEndpoint, eventually, refused_url
+
+TOKEN = "tok-secret-0123456789"
+FAST: dict[str, Any] = {"backoff": 0.05, "max_backoff": 0.2, "flush_interval": 0.05}
+
+
+def make_track(n: int = 0, *, distinct_id: str = "user-42", **props: Any) -> Track:
+    return Track(
+        event="Presence Offline",
+        distinct_id=distinct_id,
+        properties={"role": "teacher", "n": n, **props},
+        time=1_700_000_000.5 + n,
+        insert_id=uuid.uuid4().hex,
+    )
+
+
+def client_for(url: str) -> Any:
+    return mixpanel.Mixpanel(TOKEN, consumer=mixpanel.Consumer(events_url=url))
+
+
+@pytest.fixture
+def opened() -> Iterator[list[MixpanelAnalytics]]:
+    """Adapters made by a test; closed (briefly) afterwards so no worker lingers."""
+    made: list[MixpanelAnalytics] = []
+    yield made
+    for adapter in made:
+        adapter.close(timeout=0.5)
+
+
+def adapter(opened: list[MixpanelAnalytics], client: Any, **kwargs: Any) -> MixpanelAnalytics:
+    a = MixpanelAnalytics(client, **{**FAST, **kwargs})
+    opened.append(a)
+    return a
+
+
+def test_events_arrive_without_close_with_fixed_ids(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    a = adapter(opened, client_for(mixpanel_endpoint.url), flush_interval=0.5)
+    assert isinstance(a, Analytics)
+    tracks = [make_track(i) for i in range(3)]
+    start = time.monotonic()
+    for t in tracks:
+        a.track(t)
+    events = mixpanel_endpoint.wait_for(3, timeout=2.0)
+    assert time.monotonic() - start < 1.5
+    for t, ev in zip(tracks, events, strict=True):
+        props = ev["properties"]
+        assert ev["event"] == "Presence Offline"
+        assert props["distinct_id"] == "user-42"
+        assert props["time"] == t.time
+        assert props["$insert_id"] == t.insert_id
+        assert props["token"] == TOKEN
+        assert props["mp_lib"] == "python"
+        assert props["$lib_version"] == mixpanel.__version__
+        assert props["role"] == "teacher"
+        assert props["n"] == t.properties["n"]
+    eventually(lambda: a.stats == MixpanelStats(enqueued=3, sent=3, retried=0, dropped=0))
+    assert [th.name for th in threading.enumerate()].count("presence-kit-mixpanel") >= 1
+
+
+def test_batches_at_most_50_per_request(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    a = adapter(opened, client_for(mixpanel_endpoint.url), flush_interval=0.2)
+    tracks = [make_track(i) for i in range(120)]
+    for t in tracks:
+        a.track(t)
+    events = mixpanel_endpoint.wait_for(120, timeout=3.0)
+    sizes = [len(r.events) for r in mixpanel_endpoint.requests]
+    assert max(sizes) <= 50
+    assert len(sizes) <= 5
+    assert sorted(e["properties"]["$insert_id"] for e in events) == sorted(
+        t.insert_id for t in tracks
+    )
+
+
+def test_slow_endpoint_does_not_block_track(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    mixpanel_endpoint.set_mode("slow", delay=2.0)
+    a = adapter(opened, client_for(mixpanel_endpoint.url))
+    for i in range(20):
+        start = time.perf_counter()
+        a.track(make_track(i))
+        assert time.perf_counter() - start < 0.05
+        if i == 0:
+            mixpanel_endpoint.wait_for_requests(1)  # the worker is now stuck in a request
+    assert mixpanel_endpoint.events == []
+    mixpanel_endpoint.wait_for(20, timeout=6.0)
+
+
+def test_error500_is_retried_with_the_same_bytes(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    mixpanel_endpoint.set_mode("error500", times=2)
+    a = adapter(opened, client_for(mixpanel_endpoint.url), flush_interval=0.2)
+    tracks = [make_track(i) for i in range(5)]
+    for t in tracks:
+        a.track(t)
+    events = mixpanel_endpoint.wait_for(5, timeout=3.0)
+    counts = Counter(e["properties"]["$insert_id"] for e in events)
+    assert counts == Counter(t.insert_id for t in tracks)  # each exactly once
+    reqs = mixpanel_endpoint.requests
+    assert [r.mode for r in reqs] == ["error500", "error500", "ok"]
+    assert len({r.data for r in reqs}) == 1  # the very same bytes each time
+    eventually(lambda: a.stats.sent == 5)
+    assert a.stats.retried == 2
+    assert a.stats.dropped == 0
+
+
+def test_garbage_response_is_retried(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    mixpanel_endpoint.set_mode("garbage", times=1)
+    a = adapter(opened, client_for(mixpanel_endpoint.url))
+    a.track(make_track())
+    mixpanel_endpoint.wait_for(1)
+    eventually(lambda: a.stats.sent == 1)
+    assert a.stats.retried == 1
+    assert a.stats.dropped == 0
+
+
+def test_reject400_is_dropped_not_retried(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    mixpanel_endpoint.set_mode("reject400")
+    a = adapter(opened, client_for(mixpanel_endpoint.url), flush_interval=0.2)
+    a.track(make_track(0))
+    a.track(make_track(1))
+    eventually(lambda: a.stats.dropped == 2)
+    time.sleep(0.2)  # a retry, if any, would have come by now
+    assert len(mixpanel_endpoint.requests) == 1
+    assert a.stats == MixpanelStats(enqueued=2, sent=0, retried=0, dropped=2)
+
+
+def test_refused_connection_exhausts_retries_and_drops(opened: list[MixpanelAnalytics]) -> None:
+    a = adapter(opened, client_for(refused_url()), max_retries=2)
+    for i in range(3):
+        a.track(make_track(i))  # never raises
+    eventually(lambda: a.stats.dropped == 3)
+    assert a.stats == MixpanelStats(enqueued=3, sent=0, retried=2, dropped=3)
+
+
+def test_request_timeout_is_applied_and_retried(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    mixpanel_endpoint.set_mode("slow", delay=1.0, times=1)
+    a = adapter(opened, client_for(mixpanel_endpoint.url), request_timeout=0.2)
+    a.track(make_track())
+    eventually(lambda: a.stats.sent == 1, timeout=3.0)
+    assert a.stats.retried == 1
+
+
+def test_full_queue_drops_new_events(
+    mixpanel_endpoint: MixpanelEndpoint,
+    opened: list[MixpanelAnalytics],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mixpanel_endpoint.set_mode("slow", delay=0.5)
+    a = adapter(opened, client_for(mixpanel_endpoint.url), queue_size=2, flush_interval=0.01)
+    first = make_track(0)
+    a.track(first)
+    mixpanel_endpoint.wait_for_requests(1)  # the first event is in flight, the queue empty
+    kept = [make_track(1), make_track(2)]
+    with caplog.at_level(logging.WARNING, logger="presence_kit.mixpanel"):
+        for t in [*kept, *(make_track(i) for i in range(3, 10))]:
+            a.track(t)
+    assert a.stats.dropped == 7
+    assert a.stats.enqueued == 3
+    drops = [r for r in caplog.records if "queue-full" in r.getMessage()]
+    assert len(drops) == 1  # rate-limited
+    assert drops[0].presence_reason == "queue-full"  # type: ignore[attr-defined]
+    a.close(timeout=3.0)
+    assert {e["properties"]["$insert_id"] for e in mixpanel_endpoint.events} == {
+        t.insert_id for t in [first, *kept]
+    }
+    assert a.stats == MixpanelStats(enqueued=3, sent=3, retried=0, dropped=7)
+
+
+def test_close_flushes_pending_events_and_joins(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    before = set(threading.enumerate())
+    a = adapter(opened, client_for(mixpanel_endpoint.url), flush_interval=30.0)
+    for i in range(5):
+        a.track(make_track(i))
+    ours = [t for t in threading.enumerate() if t not in before]
+    assert [t.name for t in ours] == ["presence-kit-mixpanel"]
+    start = time.monotonic()
+    a.close(timeout=5.0)
+    assert time.monotonic() - start < 1.0
+    assert len(mixpanel_endpoint.events) == 5
+    assert not ours[0].is_alive()
+    assert a.stats == MixpanelStats(enqueued=5, sent=5, retried=0, dropped=0)
+
+
+def test_close_deadline_on_slow_endpoint_counts_undelivered(
+    mixpanel_endpoint: MixpanelEndpoint,
+    opened: list[MixpanelAnalytics],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mixpanel_endpoint.set_mode("slow", delay=3.0)
+    a = adapter(opened, client_for(mixpanel_endpoint.url))
+    for i in range(3):
+        a.track(make_track(i))
+    mixpanel_endpoint.wait_for_requests(1)
+    a.track(make_track(3))  # queued behind the in-flight batch
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="presence_kit.mixpanel"):
+        a.close(timeout=0.5)
+    assert time.monotonic() - start < 0.8
+    assert a.stats == MixpanelStats(enqueued=4, sent=0, retried=0, dropped=4)
+    assert any(r.presence_reason == "close-deadline" for r in caplog.records)  # type: ignore[attr-defined]
+
+
+def test_track_after_close_is_dropped_and_close_is_idempotent(
+    mixpanel_endpoint: MixpanelEndpoint,
+) -> None:
+    with MixpanelAnalytics(client_for(mixpanel_endpoint.url), **FAST) as a:
+        a.track(make_track(0))
+    assert len(mixpanel_endpoint.events) == 1
+    a.track(make_track(1))
+    a.close()
+    a.close(timeout=0)
+    assert a.stats == MixpanelStats(enqueued=1, sent=1, retried=0, dropped=1)
+
+
+def test_track_never_raises_on_bad_events(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    a = adapter(opened, client_for(mixpanel_endpoint.url))
+    a.track(make_track(0, blob=object()))  # not JSON-serialisable
+    a.track(None)  # type: ignore[arg-type]
+    assert a.stats.dropped == 2
+    assert a.stats.enqueued == 0
+
+
+def test_buffered_consumer_client_is_delivered_without_its_flush(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    client = mixpanel.Mixpanel(
+        TOKEN, consumer=mixpanel.BufferedConsumer(events_url=mixpanel_endpoint.url)
+    )
+    a = adapter(opened, client)
+    t = make_track()
+    a.track(t)
+    [event] = mixpanel_endpoint.wait_for(1, timeout=2.0)
+    assert event["properties"]["$insert_id"] == t.insert_id
+
+
+class RecordingConsumer:
+    """A duck-typed consumer: fails ``failures`` times, then records what it gets."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.calls: list[tuple[str, str]] = []
+
+    def send(self, endpoint: str, json_message: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise mixpanel.MixpanelException("down") from ConnectionError("refused")
+        self.calls.append((endpoint, json_message))
+
+
+def test_custom_consumer_gets_the_batch_as_is(opened: list[MixpanelAnalytics]) -> None:
+    consumer = RecordingConsumer(failures=1)
+    a = adapter(opened, mixpanel.Mixpanel(TOKEN, consumer=consumer), flush_interval=0.2)
+    tracks = [make_track(i) for i in range(3)]
+    for t in tracks:
+        a.track(t)
+    eventually(lambda: a.stats.sent == 3)
+    [(endpoint, body)] = consumer.calls
+    assert endpoint == "events"
+    assert [e["properties"]["$insert_id"] for e in json.loads(body)] == [
+        t.insert_id for t in tracks
+    ]
+    assert a.stats.retried == 1
+
+
+def test_logs_never_carry_token_or_user_ids_above_debug(
+    mixpanel_endpoint: MixpanelEndpoint,
+    opened: list[MixpanelAnalytics],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mixpanel_endpoint.set_mode("reject400")
+    a = adapter(opened, client_for(mixpanel_endpoint.url))
+    with caplog.at_level(logging.DEBUG, logger="presence_kit.mixpanel"):
+        a.track(make_track(0, distinct_id="secret-user"))
+        a.track(make_track(1, distinct_id="secret-user", blob=object()))
+        eventually(lambda: a.stats.dropped == 2)
+        a.close(timeout=1.0)
+    assert caplog.records
+    for record in caplog.records:
+        text = record.getMessage() + repr(record.__dict__)
+        assert TOKEN not in text
+        if record.levelno > logging.DEBUG:
+            assert "secret-user" not in text
+
+
+def test_rejects_bad_configuration() -> None:
+    client = mixpanel.Mixpanel(TOKEN)
+    with pytest.raises(InvalidInputError):
+        MixpanelAnalytics(client, batch_size=51)
+    with pytest.raises(InvalidInputError):
+        MixpanelAnalytics(client, request_timeout=0)
+    with pytest.raises(InvalidInputError):
+        MixpanelAnalytics(object())

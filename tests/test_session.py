@@ -1,0 +1,181 @@
+"""Session, sid, reason and settings validation: every refusal names its field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+
+import pytest
+
+from presence_kit import (
+    ClientRole,
+    InvalidSessionError,
+    InvalidSettingsError,
+    PresenceError,
+    Settings,
+)
+from presence_kit._core import validate_reason
+from presence_kit._session import parse_session, read_role, validate_sid
+
+DEFAULT = re.compile(Settings().id_pattern)
+TEACHER = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 3}
+
+
+def parse(raw: object, required: frozenset[str] = frozenset()) -> object:
+    return parse_session(raw, id_pattern=DEFAULT, required=required)
+
+
+def test_valid_session_keeps_id_types_and_ignores_extra_keys() -> None:
+    session = parse({**TEACHER, "user_id": "u-7", "extra": object()})
+    assert session.user_id == "u-7"
+    assert session.org_id == 1
+    assert session.room_id is None
+
+
+def test_client_role_member_is_accepted_as_its_value() -> None:
+    assert read_role({"role": ClientRole.TEACHER_HUB}) == "TeacherHub"
+    assert ClientRole.PARTICIPANT_WEB == "ParticipantWeb"
+    assert str(ClientRole.TEACHER_APP) == "TeacherAPP"
+
+
+@pytest.mark.parametrize("field", ["role", "org_id", "user_id", "lesson_id"])
+def test_missing_field_is_named(field: str) -> None:
+    raw = {k: v for k, v in TEACHER.items() if k != field}
+    with pytest.raises(InvalidSessionError, match=f"^{field}: is missing") as info:
+        parse(raw)
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, PresenceError)
+
+
+def test_room_id_required_only_when_asked() -> None:
+    with pytest.raises(InvalidSessionError) as info:
+        parse(TEACHER, frozenset({"room_id"}))
+    assert info.value.field == "room_id"
+    assert parse({**TEACHER, "room_id": 9}, frozenset({"room_id"})).room_id == 9
+
+
+@pytest.mark.parametrize("bad", [None, True, False, 1.5, [1], {"a": 1}, b"1", object()])
+@pytest.mark.parametrize("field", ["org_id", "user_id", "lesson_id"])
+def test_wrong_type_is_refused(field: str, bad: object) -> None:
+    with pytest.raises(InvalidSessionError) as info:
+        parse({**TEACHER, field: bad})
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "1_user_2", "*", ":", "{", "}", "a b", " 1", "1\n", "\x00", "é", "x" * 129, -1, 10**128],
+)
+def test_id_outside_the_alphabet_is_refused(bad: object) -> None:
+    with pytest.raises(InvalidSessionError) as info:
+        parse({**TEACHER, "user_id": bad})
+    assert info.value.field == "user_id"
+
+
+def test_longest_allowed_ids() -> None:
+    assert parse({**TEACHER, "user_id": "x" * 128}).user_id == "x" * 128
+    assert parse({**TEACHER, "user_id": 10**128 - 1}).user_id == 10**128 - 1
+
+
+def test_custom_pattern_widens_but_never_admits_braces_or_whitespace() -> None:
+    wide = re.compile(r".{1,200}")
+    assert parse_session({**TEACHER, "user_id": "a_b@c"}, id_pattern=wide).user_id == "a_b@c"
+    for bad in ("{tag}", "a b", "a\tb"):
+        with pytest.raises(InvalidSessionError):
+            parse_session({**TEACHER, "user_id": bad}, id_pattern=wide)
+
+
+@pytest.mark.parametrize("bad", [None, "", "a b", "x" * 65, 5, "Teacher{APP}"])
+def test_bad_role(bad: object) -> None:
+    with pytest.raises(InvalidSessionError) as info:
+        read_role({"role": bad})
+    assert info.value.field == "role"
+
+
+@pytest.mark.parametrize("bad", [None, [], "not a mapping", 3])
+def test_session_must_be_a_mapping(bad: object) -> None:
+    with pytest.raises(InvalidSessionError) as info:
+        parse(bad)
+    assert info.value.field == "session"
+
+
+class Hostile(Mapping[str, object]):
+    def __getitem__(self, key: str) -> object:
+        raise RuntimeError("boom")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def test_hostile_mapping_becomes_a_presence_error() -> None:
+    with pytest.raises(InvalidSessionError, match="could not be read"):
+        parse(Hostile())
+
+
+@pytest.mark.parametrize("sid", ["AbC-_123", "x", "a" * 128])
+def test_engineio_sids_are_accepted(sid: str) -> None:
+    assert validate_sid(sid) == sid
+
+
+@pytest.mark.parametrize("sid", ["", "a b", "a:b", "{x}", "a" * 129, None, 5, b"abc"])
+def test_bad_sids(sid: object) -> None:
+    with pytest.raises(InvalidSessionError) as info:
+        validate_sid(sid)
+    assert info.value.field == "sid"
+
+
+def test_reason() -> None:
+    assert validate_reason(None) == "unknown"
+    assert validate_reason("client disconnect") == "client disconnect"
+    for bad in ("", "x" * 129, "tab\there", 5, b"x"):
+        with pytest.raises(InvalidSessionError) as info:
+            validate_reason(bad)
+        assert info.value.field == "reason"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("alive_key", "alive:{user_id}"),
+        ("alive_key", "alive:{org_id}:{user_id}:{extra}"),
+        ("alive_key", "{{tag}}:{org_id}_{user_id}"),
+        ("alive_key", "alive:{org_id!r}_{user_id}"),
+        ("alive_key", "alive:{org_id"),
+        ("org_room", "org"),
+        ("lesson_room", "{org_id}"),
+        ("key_prefix", "has space"),
+        ("key_prefix", "{tag}"),
+        ("state_field", ""),
+        ("disconnect_state", "connect"),
+        ("offline_ttl", 0),
+        ("offline_ttl", True),
+        ("tombstone_ttl", 1.5),
+        ("announce_connect", "yes"),
+        ("id_pattern", "("),
+        ("id_pattern", 5),
+        ("node_id", "bad node"),
+    ],
+)
+def test_bad_settings_name_their_field(field: str, value: object) -> None:
+    with pytest.raises(InvalidSettingsError) as info:
+        Settings(**{field: value})  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)
+
+
+def test_settings_spec_defaults() -> None:
+    s = Settings()
+    assert s.alive_key == "alive:org_{org_id}_user_{user_id}"
+    assert (s.state_field, s.connect_state, s.disconnect_state) == (
+        "state",
+        "connect",
+        "disconnect",
+    )
+    assert s.offline_ttl == 3600
+    assert s.teacher_disconnect_event == "teacher_disconnect"
+    assert s.analytics_disconnect_event == "disconnect"
+    assert s.as_dict()["offline_ttl"] == 3600

@@ -1,0 +1,242 @@
+"""One contract, every store: MemoryStore, RedisStore and AsyncRedisStore.
+
+The Redis stores run against a real redis-server, with redis-py speaking RESP2 and
+RESP3, with ``decode_responses`` off and on: the outcomes and the stored bytes must
+be the same everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from presence_kit import (
+    ConnectOutcome,
+    ConnectStatus,
+    DisconnectOutcome,
+    DisconnectStatus,
+    Settings,
+)
+from presence_kit._core import KitCore
+from presence_kit.memory import MemoryStore
+from presence_kit.redis import AsyncRedisStore, RedisStore
+
+TEACHER = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 3}
+HUB = {"role": "TeacherHub", "org_id": 1, "user_id": 9, "lesson_id": 3}
+PARTICIPANT = {
+    "role": "ParticipantWeb",
+    "org_id": 1,
+    "user_id": "p-5",
+    "lesson_id": 3,
+    "room_id": 77,
+}
+ALIVE = "alive:org_1_user_2"
+
+
+class Harness:
+    """Drives one store synchronously and reads back what it holds."""
+
+    def __init__(
+        self,
+        connect: Callable[[Any], ConnectOutcome],
+        disconnect: Callable[[Any], DisconnectOutcome],
+        hgetall: Callable[[str], dict[str, str]],
+        ttl: Callable[[str], int],
+        keys: Callable[[], list[str]],
+    ) -> None:
+        self.store_connect = connect
+        self.store_disconnect = disconnect
+        self.hgetall = hgetall
+        self.ttl = ttl
+        self.all_keys = keys
+        self.core = KitCore(settings=Settings(), policies=None, namespace="/")
+
+    def connect(self, sid: str, session: dict[str, Any]) -> ConnectOutcome:
+        return self.store_connect(self.core.prepare_connect(sid, session)[3])
+
+    def disconnect(
+        self, sid: str, session: dict[str, Any], reason: str = "transport close"
+    ) -> DisconnectOutcome:
+        return self.store_disconnect(self.core.prepare_disconnect(sid, session, reason)[3])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _redis_readers(raw: Any) -> dict[str, Callable[..., Any]]:
+    return {
+        "hgetall": lambda key: {_text(k): _text(v) for k, v in raw.hgetall(key).items()},
+        "ttl": lambda key: int(raw.ttl(key)),
+        "keys": lambda: sorted(_text(k) for k in raw.scan_iter(count=1000)),
+    }
+
+
+STORE_KINDS = [
+    "memory",
+    *(f"redis-resp{p}-{'decoded' if d else 'bytes'}" for p in (2, 3) for d in (False, True)),
+    *(f"async-redis-resp{p}-{'decoded' if d else 'bytes'}" for p in (2, 3) for d in (False, True)),
+]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    kind: str = request.param
+    if kind == "memory":
+        store = MemoryStore()
+        yield Harness(store.connect, store.disconnect, store.hgetall, store.ttl, store.keys)
+        return
+    server = request.getfixturevalue("redis_server")
+    server.flush()
+    protocol = 3 if "resp3" in kind else 2
+    decoded = kind.endswith("decoded")
+    raw = server.client()
+    if kind.startswith("redis"):
+        client = server.client(protocol=protocol, decode_responses=decoded)
+        sync_store = RedisStore(client)
+        yield Harness(sync_store.connect, sync_store.disconnect, **_redis_readers(raw))
+        sync_store.close()
+        return
+    loop = asyncio.new_event_loop()
+    async_client = server.async_client(protocol=protocol, decode_responses=decoded)
+    async_store = AsyncRedisStore(async_client)
+    try:
+        yield Harness(
+            lambda r: loop.run_until_complete(async_store.connect(r)),
+            lambda r: loop.run_until_complete(async_store.disconnect(r)),
+            **_redis_readers(raw),
+        )
+    finally:
+        loop.run_until_complete(async_store.aclose())
+        loop.run_until_complete(async_client.aclose())
+        loop.close()
+
+
+def conns_key(role: str = "TeacherAPP", alive: str = ALIVE) -> str:
+    return f"presence:{{{alive}}}:conns:{role}"
+
+
+def test_teacher_connect_marks_online_without_expiry(harness: Harness) -> None:
+    outcome = harness.connect("sid-1", TEACHER)
+    assert (outcome.status, outcome.first, outcome.connections, outcome.version) == (
+        ConnectStatus.NEW,
+        True,
+        1,
+        1,
+    )
+    alive = harness.hgetall(ALIVE)
+    assert alive["state"] == "connect"
+    assert harness.ttl(ALIVE) == -1
+    assert set(harness.hgetall(conns_key())) == {"sid-1"}
+
+
+def test_teacher_offline_only_when_the_last_connection_goes(harness: Harness) -> None:
+    harness.connect("sid-1", TEACHER)
+    second = harness.connect("sid-2", TEACHER)
+    assert (second.first, second.connections) == (False, 2)
+    first_gone = harness.disconnect("sid-1", TEACHER)
+    assert (first_gone.status, first_gone.last) == (DisconnectStatus.REMOVED, False)
+    assert harness.hgetall(ALIVE)["state"] == "connect"
+    assert harness.ttl(ALIVE) == -1
+    last_gone = harness.disconnect("sid-2", TEACHER, reason="ping timeout")
+    assert (last_gone.status, last_gone.last) == (DisconnectStatus.REMOVED, True)
+    alive = harness.hgetall(ALIVE)
+    assert alive["state"] == "disconnect"
+    assert alive["reason"] == "ping timeout"
+    assert 3590 <= harness.ttl(ALIVE) <= 3600
+    assert harness.hgetall(conns_key()) == {}
+
+
+def test_removed_record_keeps_the_session_and_its_types(harness: Harness) -> None:
+    harness.connect("sid-p", PARTICIPANT)
+    outcome = harness.disconnect("sid-p", {k: v for k, v in PARTICIPANT.items() if k != "room_id"})
+    assert outcome.record is not None
+    assert outcome.record.session.room_id == 77
+    assert outcome.record.session.user_id == "p-5"
+    assert outcome.record.sid == "sid-p"
+    assert outcome.record.namespace == "/"
+
+
+def test_repeat_connect_changes_nothing(harness: Harness) -> None:
+    harness.connect("sid-1", TEACHER)
+    before = (harness.hgetall(ALIVE), harness.hgetall(conns_key()))
+    again = harness.connect("sid-1", TEACHER)
+    assert again.status is ConnectStatus.REPEAT
+    assert (again.first, again.connections, again.version) == (True, 1, 1)
+    assert (harness.hgetall(ALIVE), harness.hgetall(conns_key())) == before
+
+
+def test_repeat_disconnect_returns_the_first_outcome(harness: Harness) -> None:
+    harness.connect("sid-1", TEACHER)
+    first = harness.disconnect("sid-1", TEACHER)
+    alive = harness.hgetall(ALIVE)
+    repeat = harness.disconnect("sid-1", TEACHER, reason="client disconnect")
+    assert repeat.status is DisconnectStatus.REPEAT
+    assert (repeat.last, repeat.record, repeat.version, repeat.at) == (
+        first.last,
+        first.record,
+        first.version,
+        first.at,
+    )
+    assert harness.hgetall(ALIVE) == alive
+
+
+def test_unknown_disconnect_writes_nothing(harness: Harness) -> None:
+    outcome = harness.disconnect("never-seen", TEACHER)
+    assert (outcome.status, outcome.last, outcome.record) == (
+        DisconnectStatus.UNKNOWN,
+        False,
+        None,
+    )
+    assert harness.all_keys() == []
+
+
+def test_late_connect_of_a_disconnected_sid_is_refused(harness: Harness) -> None:
+    harness.connect("sid-1", TEACHER)
+    harness.disconnect("sid-1", TEACHER)
+    late = harness.connect("sid-1", TEACHER)
+    assert late.status is ConnectStatus.STALE
+    assert harness.hgetall(ALIVE)["state"] == "disconnect"
+    assert harness.hgetall(conns_key()) == {}
+
+
+def test_reconnect_after_offline_persists_and_bumps_the_version(harness: Harness) -> None:
+    harness.connect("sid-1", TEACHER)
+    harness.disconnect("sid-1", TEACHER)
+    back = harness.connect("sid-2", TEACHER)
+    assert (back.status, back.first, back.version) == (ConnectStatus.NEW, True, 3)
+    assert harness.hgetall(ALIVE)["state"] == "connect"
+    assert harness.ttl(ALIVE) == -1
+
+
+@pytest.mark.parametrize("session", [HUB, PARTICIPANT], ids=["hub", "participant"])
+def test_other_roles_never_touch_the_alive_key(harness: Harness, session: dict[str, Any]) -> None:
+    alive = f"alive:org_1_user_{session['user_id']}"
+    harness.connect("sid-x", session)
+    harness.disconnect("sid-x", session)
+    assert harness.hgetall(alive) == {}
+
+
+def test_participant_connections_are_counted_per_user(harness: Harness) -> None:
+    first = harness.connect("tab-1", PARTICIPANT)
+    second = harness.connect("tab-2", PARTICIPANT)
+    assert (first.first, second.first, second.connections) == (True, False, 2)
+    assert harness.disconnect("tab-1", PARTICIPANT).last is False
+    assert harness.disconnect("tab-2", PARTICIPANT).last is True
+
+
+def test_connection_records_carry_a_safety_ttl(harness: Harness) -> None:
+    harness.connect("sid-p", PARTICIPANT)
+    key = conns_key("ParticipantWeb", "alive:org_1_user_p-5")
+    assert 86390 <= harness.ttl(key) <= 86400
+
+
+def test_every_key_is_the_alive_key_or_tagged_with_it(harness: Harness) -> None:
+    harness.connect("sid-1", TEACHER)
+    harness.connect("sid-p", PARTICIPANT)
+    harness.disconnect("sid-1", TEACHER)
+    for key in harness.all_keys():
+        assert key.startswith(("alive:", "presence:{alive:")), key
