@@ -43,7 +43,8 @@ def test_server_starts_answers_and_is_cleaned_up() -> None:
         assert client.config_get("save") == {"save": ""}
         assert client.config_get("appendonly") == {"appendonly": "no"}
         client.set("k", "v")
-        assert redis.Redis.from_url(server.url).get("k") == b"v"
+        with redis.Redis.from_url(server.url) as by_url:
+            assert by_url.get("k") == b"v"
         assert server.used_memory() > 0
     assert not _pid_alive(pid)
     assert not tmpdir.exists()
@@ -116,6 +117,13 @@ def test_session_server_is_flushed_per_test_2(redis_server: RedisServer) -> None
 
 def test_session_server_is_revived_and_flushed(redis_server: RedisServer) -> None:
     assert redis_server.client().dbsize() == 0
+
+
+def test_flush_empties_the_script_cache(fresh_redis_server: RedisServer) -> None:
+    client = fresh_redis_server.client()
+    sha = client.script_load("return 1")
+    fresh_redis_server.flush()
+    assert client.script_exists(sha) == [False]
 
 
 async def test_async_client(redis_server: RedisServer) -> None:

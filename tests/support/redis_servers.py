@@ -70,6 +70,10 @@ class RedisServerError(RuntimeError):
     """A test Redis server or cluster failed to start, stop or converge."""
 
 
+class _PortTakenError(RedisServerError):
+    """Another process got the port first."""
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -187,7 +191,7 @@ class RedisServer:
         self._finalizer = weakref.finalize(self, _reap, self._state)
         self._port = port if port is not None else free_port(cluster_bus=cluster_bus)
         try:
-            self._start(retry_ports=port is None)
+            self._start(retry_ports=port is None, timeout=start_timeout)
         except BaseException:
             self.close()
             raise
@@ -283,33 +287,39 @@ class RedisServer:
             )
         self._state.paused = False
 
-    def _start(self, *, retry_ports: bool) -> None:
+    def _start(self, *, retry_ports: bool, timeout: float) -> None:
         for attempt in range(5):
             log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             self._spawn()
             try:
-                self._wait_ready(log_offset)
+                self._wait_ready(log_offset, timeout)
                 return
-            except RedisServerError:
-                in_use = "Address already in use" in self.log_tail(since=log_offset)
-                if not (retry_ports and in_use and attempt < 4):
-                    raise
+            except _PortTakenError:
                 _kill_process(self._state)
+                if not retry_ports or attempt == 4:
+                    raise
                 self._port = free_port(cluster_bus=self._cluster_bus)
 
-    def _wait_ready(self, log_offset: int) -> None:
-        deadline = time.monotonic() + self._start_timeout
+    def _wait_ready(self, log_offset: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         with self._admin_client() as admin:
             while True:
                 proc = self._state.proc
                 assert proc is not None
                 if proc.poll() is not None:
-                    raise RedisServerError(
-                        f"redis-server on port {self._port} exited with {proc.returncode}:\n"
-                        f"{self.log_tail(since=log_offset)}"
+                    log = self.log_tail(since=log_offset)
+                    in_use = "Address already in use" in log
+                    error = _PortTakenError if in_use else RedisServerError
+                    raise error(
+                        f"redis-server on port {self._port} exited with {proc.returncode}:\n{log}"
                     )
                 try:
                     if admin.ping():
+                        if int(admin.info("server")["process_id"]) != proc.pid:
+                            raise _PortTakenError(
+                                f"another server answers on port {self._port}:\n"
+                                f"{self.log_tail(since=log_offset)}"
+                            )
                         return
                 except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                     pass
@@ -317,7 +327,7 @@ class RedisServer:
                     _kill_process(self._state)
                     raise RedisServerError(
                         f"redis-server on port {self._port} did not answer PING within "
-                        f"{self._start_timeout}s:\n{self.log_tail(since=log_offset)}"
+                        f"{timeout}s:\n{self.log_tail(since=log_offset)}"
                     )
                 time.sleep(_POLL_INTERVAL)
 
@@ -361,9 +371,7 @@ class RedisServer:
         """Start again on the same port (stopping first if running). Data is gone."""
         self._ensure_open()
         self.stop()
-        if timeout is not None:
-            self._start_timeout = timeout
-        self._start(retry_ports=False)
+        self._start(retry_ports=False, timeout=timeout or self._start_timeout)
 
     def ensure_running(self) -> None:
         """Resume if paused, restart if dead: undo what a test may have done."""
@@ -431,9 +439,13 @@ class RedisServer:
             host=HOST, port=self._port, **{**self._connection_kwargs, **kwargs}
         )
 
-    def flush(self) -> None:
-        """``FLUSHALL`` (this is our own test server)."""
-        self.admin("FLUSHALL")
+    def flush(self, *, scripts: bool = True) -> None:
+        """``FLUSHALL`` (this is our own test server), and ``SCRIPT FLUSH`` unless told not
+        to, so that every test starts with an empty Lua script cache."""
+        with self._admin_client() as admin:
+            admin.flushall()
+            if scripts:
+                admin.script_flush()
 
     def used_memory(self) -> int:
         """``INFO memory`` ``used_memory`` in bytes."""
@@ -741,13 +753,18 @@ class RedisClusterServers:
         nodes = [redis.asyncio.cluster.ClusterNode(HOST, s.port) for s in self._servers]
         return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **kwargs)
 
-    def flush(self) -> None:
-        """``FLUSHALL`` on every master, then ``WAIT`` for its replicas to apply it."""
+    def flush(self, *, scripts: bool = True) -> None:
+        """``FLUSHALL`` on every master, then ``WAIT`` for its replicas to apply it; and
+        ``SCRIPT FLUSH`` on every node unless told not to."""
         for master in self.masters():
             with master._admin_client() as admin:
                 admin.flushall()
                 if self._replicas_per_master:
                     admin.wait(self._replicas_per_master, 2000)
+        if scripts:
+            for server in self._servers:
+                if server.is_available:
+                    server.admin("SCRIPT", "FLUSH")
 
     def close(self) -> None:
         """Close clients and every node (idempotent)."""
