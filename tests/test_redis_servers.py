@@ -12,9 +12,6 @@ from redis.retry import Retry
 
 from tests.support.redis_servers import RedisClusterServers, RedisServer, free_port
 
-# Redundant once tests/conftest.py loads the plugin; harmless then.
-pytest_plugins = ["tests.support.redis_fixtures"]
-
 NO_RETRY = Retry(NoBackoff(), 0)
 
 
