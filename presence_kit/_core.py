@@ -25,7 +25,15 @@ from ._model import (
     ConnectRequest,
     DisconnectOutcome,
     DisconnectRequest,
+    FinishLeaveOutcome,
+    FinishLeaveRequest,
+    KeySchema,
+    OnlineUser,
+    OrgQuery,
     StoreLayout,
+    index_entry,
+    parse_queue_member,
+    queue_member,
 )
 from ._policies import (
     ConnectFacts,
@@ -33,7 +41,15 @@ from ._policies import (
     DisconnectPolicy,
     default_policies,
 )
-from ._session import Session, parse_session, read_role, validate_sid
+from ._session import (
+    Id,
+    Session,
+    parse_session,
+    read_role,
+    validate_id,
+    validate_role,
+    validate_sid,
+)
 from ._settings import Settings
 
 __all__ = ["KitCore", "KitStats", "PortCall"]
@@ -124,7 +140,9 @@ class KitCore:
             offline_ttl=s.offline_ttl,
             connection_ttl=s.connection_ttl,
             tombstone_ttl=s.tombstone_ttl,
+            leave_grace_ms=round(s.leave_grace * 1000),
         )
+        self.keys = KeySchema(alive_template=s.alive_key, prefix=s.key_prefix)
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(KitStats.__dataclass_fields__, 0)
 
@@ -144,11 +162,7 @@ class KitCore:
 
     def alive_key(self, session: Session) -> str:
         """The spec's alive hash of the session's (org, user)."""
-        return self.settings.alive_key.format(org_id=session.org_id, user_id=session.user_id)
-
-    def _companion(self, alive_key: str, kind: str, tail: str) -> str:
-        # Hash-tagged with the alive key's own name: same cluster slot as the alive key.
-        return f"{self.settings.key_prefix}:{{{alive_key}}}:{kind}:{tail}"
+        return self.keys.alive(session.org_id, session.user_id)
 
     # --- connect --------------------------------------------------------------------
 
@@ -158,20 +172,28 @@ class KitCore:
         """Validate a connect and build the store request; raises before any I/O."""
         sid = validate_sid(sid)
         session, policy = self._parse(raw_session, connect=True)
-        alive = self.alive_key(session)
-        record = ConnectionRecord(
-            sid=sid,
-            namespace=self.namespace,
-            node_id=self.node_id,
-            incarnation=self.incarnation,
-            session=session,
-        )
+        keys, alive = self.keys, self.alive_key(session)
+        snapshot_of = getattr(policy, "snapshot_of", None)
         request = ConnectRequest(
             sid=sid,
             alive_key=alive,
-            connections_key=self._companion(alive, "conns", session.role),
-            tombstone_key=self._companion(alive, "gone", sid),
-            record=record,
+            connections_key=keys.connections(alive, session.role),
+            tombstone_key=keys.tombstone(alive, sid),
+            held_leave_key=keys.held_leave(alive, session.role),
+            org_index_key=keys.org_index(session.org_id, session.role),
+            index_entry=index_entry(session.user_id, session.lesson_id),
+            snapshot=(
+                OrgQuery(keys=keys, org_id=session.org_id, role=snapshot_of)
+                if snapshot_of and self.settings.send_presence_snapshot
+                else None
+            ),
+            record=ConnectionRecord(
+                sid=sid,
+                namespace=self.namespace,
+                node_id=self.node_id,
+                incarnation=self.incarnation,
+                session=session,
+            ),
             tracks_alive=policy.tracks_alive,
             layout=self.layout,
         )
@@ -200,12 +222,16 @@ class KitCore:
         sid = validate_sid(sid)
         reason_text = validate_reason(reason)
         session, policy = self._parse(raw_session, connect=False)
-        alive = self.alive_key(session)
+        keys, alive = self.keys, self.alive_key(session)
         request = DisconnectRequest(
             sid=sid,
             alive_key=alive,
-            connections_key=self._companion(alive, "conns", session.role),
-            tombstone_key=self._companion(alive, "gone", sid),
+            connections_key=keys.connections(alive, session.role),
+            tombstone_key=keys.tombstone(alive, sid),
+            held_leave_key=keys.held_leave(alive, session.role),
+            org_index_key=keys.org_index(session.org_id, session.role),
+            leave_queue_key=keys.leave_queue(),
+            queue_member=queue_member(session.org_id, session.user_id, session.role),
             tracks_alive=policy.tracks_alive,
             reason=reason_text,
             layout=self.layout,
@@ -214,25 +240,90 @@ class KitCore:
 
     def disconnect_effects(
         self,
-        request: DisconnectRequest,
+        sid: str,
         session: Session,
         policy: DisconnectPolicy,
         outcome: DisconnectOutcome | None,
+        reason: str,
     ) -> Sequence[Effect]:
         """Run the role's policy for a disconnect (with the stored session when known)."""
         if outcome is not None and outcome.record is not None:
             session = outcome.record.session
         facts = DisconnectFacts(
-            sid=request.sid,
-            session=session,
-            outcome=outcome,
-            reason=request.reason,
-            settings=self.settings,
+            sid=sid, session=session, outcome=outcome, reason=reason, settings=self.settings
         )
         self.count("disconnects")
         if facts.went_offline and policy.tracks_alive:
             self.count("announced_offline")
         return policy.on_disconnect(facts)
+
+    # --- held-back leaves -----------------------------------------------------------
+
+    def finish_request(self, member: str) -> FinishLeaveRequest | None:
+        """The request that finishes the held-back leave queued as ``member``."""
+        try:
+            org_id, user_id, role = parse_queue_member(member)
+        except (ValueError, TypeError):
+            logger.warning("ignoring a malformed leave-queue member", extra={"member": member})
+            return None
+        alive = self.keys.alive(org_id, user_id)
+        return FinishLeaveRequest(
+            alive_key=alive,
+            connections_key=self.keys.connections(alive, role),
+            held_leave_key=self.keys.held_leave(alive, role),
+            org_index_key=self.keys.org_index(org_id, role),
+            leave_queue_key=self.keys.leave_queue(),
+            queue_member=member,
+            layout=self.layout,
+        )
+
+    def finished_leave_effects(self, finished: FinishLeaveOutcome) -> Sequence[Effect]:
+        """The effects of a held-back leave this node claimed (run from its record)."""
+        outcome = finished.outcome
+        if outcome is None or outcome.record is None:
+            return ()
+        record = outcome.record
+        try:
+            policy = self.policies.for_role(record.session.role)
+        except InvalidSessionError:
+            logger.warning(
+                "no policy for a held-back leave's role", extra={"role": record.session.role}
+            )
+            return ()
+        return self.disconnect_effects(
+            record.sid, record.session, policy, outcome, finished.reason
+        )
+
+    # --- queries --------------------------------------------------------------------
+
+    def validated_id(self, field: str, value: object) -> Id:
+        """Validate one id given to a query."""
+        return validate_id(field, value, self._id_pattern)
+
+    def query_role(self, role: object) -> str:
+        """Validate a role given to a query (it must have a policy)."""
+        name = validate_role(role)
+        self.policies.for_role(name)
+        return name
+
+    def org_query(self, org_id: object, role: object) -> OrgQuery:
+        """The validated index query of an organisation's connections in a role."""
+        return OrgQuery(
+            keys=self.keys,
+            org_id=self.validated_id("org_id", org_id),
+            role=self.query_role(role),
+        )
+
+    def presence_keys(self, org_id: object, user_id: object, role: object) -> tuple[str, str]:
+        """``(alive key, connections key)`` of a (user, role), validated."""
+        alive = self.keys.alive(
+            self.validated_id("org_id", org_id), self.validated_id("user_id", user_id)
+        )
+        return alive, self.keys.connections(alive, self.query_role(role))
+
+    def lesson_filter(self, lesson_id: object) -> Id | None:
+        """A validated lesson id, or ``None`` for every lesson."""
+        return None if lesson_id is None else self.validated_id("lesson_id", lesson_id)
 
     def _parse(self, raw_session: object, *, connect: bool) -> tuple[Session, DisconnectPolicy]:
         policy = self.policies.for_role(read_role(raw_session))
@@ -242,3 +333,18 @@ class KitCore:
             required=policy.connect_requires if connect else frozenset(),
         )
         return session, policy
+
+
+def group_online(entries: Mapping[str, tuple[Id, Id]], lesson_id: Id | None) -> list[OnlineUser]:
+    """Fold index entries into one :class:`OnlineUser` per user (in a lesson, if given)."""
+    counts: dict[Id, int] = {}
+    lessons: dict[Id, dict[Id, None]] = {}
+    for user_id, user_lesson in entries.values():
+        if lesson_id is not None and str(user_lesson) != str(lesson_id):
+            continue
+        counts[user_id] = counts.get(user_id, 0) + 1
+        lessons.setdefault(user_id, {})[user_lesson] = None
+    return [
+        OnlineUser(user_id=user_id, connections=n, lesson_ids=tuple(lessons[user_id]))
+        for user_id, n in sorted(counts.items(), key=lambda item: str(item[0]))
+    ]

@@ -13,17 +13,26 @@ sid in every room. They are logged and counted (:attr:`PresenceKit.stats`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from ._core import KitCore, KitStats, port_call
+from ._core import KitCore, KitStats, group_online, port_call
 from ._effects import Effect
 from ._errors import StoreError
-from ._model import ConnectOutcome, DisconnectOutcome
+from ._model import (
+    ConnectionRecord,
+    ConnectOutcome,
+    DisconnectOutcome,
+    FinishLeaveOutcome,
+    OnlineUser,
+    UserPresence,
+)
 from ._policies import DisconnectPolicy
 from ._ports import Analytics, AsyncSockets, AsyncStore, Sockets, Store
+from ._roles import ClientRole
 from ._settings import Settings
 
 __all__ = ["AsyncPresenceKit", "PresenceKit"]
@@ -51,6 +60,10 @@ def _log_store_failure(operation: str, sid: str, exc: BaseException) -> None:
     )
 
 
+def _log_background_failure(exc: BaseException) -> None:
+    logger.warning("presence background step failed; retrying later", exc_info=exc)
+
+
 def _log_effect_failure(effect: Effect, exc: BaseException) -> None:
     logger.warning(
         "presence effect %s failed",
@@ -74,6 +87,16 @@ class _BaseKit:
         self._core = KitCore(settings=settings, policies=policies, namespace=_namespace(sockets))
         self._analytics = analytics
         self._closed = False
+        self._background: Any = None
+        self._stopping = False
+
+    @property
+    def _needs_background(self) -> bool:
+        return self.settings.leave_grace > 0 and self._background is None and not self._closed
+
+    def _finished(self, finished: FinishLeaveOutcome) -> Sequence[Effect]:
+        effects = self._core.finished_leave_effects(finished)
+        return effects
 
     @property
     def settings(self) -> Settings:
@@ -136,6 +159,7 @@ class PresenceKit(_BaseKit):
         ``Settings.strict_connect``).
         """
         sid, parsed, policy, request = self._core.prepare_connect(sid, session)
+        self._start_background()
         outcome: ConnectOutcome | None = None
         failure: Exception | None = None
         try:
@@ -159,14 +183,73 @@ class PresenceKit(_BaseKit):
         returned.
         """
         sid, parsed, policy, request = self._core.prepare_disconnect(sid, session, reason)
+        self._start_background()
         outcome: DisconnectOutcome | None = None
         try:
             outcome = self._store.disconnect(request)
         except Exception as exc:
             self._core.count("store_failures")
             _log_store_failure("disconnect", sid, exc)
-        self._run(self._core.disconnect_effects(request, parsed, policy, outcome))
+        self._run(self._core.disconnect_effects(sid, parsed, policy, outcome, request.reason))
         return outcome
+
+    def run_due_leaves(self, limit: int = 100) -> int:
+        """One step of the grace scheduler: run the held-back leaves that are due.
+
+        Any kit may run any node's leaves; each runs exactly once. Returns how many this
+        call announced. The background does this every ``leave_poll_interval``; tests
+        call it directly instead of sleeping.
+        """
+        announced = 0
+        for member in self._store.due_leaves(self._core.keys.leave_queue(), limit):
+            request = self._core.finish_request(member)
+            if request is None:
+                continue
+            finished = self._store.finish_leave(request)
+            if finished.outcome is not None:
+                announced += 1
+            self._run(self._finished(finished))
+        return announced
+
+    def _start_background(self) -> None:
+        if self._needs_background:
+            self._background = self._sockets.start_background_task(self._background_loop)
+
+    def _background_loop(self) -> None:
+        while not self._stopping:
+            try:
+                self.run_due_leaves()
+            except Exception as exc:
+                _log_background_failure(exc)
+            self._sockets.sleep(self.settings.leave_poll_interval)
+
+    def online_users(
+        self,
+        org_id: Any,
+        role: str | ClientRole = ClientRole.TEACHER_APP,
+        *,
+        lesson_id: Any = None,
+    ) -> list[OnlineUser]:
+        """Users of ``org_id`` with live connections in ``role`` (in ``lesson_id``, if given).
+
+        Reads one index; the cost is proportional to the answer.
+        """
+        query = self._core.org_query(org_id, role)
+        lesson = self._core.lesson_filter(lesson_id)
+        return group_online(self._store.org_connections(query), lesson)
+
+    def presence(
+        self, org_id: Any, user_id: Any, role: str | ClientRole = ClientRole.TEACHER_APP
+    ) -> UserPresence:
+        """A user's state, connections, since when, and last leave reason (one round trip)."""
+        alive, conns = self._core.presence_keys(org_id, user_id, role)
+        return self._store.presence(alive, conns, self.settings.state_field)
+
+    def connections(
+        self, org_id: Any, user_id: Any, role: str | ClientRole = ClientRole.TEACHER_APP
+    ) -> tuple[ConnectionRecord, ...]:
+        """A user's live connections in ``role``."""
+        return self.presence(org_id, user_id, role).connections
 
     def _run(self, effects: Sequence[Effect]) -> None:
         for effect in effects:
@@ -185,6 +268,10 @@ class PresenceKit(_BaseKit):
         if self._closed:
             return
         self._closed = True
+        self._stopping = True
+        join = getattr(self._background, "join", None)
+        if callable(join):
+            join(self.settings.leave_poll_interval + 1.0)
         self._close_analytics(timeout)
         self._store.close()
 
@@ -211,6 +298,18 @@ class _InlineAsyncStore:
 
     async def disconnect(self, request: Any) -> DisconnectOutcome:
         return self._store.disconnect(request)
+
+    async def due_leaves(self, queue_key: str, limit: int) -> list[str]:
+        return self._store.due_leaves(queue_key, limit)
+
+    async def finish_leave(self, request: Any) -> FinishLeaveOutcome:
+        return self._store.finish_leave(request)
+
+    async def presence(self, alive_key: str, connections_key: str, state_field: str) -> Any:
+        return self._store.presence(alive_key, connections_key, state_field)
+
+    async def org_connections(self, query: Any) -> Any:
+        return self._store.org_connections(query)
 
     async def aclose(self) -> None:
         self._store.close()
@@ -253,6 +352,7 @@ class AsyncPresenceKit(_BaseKit):
     async def handle_connect(self, sid: str, session: Mapping[str, Any]) -> ConnectOutcome | None:
         """Record connection ``sid`` and join its rooms (as :meth:`PresenceKit.handle_connect`)."""
         sid, parsed, policy, request = self._core.prepare_connect(sid, session)
+        self._start_background()
         outcome: ConnectOutcome | None = None
         failure: Exception | None = None
         try:
@@ -271,14 +371,67 @@ class AsyncPresenceKit(_BaseKit):
     ) -> DisconnectOutcome | None:
         """Remove connection ``sid`` (see :meth:`PresenceKit.handle_disconnect`)."""
         sid, parsed, policy, request = self._core.prepare_disconnect(sid, session, reason)
+        self._start_background()
         outcome: DisconnectOutcome | None = None
         try:
             outcome = await self._store.disconnect(request)
         except Exception as exc:
             self._core.count("store_failures")
             _log_store_failure("disconnect", sid, exc)
-        await self._run(self._core.disconnect_effects(request, parsed, policy, outcome))
+        await self._run(
+            self._core.disconnect_effects(sid, parsed, policy, outcome, request.reason)
+        )
         return outcome
+
+    async def run_due_leaves(self, limit: int = 100) -> int:
+        """One step of the grace scheduler (see :meth:`PresenceKit.run_due_leaves`)."""
+        announced = 0
+        for member in await self._store.due_leaves(self._core.keys.leave_queue(), limit):
+            request = self._core.finish_request(member)
+            if request is None:
+                continue
+            finished = await self._store.finish_leave(request)
+            if finished.outcome is not None:
+                announced += 1
+            await self._run(self._finished(finished))
+        return announced
+
+    def _start_background(self) -> None:
+        if self._needs_background:
+            self._background = self._sockets.start_background_task(self._background_loop)
+
+    async def _background_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.run_due_leaves()
+            except Exception as exc:
+                _log_background_failure(exc)
+            await self._sockets.sleep(self.settings.leave_poll_interval)
+
+    async def online_users(
+        self,
+        org_id: Any,
+        role: str | ClientRole = ClientRole.TEACHER_APP,
+        *,
+        lesson_id: Any = None,
+    ) -> list[OnlineUser]:
+        """Users with live connections (see :meth:`PresenceKit.online_users`)."""
+        query = self._core.org_query(org_id, role)
+        lesson = self._core.lesson_filter(lesson_id)
+        return group_online(await self._store.org_connections(query), lesson)
+
+    async def presence(
+        self, org_id: Any, user_id: Any, role: str | ClientRole = ClientRole.TEACHER_APP
+    ) -> UserPresence:
+        """A user's presence (see :meth:`PresenceKit.presence`)."""
+        alive, conns = self._core.presence_keys(org_id, user_id, role)
+        return await self._store.presence(alive, conns, self.settings.state_field)
+
+    async def connections(
+        self, org_id: Any, user_id: Any, role: str | ClientRole = ClientRole.TEACHER_APP
+    ) -> tuple[ConnectionRecord, ...]:
+        """A user's live connections in ``role``."""
+        return (await self.presence(org_id, user_id, role)).connections
 
     async def _run(self, effects: Sequence[Effect]) -> None:
         for effect in effects:
@@ -297,6 +450,12 @@ class AsyncPresenceKit(_BaseKit):
         if self._closed:
             return
         self._closed = True
+        self._stopping = True
+        task = self._background
+        if isinstance(task, asyncio.Future) and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await asyncio.to_thread(self._close_analytics, timeout)
         await self._store.aclose()
 

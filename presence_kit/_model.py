@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ._errors import StoreError
-from ._session import Session
+from ._session import Id, Session
 
 __all__ = [
     "ConnectOutcome",
@@ -22,7 +22,13 @@ __all__ = [
     "DisconnectOutcome",
     "DisconnectRequest",
     "DisconnectStatus",
+    "FinishLeaveOutcome",
+    "FinishLeaveRequest",
+    "KeySchema",
+    "OnlineUser",
+    "OrgQuery",
     "StoreLayout",
+    "UserPresence",
 ]
 
 
@@ -58,6 +64,66 @@ class StoreLayout:
     offline_ttl: int
     connection_ttl: int
     tombstone_ttl: int
+    leave_grace_ms: int = 0
+    """Milliseconds a last connection's leave is held back (0: announce at once)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeySchema:
+    """Every Redis key name presence_kit uses, from the settings' templates.
+
+    A user's keys share the cluster slot of the spec's alive key: they embed its name
+    as their hash tag. An organisation's index keys share the slot ``{<prefix>:org:<id>}``.
+    """
+
+    alive_template: str
+    prefix: str
+
+    def alive(self, org_id: Id, user_id: Id) -> str:
+        """The spec's alive hash of a user."""
+        return self.alive_template.format(org_id=org_id, user_id=user_id)
+
+    def connections(self, alive_key: str, role: str) -> str:
+        """Hash ``sid -> record`` of a user's connections in a role."""
+        return f"{self.prefix}:{{{alive_key}}}:conns:{role}"
+
+    def tombstone(self, alive_key: str, sid: str) -> str:
+        """Marker left by a finished disconnect (its outcome, for repeats)."""
+        return f"{self.prefix}:{{{alive_key}}}:gone:{sid}"
+
+    def held_leave(self, alive_key: str, role: str) -> str:
+        """Hash of a leave held back by the grace period."""
+        return f"{self.prefix}:{{{alive_key}}}:held:{role}"
+
+    def org_index(self, org_id: Id, role: str) -> str:
+        """Hash ``sid -> [user_id, lesson_id]`` of an organisation's connections in a role."""
+        return f"{self.prefix}:{{{self.prefix}:org:{org_id}}}:online:{role}"
+
+    def leave_queue(self) -> str:
+        """Sorted set of held-back leaves, scored by when their grace ends (ms)."""
+        return f"{self.prefix}:{{{self.prefix}:leaves}}:due"
+
+
+def index_entry(user_id: Id, lesson_id: Id) -> str:
+    """The org index value of a connection."""
+    return json.dumps([user_id, lesson_id], separators=(",", ":"))
+
+
+def parse_index_entry(text: str | bytes) -> tuple[Id, Id]:
+    """``(user_id, lesson_id)`` of an org index value."""
+    user_id, lesson_id = json.loads(text)
+    return user_id, lesson_id
+
+
+def queue_member(org_id: Id, user_id: Id, role: str) -> str:
+    """The leave-queue member of a (user, role): enough to rebuild every key."""
+    return json.dumps([org_id, user_id, role], separators=(",", ":"))
+
+
+def parse_queue_member(text: str | bytes) -> tuple[Id, Id, str]:
+    """``(org_id, user_id, role)`` of a leave-queue member."""
+    org_id, user_id, role = json.loads(text)
+    return org_id, user_id, role
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -107,6 +173,20 @@ class ConnectionRecord:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class OrgQuery:
+    """An organisation's index of connections in one role (and how to verify it)."""
+
+    keys: KeySchema
+    org_id: Id
+    role: str
+
+    @property
+    def index_key(self) -> str:
+        """The index's key."""
+        return self.keys.org_index(self.org_id, self.role)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ConnectRequest:
     """Record connection ``sid`` of one (user, role); mark the user online if it tracks alive."""
 
@@ -117,6 +197,13 @@ class ConnectRequest:
     """Hash ``sid -> record`` of this user's connections in this role."""
     tombstone_key: str
     """Marker left by this sid's disconnect (a late connect is then refused)."""
+    held_leave_key: str
+    """The (user, role)'s held-back leave, cancelled by this connect."""
+    org_index_key: str
+    """The organisation's index of connections in this role."""
+    index_entry: str
+    snapshot: OrgQuery | None
+    """An org index to return in ``ConnectOutcome.snapshot``, or ``None``."""
     record: ConnectionRecord
     tracks_alive: bool
     """Whether this role's connections drive the alive hash (``TeacherAPP``)."""
@@ -136,6 +223,10 @@ class ConnectOutcome:
     """The alive hash's transition counter after the call (0 for roles that don't track)."""
     at: float
     """Server time of the call (seconds since the epoch, from Redis ``TIME``)."""
+    resumed: bool = False
+    """This connection cancelled a leave held back by the grace period."""
+    snapshot: tuple[tuple[Id, Id], ...] = ()
+    """``(user_id, lesson_id)`` per connection in the requested snapshot's index."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -146,6 +237,10 @@ class DisconnectRequest:
     alive_key: str
     connections_key: str
     tombstone_key: str
+    held_leave_key: str
+    org_index_key: str
+    leave_queue_key: str
+    queue_member: str
     tracks_alive: bool
     reason: str
     layout: StoreLayout
@@ -163,3 +258,53 @@ class DisconnectOutcome:
     version: int
     at: float
     """Server time of the removal (seconds since the epoch)."""
+    deferred: bool = False
+    """The last connection went, but its leave is held back by the grace period."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FinishLeaveRequest:
+    """Run the held-back leave of a (user, role) if its grace has ended."""
+
+    alive_key: str
+    connections_key: str
+    held_leave_key: str
+    org_index_key: str
+    leave_queue_key: str
+    queue_member: str
+    layout: StoreLayout
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FinishLeaveOutcome:
+    """What a finish call did: ``outcome`` is set when this call ran the leave."""
+
+    outcome: DisconnectOutcome | None
+    reason: str
+    due: float | None
+    """When the leave is due (seconds), if it was not yet."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UserPresence:
+    """What the store knows of one (user, role)."""
+
+    state: str | None
+    """The alive hash's state (``None``: no alive key, or a role that doesn't track it)."""
+    connections: tuple[ConnectionRecord, ...]
+    since: float | None
+    """When ``state`` last changed (seconds since the epoch)."""
+    last_reason: str | None
+    """Reason of the user's last leave."""
+    version: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OnlineUser:
+    """A user with live connections in a role, from :meth:`PresenceKit.online_users`."""
+
+    user_id: Id
+    """The id, with the type it had in the session."""
+    connections: int
+    lesson_ids: tuple[Id, ...]
+    """The lessons of those connections, without repeats."""

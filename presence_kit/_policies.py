@@ -49,6 +49,13 @@ def lesson_room(settings: Settings, lesson_id: Id) -> str:
     return settings.lesson_room.format(lesson_id=lesson_id)
 
 
+def teacher_payload(settings: Settings, user_id: Id, version: int) -> dict[str, object]:
+    """``{"user_id": ...}``, plus ``"version"`` when :attr:`Settings.include_version`."""
+    if settings.include_version:
+        return {"user_id": user_id, "version": version}
+    return {"user_id": user_id}
+
+
 def insert_id(sid: str, event: str) -> str:
     """Deterministic analytics ``$insert_id`` for ``event`` of connection ``sid`` (32 hex)."""
     return hashlib.blake2b(f"{sid}\x00{event}".encode(), digest_size=16).hexdigest()
@@ -72,6 +79,13 @@ class ConnectFacts:
             and self.outcome.status is ConnectStatus.NEW
             and self.outcome.first
         )
+
+    @property
+    def snapshot_users(self) -> list[Id]:
+        """Distinct user ids of the snapshot the store returned (first seen first)."""
+        if self.outcome is None:
+            return []
+        return list(dict.fromkeys(user_id for user_id, _lesson in self.outcome.snapshot))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -104,6 +118,10 @@ class DisconnectPolicy(Protocol):
     ``tracks_alive`` says whether the role's connections drive the spec's alive hash;
     ``connect_requires`` names the optional session fields the role needs at connect
     (``{"room_id"}`` for participants). Both methods are pure.
+
+    A policy may also have a ``snapshot_of`` attribute naming a role: its connects then
+    receive, in ``ConnectFacts.outcome.snapshot``, the org's connections of that role
+    (read in the same round trip where the store allows).
     """
 
     tracks_alive: bool
@@ -128,11 +146,11 @@ class TeacherAppPolicy:
         """Join the lesson; announce ``teacher_connect`` when the teacher came online."""
         s, settings = facts.session, facts.settings
         effects: list[Effect] = [JoinRoom(sid=facts.sid, room=lesson_room(settings, s.lesson_id))]
-        if facts.came_online and settings.announce_connect:
+        if facts.came_online and settings.announce_connect and facts.outcome is not None:
             effects.append(
                 Emit(
                     event=settings.teacher_connect_event,
-                    data={"user_id": s.user_id},
+                    data=teacher_payload(settings, s.user_id, facts.outcome.version),
                     to=org_room(settings, s.org_id),
                 )
             )
@@ -142,11 +160,11 @@ class TeacherAppPolicy:
         """Announce ``teacher_disconnect`` on a real leave; always leave the lesson."""
         s, settings = facts.session, facts.settings
         effects: list[Effect] = []
-        if facts.went_offline:
+        if facts.went_offline and facts.outcome is not None:
             effects.append(
                 Emit(
                     event=settings.teacher_disconnect_event,
-                    data={"user_id": s.user_id},
+                    data=teacher_payload(settings, s.user_id, facts.outcome.version),
                     to=org_room(settings, s.org_id),
                 )
             )
@@ -159,14 +177,24 @@ class TeacherHubPolicy:
 
     tracks_alive = False
     connect_requires: frozenset[str] = frozenset()
+    snapshot_of = ClientRole.TEACHER_APP.value
 
     def on_connect(self, facts: ConnectFacts) -> Sequence[Effect]:
-        """Join the org room (teacher events arrive there) and the lesson room."""
+        """Join the org and lesson rooms; send the hub who is online (``presence_state``)."""
         s, settings = facts.session, facts.settings
-        return [
+        effects: list[Effect] = [
             JoinRoom(sid=facts.sid, room=org_room(settings, s.org_id)),
             JoinRoom(sid=facts.sid, room=lesson_room(settings, s.lesson_id)),
         ]
+        if settings.send_presence_snapshot and facts.outcome is not None:
+            effects.append(
+                Emit(
+                    event=settings.presence_state_event,
+                    data={"user_ids": facts.snapshot_users},
+                    to=facts.sid,
+                )
+            )
+        return effects
 
     def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
         """Leave the lesson room; nothing written, nothing emitted."""

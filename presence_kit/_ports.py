@@ -12,7 +12,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from ._effects import Track
-from ._model import ConnectOutcome, ConnectRequest, DisconnectOutcome, DisconnectRequest
+from ._model import (
+    ConnectOutcome,
+    ConnectRequest,
+    DisconnectOutcome,
+    DisconnectRequest,
+    FinishLeaveOutcome,
+    FinishLeaveRequest,
+    OrgQuery,
+    UserPresence,
+)
+from ._session import Id
 
 __all__ = ["Analytics", "AsyncSockets", "AsyncStore", "Sockets", "Store"]
 
@@ -33,6 +43,22 @@ class Store(Protocol):
         """Remove a connection (see :class:`~presence_kit.DisconnectRequest`)."""
         ...
 
+    def due_leaves(self, queue_key: str, limit: int) -> list[str]:
+        """Up to ``limit`` queued held-back leaves whose grace has ended."""
+        ...
+
+    def finish_leave(self, request: FinishLeaveRequest) -> FinishLeaveOutcome:
+        """Run a held-back leave if it is due; only one caller ever gets its outcome."""
+        ...
+
+    def presence(self, alive_key: str, connections_key: str, state_field: str) -> UserPresence:
+        """A (user, role)'s alive hash and connection records."""
+        ...
+
+    def org_connections(self, query: OrgQuery) -> dict[str, tuple[Id, Id]]:
+        """``sid -> (user_id, lesson_id)`` of an organisation's live connections in a role."""
+        ...
+
     def close(self) -> None:
         """Release what the store opened itself (never the integrator's client)."""
         ...
@@ -48,6 +74,24 @@ class AsyncStore(Protocol):
 
     async def disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
         """Remove a connection."""
+        ...
+
+    async def due_leaves(self, queue_key: str, limit: int) -> list[str]:
+        """Up to ``limit`` queued held-back leaves whose grace has ended."""
+        ...
+
+    async def finish_leave(self, request: FinishLeaveRequest) -> FinishLeaveOutcome:
+        """Run a held-back leave if it is due; only one caller ever gets its outcome."""
+        ...
+
+    async def presence(
+        self, alive_key: str, connections_key: str, state_field: str
+    ) -> UserPresence:
+        """A (user, role)'s alive hash and connection records."""
+        ...
+
+    async def org_connections(self, query: OrgQuery) -> dict[str, tuple[Id, Id]]:
+        """``sid -> (user_id, lesson_id)`` of an organisation's live connections in a role."""
         ...
 
     async def aclose(self) -> None:

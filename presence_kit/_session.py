@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 from ._errors import InvalidSessionError
 
-__all__ = ["Id", "Session", "parse_session", "read_role", "validate_role", "validate_sid"]
+__all__ = [
+    "Id",
+    "Session",
+    "parse_session",
+    "read_role",
+    "validate_id",
+    "validate_role",
+    "validate_sid",
+]
 
 Id = int | str
 """An identifier: an ``int`` (never a ``bool``) or a ``str``; its type is preserved."""
@@ -71,7 +79,8 @@ def validate_role(role: object) -> str:
     raise InvalidSessionError("role", f"must be a str or ClientRole, got {type(role).__name__}")
 
 
-def _validate_id(field: str, value: object, pattern: re.Pattern[str]) -> Id:
+def validate_id(field: str, value: object, pattern: re.Pattern[str]) -> Id:
+    """Return ``value`` if it is a valid id (int or str matching ``pattern``), else raise."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InvalidSessionError(field, f"must be an int or a str, got {type(value).__name__}")
     if isinstance(value, int):
@@ -125,13 +134,11 @@ def parse_session(
     def get(field: str) -> object:
         return _read(mapping, field)
 
-    room_id = (
-        _validate_id("room_id", get("room_id"), id_pattern) if "room_id" in required else None
-    )
+    room_id = validate_id("room_id", get("room_id"), id_pattern) if "room_id" in required else None
     return Session(
         role=validate_role(get("role")),
-        org_id=_validate_id("org_id", get("org_id"), id_pattern),
-        user_id=_validate_id("user_id", get("user_id"), id_pattern),
-        lesson_id=_validate_id("lesson_id", get("lesson_id"), id_pattern),
+        org_id=validate_id("org_id", get("org_id"), id_pattern),
+        user_id=validate_id("user_id", get("user_id"), id_pattern),
+        lesson_id=validate_id("lesson_id", get("lesson_id"), id_pattern),
         room_id=room_id,
     )

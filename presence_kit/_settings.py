@@ -9,6 +9,7 @@ in the docs and can be switched back here.
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from dataclasses import dataclass, fields
@@ -84,6 +85,21 @@ class Settings:
     """Event emitted to the org room when a teacher comes online."""
     announce_connect: bool = True
     """Emit ``teacher_connect_event`` on offline -> online."""
+    presence_state_event: str = "presence_state"
+    """Event sent to a hub's own socket when it connects: the org's online teachers."""
+    send_presence_snapshot: bool = True
+    """Send ``presence_state_event`` to each connecting hub."""
+    include_version: bool = False
+    """Add the user's transition counter (``"version"``) to teacher event payloads, so
+    hubs can order events that arrive out of order from different nodes. Off by
+    default: the spec's payload is exactly ``{"user_id": ...}``."""
+
+    # --- grace period ---
+    leave_grace: float = 0.0
+    """Seconds a teacher's leave is held back after their last connection goes; a
+    reconnect on any node within it cancels the leave. 0 announces at once (the spec)."""
+    leave_poll_interval: float = 0.5
+    """How often a kit looks for held-back leaves that are due (seconds)."""
 
     # --- analytics ---
     analytics_disconnect_event: str = "disconnect"
@@ -122,6 +138,7 @@ class Settings:
             "teacher_disconnect_event",
             "teacher_connect_event",
             "analytics_disconnect_event",
+            "presence_state_event",
         ):
             value = getattr(self, name)
             if not isinstance(value, str) or not _NAME.fullmatch(value):
@@ -136,7 +153,23 @@ class Settings:
             not isinstance(self.node_id, str) or not _NAME.fullmatch(self.node_id)
         ):
             raise InvalidSettingsError("node_id", "must be 1-64 characters of A-Z a-z 0-9 _ : . -")
-        for name in ("announce_connect", "strict_connect"):
+        for name in ("leave_grace", "leave_poll_interval"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise InvalidSettingsError(name, "must be a number of seconds >= 0")
+        if self.leave_poll_interval <= 0:
+            raise InvalidSettingsError("leave_poll_interval", "must be > 0")
+        for name in (
+            "announce_connect",
+            "strict_connect",
+            "send_presence_snapshot",
+            "include_version",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidSettingsError(name, "must be a bool")
         if not isinstance(self.id_pattern, str):

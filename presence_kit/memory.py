@@ -23,9 +23,20 @@ from ._model import (
     DisconnectOutcome,
     DisconnectRequest,
     DisconnectStatus,
+    FinishLeaveOutcome,
+    FinishLeaveRequest,
+    OrgQuery,
+    StoreLayout,
+    UserPresence,
+    parse_index_entry,
 )
+from ._session import Id
 
 __all__ = ["MemoryStore"]
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 @dataclass(slots=True)
@@ -46,6 +57,7 @@ class MemoryStore:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._keys: dict[str, _Entry] = {}
+        self._queue: dict[str, int] = {}  # the leave queue: member -> due (ms)
         self._lock = threading.Lock()
 
     # --- the Store port -------------------------------------------------------------
@@ -56,6 +68,7 @@ class MemoryStore:
             now = self._clock()
             layout = request.layout
             conns = self._hash(request.connections_key, now)
+            snapshot = self._snapshot(request, now)
             if self._get(request.tombstone_key, now) is not None:
                 return ConnectOutcome(
                     status=ConnectStatus.STALE,
@@ -63,6 +76,7 @@ class MemoryStore:
                     connections=len(conns or {}),
                     version=0,
                     at=now,
+                    snapshot=snapshot,
                 )
             if conns is not None and request.sid in conns:
                 return ConnectOutcome(
@@ -71,21 +85,30 @@ class MemoryStore:
                     connections=len(conns),
                     version=self._version(request.alive_key, now) if request.tracks_alive else 0,
                     at=now,
+                    snapshot=snapshot,
                 )
             if conns is None:
                 conns = {}
             conns[request.sid] = request.record.to_json()
             self._keys[request.connections_key] = _Entry(conns, now + layout.connection_ttl)
+            index = self._hash(request.org_index_key, now) or {}
+            index[request.sid] = request.index_entry
+            self._keys[request.org_index_key] = _Entry(index)
             first = len(conns) == 1
+            held = self._hash(request.held_leave_key, now)
+            resumed = held is not None
+            if held is not None:
+                del self._keys[request.held_leave_key]
+                index.pop(held["sid"], None)
+                first = False
             version = 0
             if request.tracks_alive:
                 alive = self._hash(request.alive_key, now) or {}
+                version = int(alive.get("version", "0"))
                 if first:
-                    version = int(alive.get("version", "0")) + 1
+                    version += 1
                     alive["version"] = str(version)
-                    alive["since"] = str(int(now * 1000))
-                else:
-                    version = int(alive.get("version", "0"))
+                    alive["since"] = str(_ms(now))
                 alive[layout.state_field] = layout.connect_state
                 self._keys[request.alive_key] = _Entry(alive, None)
             return ConnectOutcome(
@@ -94,6 +117,8 @@ class MemoryStore:
                 connections=len(conns),
                 version=version,
                 at=now,
+                resumed=resumed,
+                snapshot=self._snapshot(request, now),
             )
 
     def disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
@@ -103,13 +128,14 @@ class MemoryStore:
             layout = request.layout
             done = self._get(request.tombstone_key, now)
             if isinstance(done, str):
-                was_last, was_version, was_at_ms, was_record = done.split(":", 3)
+                was_last, was_version, was_at_ms, was_deferred, was_record = done.split(":", 4)
                 return DisconnectOutcome(
                     status=DisconnectStatus.REPEAT,
                     last=was_last == "1",
                     record=ConnectionRecord.from_json(was_record),
                     version=int(was_version),
                     at=int(was_at_ms) / 1000,
+                    deferred=was_deferred == "1",
                 )
             conns = self._hash(request.connections_key, now)
             if conns is None or request.sid not in conns:
@@ -119,25 +145,28 @@ class MemoryStore:
             record = conns.pop(request.sid)
             if not conns:
                 del self._keys[request.connections_key]
-            last = not conns
-            version = 0
+            last, deferred, version = not conns, False, 0
             if request.tracks_alive:
                 alive = self._hash(request.alive_key, now) or {}
                 version = int(alive.get("version", "0"))
-                if last:
+                if last and layout.leave_grace_ms > 0:
+                    due = _ms(now) + layout.leave_grace_ms
+                    held = {"sid": request.sid, "record": record, "reason": request.reason}
+                    held["due"] = str(due)
+                    expiry = now + layout.leave_grace_ms / 1000 + layout.offline_ttl
+                    self._keys[request.held_leave_key] = _Entry(held, expiry)
+                    self._queue[request.queue_member] = due
+                    last, deferred = False, True
+                elif last:
                     version += 1
-                    alive.update(
-                        {
-                            "version": str(version),
-                            layout.state_field: layout.disconnect_state,
-                            "reason": request.reason,
-                            "since": str(int(now * 1000)),
-                        }
-                    )
+                    self._mark_offline(alive, layout, request.reason, version, now)
                     self._keys[request.alive_key] = _Entry(alive, now + layout.offline_ttl)
-            at_ms = int(now * 1000)
+            if not deferred:
+                self._hdel(request.org_index_key, request.sid, now)
+            at_ms = _ms(now)
             self._keys[request.tombstone_key] = _Entry(
-                f"{int(last)}:{version}:{at_ms}:{record}", now + layout.tombstone_ttl
+                f"{int(last)}:{version}:{at_ms}:{int(deferred)}:{record}",
+                now + layout.tombstone_ttl,
             )
             return DisconnectOutcome(
                 status=DisconnectStatus.REMOVED,
@@ -145,7 +174,66 @@ class MemoryStore:
                 record=ConnectionRecord.from_json(record),
                 version=version,
                 at=at_ms / 1000,
+                deferred=deferred,
             )
+
+    def due_leaves(self, queue_key: str, limit: int) -> list[str]:
+        """Queued held-back leaves whose grace has ended."""
+        with self._lock:
+            now_ms = _ms(self._clock())
+            due = sorted((at, member) for member, at in self._queue.items() if at <= now_ms)
+            return [member for _at, member in due[:limit]]
+
+    def finish_leave(self, request: FinishLeaveRequest) -> FinishLeaveOutcome:
+        """Run a held-back leave if due; exactly one caller gets its outcome."""
+        with self._lock:
+            now = self._clock()
+            held = self._hash(request.held_leave_key, now)
+            if held is None:
+                self._queue.pop(request.queue_member, None)
+                return FinishLeaveOutcome(outcome=None, reason="", due=None)
+            due_ms = int(held["due"])
+            if due_ms > _ms(now):
+                return FinishLeaveOutcome(outcome=None, reason="", due=due_ms / 1000)
+            del self._keys[request.held_leave_key]
+            self._queue.pop(request.queue_member, None)
+            self._hdel(request.org_index_key, held["sid"], now)
+            layout = request.layout
+            alive = self._hash(request.alive_key, now) or {}
+            version = int(alive.get("version", "0")) + 1
+            self._mark_offline(alive, layout, held["reason"], version, now)
+            self._keys[request.alive_key] = _Entry(alive, now + layout.offline_ttl)
+            outcome = DisconnectOutcome(
+                status=DisconnectStatus.REMOVED,
+                last=True,
+                record=ConnectionRecord.from_json(held["record"]),
+                version=version,
+                at=_ms(now) / 1000,
+            )
+            return FinishLeaveOutcome(outcome=outcome, reason=held["reason"], due=None)
+
+    def presence(self, alive_key: str, connections_key: str, state_field: str) -> UserPresence:
+        """A (user, role)'s alive hash and connection records."""
+        with self._lock:
+            now = self._clock()
+            alive = self._hash(alive_key, now) or {}
+            records = self._hash(connections_key, now) or {}
+            since = alive.get("since")
+            return UserPresence(
+                state=alive.get(state_field),
+                connections=tuple(
+                    ConnectionRecord.from_json(records[sid]) for sid in sorted(records)
+                ),
+                since=int(since) / 1000 if since else None,
+                last_reason=alive.get("reason"),
+                version=int(alive.get("version", "0")),
+            )
+
+    def org_connections(self, query: OrgQuery) -> dict[str, tuple[Id, Id]]:
+        """``sid -> (user_id, lesson_id)`` of an organisation's connections in a role."""
+        with self._lock:
+            index = self._hash(query.index_key, self._clock()) or {}
+            return {sid: parse_index_entry(entry) for sid, entry in index.items()}
 
     def close(self) -> None:
         """Nothing to release (the data stays readable)."""
@@ -196,6 +284,32 @@ class MemoryStore:
     def _get(self, key: str, now: float) -> dict[str, str] | str | None:
         entry = self._live(key, now)
         return entry.value if entry is not None else None
+
+    def _snapshot(self, request: ConnectRequest, now: float) -> tuple[tuple[Id, Id], ...]:
+        if request.snapshot is None:
+            return ()
+        index = self._hash(request.snapshot.index_key, now) or {}
+        return tuple(parse_index_entry(entry) for entry in index.values())
+
+    def _hdel(self, key: str, field: str, now: float) -> None:
+        index = self._hash(key, now)
+        if index is not None:
+            index.pop(field, None)
+            if not index:
+                del self._keys[key]
+
+    @staticmethod
+    def _mark_offline(
+        alive: dict[str, str], layout: StoreLayout, reason: str, version: int, now: float
+    ) -> None:
+        alive.update(
+            {
+                "version": str(version),
+                layout.state_field: layout.disconnect_state,
+                "reason": reason,
+                "since": str(_ms(now)),
+            }
+        )
 
     def _version(self, key: str, now: float) -> int:
         return int((self._hash(key, now) or {}).get("version", "0"))

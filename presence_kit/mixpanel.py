@@ -109,7 +109,8 @@ def _delivery_for(
     ``BufferedConsumer._consumer``, ``Consumer._endpoints``, ``Consumer._verify_cert``
     and, on the consumer we build ourselves, ``Consumer._session`` (to see the HTTP
     status, which ``Consumer.send`` hides). Each read has a fallback: if the consumer's
-    internals are missing, batches go through the client's own consumer.
+    internals are missing, batches go through the client's own consumer (for a
+    ``BufferedConsumer``, through its inner consumer, bypassing its buffer).
     """
     token = getattr(client, "_token", None)
     if not isinstance(token, str) or not token:
@@ -147,20 +148,15 @@ def _delivery_for(
 
         return _Delivery(token, serializer, send_own, "own-consumer")
 
-    if isinstance(consumer, mixpanel.BufferedConsumer):
-        # No inner consumer to copy: feed the BufferedConsumer one message at a time
-        # (it wraps them in an array itself) and flush it. A failed flush keeps the
-        # messages in its buffer, so a retry may post duplicates; Mixpanel drops those
-        # by $insert_id.
-        def send_buffered(messages: Sequence[str]) -> None:
-            for message in messages:
-                consumer.send("events", message)
-            consumer.flush()
-
-        return _Delivery(token, serializer, send_buffered, "client-consumer")
+    # Not a Consumer we can copy: post each batch through the client's consumer, or,
+    # for a BufferedConsumer, through its inner consumer, as BufferedConsumer.flush does.
+    # Never through the BufferedConsumer's own buffer: a failed flush keeps the messages
+    # there, so a rejected batch would be re-posted with every later one.
+    if not callable(getattr(inner, "send", None)):
+        raise InvalidInputError("client", "the Mixpanel client's BufferedConsumer has no consumer")
 
     def send_custom(messages: Sequence[str]) -> None:
-        consumer.send("events", _json_array(messages))
+        inner.send("events", _json_array(messages))
 
     return _Delivery(token, serializer, send_custom, "client-consumer")
 
@@ -546,21 +542,25 @@ class MixpanelAnalytics:
                 attempt += 1
                 if not self._sleep(delay):
                     return
-                with self._lock:
-                    if not self._finalized:
-                        self._retried += 1
+                self._count(retried=1)
                 continue
-            with self._lock:
-                if not self._finalized:
-                    self._sent += len(batch)
+            self._count(sent=len(batch))
             return
 
     def _give_up(self, batch: list[str], reason: str, exc: BaseException) -> None:
+        if self._count(dropped=len(batch)):
+            self._warn_drop(reason, len(batch), exc)
+
+    def _count(self, *, sent: int = 0, retried: int = 0, dropped: int = 0) -> bool:
+        """Add to the worker's counters; ``False`` (and no change) once close() has
+        written off the rest and made the counters final."""
         with self._lock:
             if self._finalized:
-                return
-            self._dropped_queued += len(batch)
-        self._warn_drop(reason, len(batch), exc)
+                return False
+            self._sent += sent
+            self._retried += retried
+            self._dropped_queued += dropped
+            return True
 
     def _sleep(self, seconds: float) -> bool:
         """Back off for ``seconds``; ``False`` if close()'s deadline cut it short."""

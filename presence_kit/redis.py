@@ -15,9 +15,11 @@ the handler's path. Pass ``timeout=None`` to use the client exactly as given.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -36,7 +38,13 @@ from ._model import (
     DisconnectOutcome,
     DisconnectRequest,
     DisconnectStatus,
+    FinishLeaveOutcome,
+    FinishLeaveRequest,
+    OrgQuery,
+    UserPresence,
+    parse_index_entry,
 )
+from ._session import Id
 
 __all__ = ["AsyncRedisStore", "RedisStore"]
 
@@ -46,36 +54,92 @@ AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 DEFAULT_TIMEOUT = 0.5
 """Seconds a handler waits for Redis before giving up (and carrying on without it)."""
 
-_CONNECT_LUA = resources.files(__package__).joinpath("lua/connect.lua").read_text()
-_DISCONNECT_LUA = resources.files(__package__).joinpath("lua/disconnect.lua").read_text()
+
+def _lua(name: str) -> str:
+    return resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
+
+
+_CONNECT_LUA, _DISCONNECT_LUA = _lua("connect"), _lua("disconnect")
+_FINISH_LUA, _DUE_LUA = _lua("finish_leave"), _lua("due_leaves")
+T = TypeVar("T")
 
 
 # --- script arguments and results (shared by both stores) ---------------------------
 
 
-def _connect_args(r: ConnectRequest) -> tuple[list[str], list[str | int]]:
-    keys = [r.alive_key, r.connections_key, r.tombstone_key]
+def _flag(value: bool) -> int:
+    return 1 if value else 0
+
+
+def _connect_call(r: ConnectRequest, *, local_index: bool) -> tuple[list[str], list[str | int]]:
+    # Keys a cluster node doesn't hold are passed as the user's own key (never touched:
+    # the flags say so), so every key of the call hashes to the user's slot.
+    index_key = r.org_index_key if local_index else r.alive_key
+    snapshot = r.snapshot is not None and local_index
+    keys = [
+        r.alive_key,
+        r.connections_key,
+        r.tombstone_key,
+        r.held_leave_key,
+        index_key,
+        r.snapshot.index_key if snapshot and r.snapshot else r.alive_key,
+    ]
     args: list[str | int] = [
         r.sid,
         r.record.to_json(),
-        int(r.tracks_alive),
+        _flag(r.tracks_alive),
         r.layout.state_field,
         r.layout.connect_state,
         r.layout.connection_ttl,
+        r.index_entry,
+        _flag(local_index),
+        _flag(snapshot),
     ]
     return keys, args
 
 
-def _disconnect_args(r: DisconnectRequest) -> tuple[list[str], list[str | int]]:
-    keys = [r.alive_key, r.connections_key, r.tombstone_key]
+def _disconnect_call(
+    r: DisconnectRequest, *, local_index: bool
+) -> tuple[list[str], list[str | int]]:
+    keys = [
+        r.alive_key,
+        r.connections_key,
+        r.tombstone_key,
+        r.held_leave_key,
+        r.org_index_key if local_index else r.alive_key,
+        r.leave_queue_key if local_index else r.alive_key,
+    ]
     args: list[str | int] = [
         r.sid,
-        int(r.tracks_alive),
+        _flag(r.tracks_alive),
         r.layout.state_field,
         r.layout.disconnect_state,
         r.layout.offline_ttl,
         r.reason,
         r.layout.tombstone_ttl,
+        r.layout.leave_grace_ms,
+        r.queue_member,
+        _flag(local_index),
+        _flag(local_index),
+    ]
+    return keys, args
+
+
+def _finish_call(r: FinishLeaveRequest, *, local_index: bool) -> tuple[list[str], list[str | int]]:
+    keys = [
+        r.alive_key,
+        r.connections_key,
+        r.held_leave_key,
+        r.org_index_key if local_index else r.alive_key,
+        r.leave_queue_key if local_index else r.alive_key,
+    ]
+    args: list[str | int] = [
+        r.layout.state_field,
+        r.layout.disconnect_state,
+        r.layout.offline_ttl,
+        r.queue_member,
+        _flag(local_index),
+        _flag(local_index),
     ]
     return keys, args
 
@@ -85,18 +149,20 @@ def _text(value: object) -> str:
 
 
 def _connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
-    status, first, connections, version, now_ms = reply
+    status, first, connections, version, now_ms, resumed, snapshot = reply
     return ConnectOutcome(
         status=ConnectStatus(_text(status)),
         first=int(first) == 1,
         connections=int(connections),
         version=int(version),
         at=int(now_ms) / 1000,
+        resumed=int(resumed) == 1,
+        snapshot=tuple(parse_index_entry(entry) for entry in snapshot),
     )
 
 
 def _disconnect_outcome(reply: Sequence[Any]) -> DisconnectOutcome:
-    status, last, version, at_ms, record = reply
+    status, last, version, at_ms, record, deferred = reply
     record_text = _text(record)
     return DisconnectOutcome(
         status=DisconnectStatus(_text(status)),
@@ -104,7 +170,67 @@ def _disconnect_outcome(reply: Sequence[Any]) -> DisconnectOutcome:
         record=ConnectionRecord.from_json(record_text) if record_text else None,
         version=int(version),
         at=int(at_ms) / 1000,
+        deferred=int(deferred) == 1,
     )
+
+
+def _finish_outcome(reply: Sequence[Any]) -> FinishLeaveOutcome:
+    status, version, at_ms, record, reason, due_ms = reply
+    status_text = _text(status)
+    outcome = None
+    if status_text == "left":
+        outcome = DisconnectOutcome(
+            status=DisconnectStatus.REMOVED,
+            last=True,
+            record=ConnectionRecord.from_json(_text(record)),
+            version=int(version),
+            at=int(at_ms) / 1000,
+        )
+    return FinishLeaveOutcome(
+        outcome=outcome,
+        reason=_text(reason),
+        due=int(due_ms) / 1000 if status_text == "later" else None,
+    )
+
+
+def _user_presence(
+    alive: dict[Any, Any], records: dict[Any, Any], layout_field: str
+) -> UserPresence:
+    fields = {_text(k): _text(v) for k, v in alive.items()}
+    since = fields.get("since")
+    return UserPresence(
+        state=fields.get(layout_field),
+        connections=tuple(
+            sorted(
+                (ConnectionRecord.from_json(_text(v)) for v in records.values()),
+                key=lambda record: record.sid,
+            )
+        ),
+        since=int(since) / 1000 if since else None,
+        last_reason=fields.get("reason"),
+        version=int(fields.get("version", "0")),
+    )
+
+
+def _index_entries(raw: dict[Any, Any]) -> dict[str, tuple[Id, Id]]:
+    return {_text(sid): parse_index_entry(entry) for sid, entry in raw.items()}
+
+
+def _stale_checks(
+    query: OrgQuery, entries: dict[str, tuple[Id, Id]]
+) -> list[tuple[str, str, str]]:
+    """``(sid, connections key, held-leave key)`` per entry, to verify on a cluster."""
+    checks = []
+    for sid, (user_id, _lesson) in entries.items():
+        alive = query.keys.alive(query.org_id, user_id)
+        checks.append(
+            (
+                sid,
+                query.keys.connections(alive, query.role),
+                query.keys.held_leave(alive, query.role),
+            )
+        )
+    return checks
 
 
 # --- clients with a deadline ---------------------------------------------------------
@@ -123,10 +249,23 @@ def _deadline_kwargs(kwargs: dict[str, Any], timeout: float, retry: Any) -> dict
 
 def _sync_handler_client(client: SyncClient, timeout: float | None) -> tuple[SyncClient, bool]:
     """The client for handler calls, and whether we own it (and so close it)."""
-    if timeout is None or isinstance(client, redis.cluster.RedisCluster):
+    if timeout is None:
         return client, False
+    no_retry = Retry(NoBackoff(), 0)
+    if isinstance(client, redis.cluster.RedisCluster):
+        # redis-py leaves these cluster methods unannotated.
+        cluster: Any = client
+        pool = cluster.get_default_node().redis_connection.connection_pool
+        kwargs = _deadline_kwargs(pool.connection_kwargs, timeout, no_retry)
+        kwargs.pop("host", None)
+        kwargs.pop("port", None)
+        if issubclass(pool.connection_class, redis.SSLConnection):
+            kwargs["ssl"] = True
+        node_class: Any = redis.cluster.ClusterNode
+        nodes = [node_class(n.host, n.port) for n in cluster.get_nodes()]
+        return redis.cluster.RedisCluster(startup_nodes=nodes, **kwargs), True
     pool = client.connection_pool
-    kwargs = _deadline_kwargs(pool.connection_kwargs, timeout, Retry(NoBackoff(), 0))
+    kwargs = _deadline_kwargs(pool.connection_kwargs, timeout, no_retry)
     own_pool = redis.ConnectionPool(
         connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
     )
@@ -147,12 +286,20 @@ def _async_handler_client(client: AsyncClient, timeout: float | None) -> tuple[A
 
 
 class RedisStore:
-    """Presence in Redis through a blocking redis-py client (``Redis`` or ``RedisCluster``)."""
+    """Presence in Redis through a blocking redis-py client (``Redis`` or ``RedisCluster``).
+
+    On a standalone Redis every operation is one script call. On a cluster the org
+    index lives in another slot than the user's keys: it is written before the script
+    (so it is always a superset of the truth), cleaned after it, and verified lazily
+    when read.
+    """
 
     def __init__(self, client: SyncClient, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         self._client, self._owned = _sync_handler_client(client, timeout)
-        self._connect = self._client.register_script(_CONNECT_LUA)
-        self._disconnect = self._client.register_script(_DISCONNECT_LUA)
+        self._cluster = isinstance(self._client, redis.cluster.RedisCluster)
+        register = self._client.register_script
+        self._connect, self._disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
+        self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
 
     @property
     def client(self) -> SyncClient:
@@ -161,19 +308,79 @@ class RedisStore:
 
     def connect(self, request: ConnectRequest) -> ConnectOutcome:
         """Record a connection: one atomic script call."""
-        keys, args = _connect_args(request)
-        try:
-            return _connect_outcome(self._connect(keys=keys, args=args))
-        except RedisError as exc:
-            raise StoreError(f"Redis failed during connect: {exc}") from exc
+        keys, args = _connect_call(request, local_index=not self._cluster)
+        with _store_errors("connect"):
+            if not self._cluster:
+                return _connect_outcome(self._connect(keys=keys, args=args))
+            self._client.hset(request.org_index_key, request.sid, request.index_entry)
+            outcome = _connect_outcome(self._connect(keys=keys, args=args))
+            if outcome.status is ConnectStatus.STALE:
+                self._client.hdel(request.org_index_key, request.sid)
+            if request.snapshot is not None:
+                entries = self.org_connections(request.snapshot)
+                outcome = replace(outcome, snapshot=tuple(entries.values()))
+            return outcome
 
     def disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
         """Remove a connection: one atomic script call, idempotent per sid."""
-        keys, args = _disconnect_args(request)
-        try:
-            return _disconnect_outcome(self._disconnect(keys=keys, args=args))
-        except RedisError as exc:
-            raise StoreError(f"Redis failed during disconnect: {exc}") from exc
+        keys, args = _disconnect_call(request, local_index=not self._cluster)
+        with _store_errors("disconnect"):
+            outcome = _disconnect_outcome(self._disconnect(keys=keys, args=args))
+            if self._cluster:
+                if outcome.deferred:
+                    due = outcome.at * 1000 + request.layout.leave_grace_ms
+                    self._client.zadd(request.leave_queue_key, {request.queue_member: due})
+                else:
+                    self._client.hdel(request.org_index_key, request.sid)
+            return outcome
+
+    def due_leaves(self, queue_key: str, limit: int) -> list[str]:
+        """Members of the leave queue whose grace has ended (by the Redis clock)."""
+        with _store_errors("due_leaves"):
+            return [_text(m) for m in self._due(keys=[queue_key], args=[limit])]
+
+    def finish_leave(self, request: FinishLeaveRequest) -> FinishLeaveOutcome:
+        """Run a held-back leave if due; exactly one caller gets its outcome."""
+        keys, args = _finish_call(request, local_index=not self._cluster)
+        with _store_errors("finish_leave"):
+            finished = _finish_outcome(self._finish(keys=keys, args=args))
+            if self._cluster and finished.due is None:
+                self._client.zrem(request.leave_queue_key, request.queue_member)
+                if finished.outcome is not None and finished.outcome.record is not None:
+                    self._client.hdel(request.org_index_key, finished.outcome.record.sid)
+            return finished
+
+    def presence(self, alive_key: str, connections_key: str, state_field: str) -> UserPresence:
+        """A (user, role)'s alive hash and connection records (one round trip)."""
+        with _store_errors("presence"):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(alive_key)
+            pipe.hgetall(connections_key)
+            alive, records = pipe.execute()
+            return _user_presence(alive, records, state_field)
+
+    def org_connections(self, query: OrgQuery) -> dict[str, tuple[Id, Id]]:
+        """``sid -> (user_id, lesson_id)`` of an organisation's connections in a role."""
+        with _store_errors("org_connections"):
+            entries = _index_entries(self._client.hgetall(query.index_key))
+            if not self._cluster or not entries:
+                return entries
+            checks = _stale_checks(query, entries)
+            pipe = self._client.pipeline(transaction=False)
+            for sid, conns, held in checks:
+                pipe.hexists(conns, sid)
+                pipe.hget(held, "sid")
+            replies = pipe.execute()
+            stale = [
+                sid
+                for (sid, _c, _h), live, held_sid in zip(
+                    checks, replies[::2], replies[1::2], strict=True
+                )
+                if not live and (held_sid is None or _text(held_sid) != sid)
+            ]
+            if stale:
+                self._client.hdel(query.index_key, *stale)
+            return {sid: entry for sid, entry in entries.items() if sid not in stale}
 
     def close(self) -> None:
         """Close the store's own connection pool (never the integrator's client)."""
@@ -182,13 +389,18 @@ class RedisStore:
 
 
 class AsyncRedisStore:
-    """Presence in Redis through ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``."""
+    """Presence in Redis through ``redis.asyncio.Redis`` or ``redis.asyncio.RedisCluster``.
+
+    The same semantics as :class:`RedisStore`; each call is bounded by ``timeout``.
+    """
 
     def __init__(self, client: AsyncClient, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         self._client, self._owned = _async_handler_client(client, timeout)
+        self._cluster = isinstance(self._client, redis.asyncio.cluster.RedisCluster)
         self._timeout = timeout
-        self._connect = self._client.register_script(_CONNECT_LUA)
-        self._disconnect = self._client.register_script(_DISCONNECT_LUA)
+        register = self._client.register_script
+        self._connect, self._disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
+        self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
 
     @property
     def client(self) -> AsyncClient:
@@ -197,30 +409,112 @@ class AsyncRedisStore:
 
     async def connect(self, request: ConnectRequest) -> ConnectOutcome:
         """Record a connection: one atomic script call."""
-        keys, args = _connect_args(request)
-        try:
-            reply = await self._deadline(self._connect(keys=keys, args=args))
-            return _connect_outcome(reply)
-        except (RedisError, TimeoutError) as exc:
-            raise StoreError(f"Redis failed during connect: {exc!r}") from exc
+        return await self._bounded("connect", self._do_connect(request))
+
+    async def _do_connect(self, request: ConnectRequest) -> ConnectOutcome:
+        keys, args = _connect_call(request, local_index=not self._cluster)
+        if not self._cluster:
+            return _connect_outcome(await self._connect(keys=keys, args=args))
+        await self._client.hset(request.org_index_key, request.sid, request.index_entry)
+        outcome = _connect_outcome(await self._connect(keys=keys, args=args))
+        if outcome.status is ConnectStatus.STALE:
+            await self._client.hdel(request.org_index_key, request.sid)
+        if request.snapshot is not None:
+            entries = await self._org_connections(request.snapshot)
+            outcome = replace(outcome, snapshot=tuple(entries.values()))
+        return outcome
 
     async def disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
         """Remove a connection: one atomic script call, idempotent per sid."""
-        keys, args = _disconnect_args(request)
-        try:
-            reply = await self._deadline(self._disconnect(keys=keys, args=args))
-            return _disconnect_outcome(reply)
-        except (RedisError, TimeoutError) as exc:
-            raise StoreError(f"Redis failed during disconnect: {exc!r}") from exc
+        return await self._bounded("disconnect", self._do_disconnect(request))
 
-    async def _deadline(self, call: Any) -> Any:
-        # The socket timeout bounds each read; this bounds the whole call (connect,
-        # NOSCRIPT reload, reply), and also applies to cluster clients.
-        if self._timeout is None:
-            return await call
-        return await asyncio.wait_for(call, self._timeout * 2)
+    async def _do_disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
+        keys, args = _disconnect_call(request, local_index=not self._cluster)
+        outcome = _disconnect_outcome(await self._disconnect(keys=keys, args=args))
+        if self._cluster:
+            if outcome.deferred:
+                due = outcome.at * 1000 + request.layout.leave_grace_ms
+                await self._client.zadd(request.leave_queue_key, {request.queue_member: due})
+            else:
+                await self._client.hdel(request.org_index_key, request.sid)
+        return outcome
+
+    async def due_leaves(self, queue_key: str, limit: int) -> list[str]:
+        """Members of the leave queue whose grace has ended (by the Redis clock)."""
+        replies = await self._bounded("due_leaves", self._due(keys=[queue_key], args=[limit]))
+        return [_text(m) for m in replies]
+
+    async def finish_leave(self, request: FinishLeaveRequest) -> FinishLeaveOutcome:
+        """Run a held-back leave if due; exactly one caller gets its outcome."""
+        return await self._bounded("finish_leave", self._do_finish(request))
+
+    async def _do_finish(self, request: FinishLeaveRequest) -> FinishLeaveOutcome:
+        keys, args = _finish_call(request, local_index=not self._cluster)
+        finished = _finish_outcome(await self._finish(keys=keys, args=args))
+        if self._cluster and finished.due is None:
+            await self._client.zrem(request.leave_queue_key, request.queue_member)
+            if finished.outcome is not None and finished.outcome.record is not None:
+                await self._client.hdel(request.org_index_key, finished.outcome.record.sid)
+        return finished
+
+    async def presence(
+        self, alive_key: str, connections_key: str, state_field: str
+    ) -> UserPresence:
+        """A (user, role)'s alive hash and connection records (one round trip)."""
+
+        async def read() -> UserPresence:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(alive_key)
+            pipe.hgetall(connections_key)
+            alive, records = await pipe.execute()
+            return _user_presence(alive, records, state_field)
+
+        return await self._bounded("presence", read())
+
+    async def org_connections(self, query: OrgQuery) -> dict[str, tuple[Id, Id]]:
+        """``sid -> (user_id, lesson_id)`` of an organisation's connections in a role."""
+        return await self._bounded("org_connections", self._org_connections(query))
+
+    async def _org_connections(self, query: OrgQuery) -> dict[str, tuple[Id, Id]]:
+        entries = _index_entries(await self._client.hgetall(query.index_key))
+        if not self._cluster or not entries:
+            return entries
+        checks = _stale_checks(query, entries)
+        pipe = self._client.pipeline(transaction=False)
+        for sid, conns, held in checks:
+            pipe.hexists(conns, sid)
+            pipe.hget(held, "sid")
+        replies = await pipe.execute()
+        stale = [
+            sid
+            for (sid, _c, _h), live, held_sid in zip(
+                checks, replies[::2], replies[1::2], strict=True
+            )
+            if not live and (held_sid is None or _text(held_sid) != sid)
+        ]
+        if stale:
+            await self._client.hdel(query.index_key, *stale)
+        return {sid: entry for sid, entry in entries.items() if sid not in stale}
+
+    async def _bounded(self, operation: str, call: Awaitable[T]) -> T:
+        # The socket timeout bounds each read; this bounds the whole operation (connect,
+        # NOSCRIPT reload, cluster redirections), and also applies to cluster clients.
+        try:
+            if self._timeout is None:
+                return await call
+            return await asyncio.wait_for(call, self._timeout * 2)
+        except (RedisError, TimeoutError) as exc:
+            raise StoreError(f"Redis failed during {operation}: {exc!r}") from exc
 
     async def aclose(self) -> None:
         """Close the store's own connection pool (never the integrator's client)."""
         if self._owned:
             await self._client.aclose()
+
+
+@contextmanager
+def _store_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        raise StoreError(f"Redis failed during {operation}: {exc}") from exc

@@ -102,7 +102,8 @@ def test_flask_socketio(redis_server: RedisServer, mixpanel_endpoint: MixpanelEn
     teacher = socketio_app.test_client(app, auth=TEACHER)
     pupil = socketio_app.test_client(app, auth=PARTICIPANT)
     assert [(m["name"], m["args"]) for m in hub.get_received()] == [
-        ("teacher_connect", [{"user_id": 7}])
+        ("presence_state", [{"user_ids": []}]),
+        ("teacher_connect", [{"user_id": 7}]),
     ]
     teacher.disconnect()
     pupil.disconnect()

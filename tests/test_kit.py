@@ -57,6 +57,18 @@ class FailingStore:
         self.calls += 1
         raise StoreError("redis is down")
 
+    def due_leaves(self, queue_key: str, limit: int) -> Any:
+        raise StoreError("redis is down")
+
+    def finish_leave(self, request: Any) -> Any:
+        raise StoreError("redis is down")
+
+    def presence(self, alive_key: str, connections_key: str, state_field: str) -> Any:
+        raise StoreError("redis is down")
+
+    def org_connections(self, query: Any) -> Any:
+        raise StoreError("redis is down")
+
     def close(self) -> None:
         pass
 
@@ -92,6 +104,7 @@ def test_spec_flows_through_the_sync_facade(parts: Any) -> None:
     kit.handle_disconnect("p1", {**PARTICIPANT, "room_id": "ignored"}, reason="ping timeout")
     kit.handle_disconnect("hub", HUB)
     assert sockets.emitted == [
+        ("presence_state", {"user_ids": []}, "hub"),
         ("teacher_connect", {"user_id": 7}, "org:1"),
         ("teacher_disconnect", {"user_id": 7}, "org:1"),
     ]
@@ -293,6 +306,7 @@ async def test_async_facade_runs_the_same_flows() -> None:
         with pytest.raises(InvalidSessionError):
             await kit.handle_connect("x", {**TEACHER, "user_id": None})
     assert sockets.emitted == [
+        ("presence_state", {"user_ids": []}, "hub"),
         ("teacher_connect", {"user_id": 7}, "org:1"),
         ("teacher_disconnect", {"user_id": 7}, "org:1"),
     ]

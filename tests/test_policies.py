@@ -63,6 +63,7 @@ def connect_outcomes(draw: st.DrawFn) -> ConnectOutcome | None:
         connections=draw(st.integers(0, 5)),
         version=draw(st.integers(0, 9)),
         at=1_700_000_000.5,
+        snapshot=tuple(draw(st.lists(st.tuples(ids, ids), max_size=4))),
     )
 
 
@@ -92,7 +93,13 @@ def test_connect_effects(session: Session, sid: str, outcome: ConnectOutcome | N
     lesson = JoinRoom(sid=sid, room=lesson_room(SETTINGS, session.lesson_id))
     came_online = outcome is not None and outcome.status is ConnectStatus.NEW and outcome.first
     if session.role == "TeacherHub":
-        assert effects == [JoinRoom(sid=sid, room=org_room(SETTINGS, session.org_id)), lesson]
+        joins = [JoinRoom(sid=sid, room=org_room(SETTINGS, session.org_id)), lesson]
+        if outcome is None:  # the store failed: no snapshot to send
+            assert effects == joins
+        else:
+            online = list(dict.fromkeys(user for user, _lesson in outcome.snapshot))
+            snapshot = Emit(event="presence_state", data={"user_ids": online}, to=sid)
+            assert effects == [*joins, snapshot]
     elif session.role == "ParticipantWeb":
         assert effects == [lesson]
     else:

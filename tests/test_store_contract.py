@@ -234,9 +234,11 @@ def test_connection_records_carry_a_safety_ttl(harness: Harness) -> None:
     assert 86390 <= harness.ttl(key) <= 86400
 
 
-def test_every_key_is_the_alive_key_or_tagged_with_it(harness: Harness) -> None:
+def test_every_key_is_a_users_or_an_orgs(harness: Harness) -> None:
+    """A user's keys are tagged with the alive key (one cluster slot); an org's index
+    keys with the org."""
     harness.connect("sid-1", TEACHER)
     harness.connect("sid-p", PARTICIPANT)
     harness.disconnect("sid-1", TEACHER)
     for key in harness.all_keys():
-        assert key.startswith(("alive:", "presence:{alive:")), key
+        assert key.startswith(("alive:", "presence:{alive:", "presence:{presence:org:")), key

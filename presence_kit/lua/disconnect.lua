@@ -1,33 +1,47 @@
 -- presence_kit: remove one connection, atomically for its user; idempotent per sid.
 -- KEYS[1] alive hash   KEYS[2] connections hash   KEYS[3] tombstone of this sid
+-- KEYS[4] held-back leave of this (user, role)
+-- KEYS[5] org index, only when ARGV[10] == '1'; KEYS[6] leave queue, only when ARGV[11] == '1'
 -- ARGV[1] sid  ARGV[2] tracks alive (0/1)  ARGV[3] state field  ARGV[4] disconnect state
 -- ARGV[5] offline TTL (s)  ARGV[6] reason  ARGV[7] tombstone TTL (s)
--- Returns {status, last (0/1), version, at_ms, record}; integers and strings only.
+-- ARGV[8] leave grace (ms; 0 = announce at once)  ARGV[9] leave-queue member
+-- ARGV[10] update the org index here (0/1)  ARGV[11] queue the held-back leave here (0/1)
+-- Returns {status, last (0/1), version, at_ms, record, deferred (0/1)}.
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local done = redis.call('GET', KEYS[3])
 if done then
-  -- a repeat: return what the first call did ("last:version:at_ms:record")
-  local last, v, at, record = string.match(done, '^(%d):(%d+):(%d+):(.*)$')
-  return {'repeat', tonumber(last), tonumber(v), tonumber(at), record}
+  -- a repeat: return what the first call did ("last:version:at_ms:deferred:record")
+  local last, v, at, deferred, record = string.match(done, '^(%d):(%d+):(%d+):(%d):(.*)$')
+  return {'repeat', tonumber(last), tonumber(v), tonumber(at), record, tonumber(deferred)}
 end
 
 local record = redis.call('HGET', KEYS[2], ARGV[1])
 if not record then
-  return {'unknown', 0, 0, now_ms, ''}
+  return {'unknown', 0, 0, now_ms, '', 0}
 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 local last = redis.call('EXISTS', KEYS[2]) == 0 and 1 or 0
+local deferred = 0
 local v = 0
+local grace = tonumber(ARGV[8])
 if ARGV[2] == '1' then
-  if last == 1 then
+  v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+  if last == 1 and grace > 0 then
+    -- hold the leave back: the alive key stays 'connect' until the grace ends
+    local due = now_ms + grace
+    redis.call('HSET', KEYS[4], 'sid', ARGV[1], 'record', record, 'reason', ARGV[6], 'due', due)
+    redis.call('PEXPIRE', KEYS[4], grace + tonumber(ARGV[5]) * 1000)
+    if ARGV[11] == '1' then redis.call('ZADD', KEYS[6], due, ARGV[9]) end
+    last, deferred = 0, 1
+  elseif last == 1 then
     v = redis.call('HINCRBY', KEYS[1], 'version', 1)
     redis.call('HSET', KEYS[1], ARGV[3], ARGV[4], 'reason', ARGV[6], 'since', now_ms)
     redis.call('EXPIRE', KEYS[1], ARGV[5])
-  else
-    v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
   end
 end
-redis.call('SET', KEYS[3], last .. ':' .. v .. ':' .. now_ms .. ':' .. record, 'EX', ARGV[7])
-return {'removed', last, v, now_ms, record}
+if ARGV[10] == '1' and deferred == 0 then redis.call('HDEL', KEYS[5], ARGV[1]) end
+redis.call('SET', KEYS[3], last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. record,
+  'EX', ARGV[7])
+return {'removed', last, v, now_ms, record, deferred}

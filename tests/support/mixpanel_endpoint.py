@@ -5,11 +5,14 @@
 ``data`` field holding one JSON event or a JSON array of them) and answers according
 to its mode, switchable at runtime with :meth:`MixpanelEndpoint.set_mode`:
 
-``"ok"``        200 ``{"status": 1, "error": null}``
-``"slow"``      waits ``delay`` seconds, then answers like ``"ok"``
-``"error500"``  500 with a non-JSON body
-``"reject400"`` 400 ``{"status": 0, "error": "bad"}``
-``"garbage"``   200 with a non-JSON body
+``"ok"``          200 ``{"status": 1, "error": null}``
+``"slow"``        waits ``delay`` seconds, then answers like ``"ok"``
+``"error500"``    500 with a non-JSON body
+``"reject400"``   400 ``{"status": 0, "error": "bad"}``
+``"garbage"``     200 with a non-JSON body
+``"nostatus"``    200 with JSON that has no ``status`` key
+``"timeout408"``  408 with a non-JSON body
+``"throttle429"`` 429 ``{"status": 0, "error": "rate limited"}``
 
 ``set_mode(mode, times=n)`` applies the mode to the next ``n`` requests only, then
 returns to ``"ok"``. :attr:`~MixpanelEndpoint.events` holds the events that were
@@ -41,7 +44,7 @@ __all__ = [
     "refused_url",
 ]
 
-MODES = ("ok", "slow", "error500", "reject400", "garbage")
+MODES = ("ok", "slow", "error500", "reject400", "garbage", "nostatus", "timeout408", "throttle429")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,12 @@ class MixpanelEndpoint:
             self._reply(handler, 500, b"<html>Internal Server Error</html>")
         elif mode == "reject400":
             self._reply(handler, 400, b'{"status": 0, "error": "bad"}')
+        elif mode == "nostatus":
+            self._reply(handler, 200, b'{"error": null}')
+        elif mode == "timeout408":
+            self._reply(handler, 408, b"<html>Request Timeout</html>")
+        elif mode == "throttle429":
+            self._reply(handler, 429, b'{"status": 0, "error": "rate limited"}')
         else:
             self._reply(handler, 200, b"this is not json")
 
