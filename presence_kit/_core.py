@@ -74,7 +74,7 @@ def validate_reason(reason: object) -> str:
 def generate_node_id() -> str:
     """A node id from the host name, the pid and a random part."""
     host = re.sub(r"[^A-Za-z0-9\-]", "-", socket.gethostname())[:32] or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+    return f"{host[:20]}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -130,7 +130,7 @@ class KitCore:
             self.policies.register(role, policy)
         self.namespace = namespace
         self.node_id = self.settings.node_id or generate_node_id()
-        self.incarnation = secrets.token_hex(4)
+        self.incarnation = secrets.token_hex(3)
         self._id_pattern = re.compile(self.settings.id_pattern)
         s = self.settings
         self.layout = StoreLayout(
@@ -177,13 +177,18 @@ class KitCore:
         request = ConnectRequest(
             sid=sid,
             alive_key=alive,
-            connections_key=keys.connections(alive, session.role),
+            connections_key=keys.records(alive, session.role, tracks_alive=policy.tracks_alive),
             tombstone_key=keys.tombstone(alive, sid),
             held_leave_key=keys.held_leave(alive, session.role),
             org_index_key=keys.org_index(session.org_id, session.role),
             index_entry=index_entry(session.user_id, session.lesson_id),
             snapshot=(
-                OrgQuery(keys=keys, org_id=session.org_id, role=snapshot_of)
+                OrgQuery(
+                    keys=keys,
+                    org_id=session.org_id,
+                    role=snapshot_of,
+                    tracks_alive=self.policies.for_role(snapshot_of).tracks_alive,
+                )
                 if snapshot_of and self.settings.send_presence_snapshot
                 else None
             ),
@@ -226,7 +231,7 @@ class KitCore:
         request = DisconnectRequest(
             sid=sid,
             alive_key=alive,
-            connections_key=keys.connections(alive, session.role),
+            connections_key=keys.records(alive, session.role, tracks_alive=policy.tracks_alive),
             tombstone_key=keys.tombstone(alive, sid),
             held_leave_key=keys.held_leave(alive, session.role),
             org_index_key=keys.org_index(session.org_id, session.role),
@@ -269,7 +274,7 @@ class KitCore:
         alive = self.keys.alive(org_id, user_id)
         return FinishLeaveRequest(
             alive_key=alive,
-            connections_key=self.keys.connections(alive, role),
+            connections_key=alive,  # only roles that drive the alive hash hold leaves back
             held_leave_key=self.keys.held_leave(alive, role),
             org_index_key=self.keys.org_index(org_id, role),
             leave_queue_key=self.keys.leave_queue(),
@@ -300,26 +305,24 @@ class KitCore:
         """Validate one id given to a query."""
         return validate_id(field, value, self._id_pattern)
 
-    def query_role(self, role: object) -> str:
+    def query_role(self, role: object) -> tuple[str, DisconnectPolicy]:
         """Validate a role given to a query (it must have a policy)."""
         name = validate_role(role)
-        self.policies.for_role(name)
-        return name
+        return name, self.policies.for_role(name)
 
     def org_query(self, org_id: object, role: object) -> OrgQuery:
         """The validated index query of an organisation's connections in a role."""
-        return OrgQuery(
-            keys=self.keys,
-            org_id=self.validated_id("org_id", org_id),
-            role=self.query_role(role),
-        )
+        org = self.validated_id("org_id", org_id)
+        name, policy = self.query_role(role)
+        return OrgQuery(keys=self.keys, org_id=org, role=name, tracks_alive=policy.tracks_alive)
 
     def presence_keys(self, org_id: object, user_id: object, role: object) -> tuple[str, str]:
-        """``(alive key, connections key)`` of a (user, role), validated."""
+        """``(alive key, record hash key)`` of a (user, role), validated."""
         alive = self.keys.alive(
             self.validated_id("org_id", org_id), self.validated_id("user_id", user_id)
         )
-        return alive, self.keys.connections(alive, self.query_role(role))
+        name, policy = self.query_role(role)
+        return alive, self.keys.records(alive, name, tracks_alive=policy.tracks_alive)
 
     def lesson_filter(self, lesson_id: object) -> Id | None:
         """A validated lesson id, or ``None`` for every lesson."""

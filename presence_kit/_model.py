@@ -83,8 +83,14 @@ class KeySchema:
         """The spec's alive hash of a user."""
         return self.alive_template.format(org_id=org_id, user_id=user_id)
 
-    def connections(self, alive_key: str, role: str) -> str:
-        """Hash ``sid -> record`` of a user's connections in a role."""
+    def records(self, alive_key: str, role: str, *, tracks_alive: bool) -> str:
+        """Hash of a user's connection records in a role (fields ``c:<sid>``, and ``n``).
+
+        For a role that drives the alive hash the records live in the alive hash itself
+        (extra fields beside ``state``): one key per online teacher, not two.
+        """
+        if tracks_alive:
+            return alive_key
         return f"{self.prefix}:{{{alive_key}}}:conns:{role}"
 
     def tombstone(self, alive_key: str, sid: str) -> str:
@@ -102,6 +108,16 @@ class KeySchema:
     def leave_queue(self) -> str:
         """Sorted set of held-back leaves, scored by when their grace ends (ms)."""
         return f"{self.prefix}:{{{self.prefix}:leaves}}:due"
+
+
+RECORD_FIELD = "c:"
+"""Prefix of the hash fields that hold connection records (``c:<sid>``)."""
+
+
+def records_of(fields: dict[str, str]) -> dict[str, str]:
+    """``sid -> record`` from a record hash's fields."""
+    n = len(RECORD_FIELD)
+    return {k[n:]: v for k, v in fields.items() if k.startswith(RECORD_FIELD)}
 
 
 def index_entry(user_id: Id, lesson_id: Id) -> str:
@@ -137,38 +153,47 @@ class ConnectionRecord:
     session: Session
 
     def to_json(self) -> str:
-        """Serialise (compact JSON; ids keep their types)."""
-        return json.dumps(
-            {
-                "sid": self.sid,
-                "ns": self.namespace,
-                "node": self.node_id,
-                "inc": self.incarnation,
-                "s": self.session.to_record(),
-            },
-            separators=(",", ":"),
-        )
+        """Serialise compactly (the sid is the hash field, so it is left out).
+
+        ``[org_id, user_id, lesson_id, role, "node/incarnation"]``, then ``room_id`` and
+        the namespace when they are set; ids keep their JSON types. Short enough (under
+        Redis's 64-byte ``hash-max-listpack-value`` for usual ids) that a user's
+        connections hash stays a compact listpack.
+        """
+        s = self.session
+        fields: list[object] = [
+            s.org_id,
+            s.user_id,
+            s.lesson_id,
+            s.role,
+            f"{self.node_id}/{self.incarnation}",
+        ]
+        if s.room_id is not None or self.namespace != "/":
+            fields.append(s.room_id)
+        if self.namespace != "/":
+            fields.append(self.namespace)
+        return json.dumps(fields, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> ConnectionRecord:
+    def from_json(cls, sid: str, text: str | bytes) -> ConnectionRecord:
         """Parse what :meth:`to_json` wrote; a corrupt record raises :class:`StoreError`."""
         try:
-            data = json.loads(text)
-            s = data["s"]
+            org_id, user_id, lesson_id, role, node, *rest = json.loads(text)
+            node_id, _, incarnation = node.rpartition("/")
             return cls(
-                sid=data["sid"],
-                namespace=data["ns"],
-                node_id=data["node"],
-                incarnation=data["inc"],
+                sid=sid,
+                namespace=rest[1] if len(rest) > 1 else "/",
+                node_id=node_id,
+                incarnation=incarnation,
                 session=Session(
-                    role=s["role"],
-                    org_id=s["org_id"],
-                    user_id=s["user_id"],
-                    lesson_id=s["lesson_id"],
-                    room_id=s.get("room_id"),
+                    role=role,
+                    org_id=org_id,
+                    user_id=user_id,
+                    lesson_id=lesson_id,
+                    room_id=rest[0] if rest else None,
                 ),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise StoreError(f"corrupt connection record: {str(text)[:80]!r}") from exc
 
 
@@ -179,11 +204,21 @@ class OrgQuery:
     keys: KeySchema
     org_id: Id
     role: str
+    tracks_alive: bool
 
     @property
     def index_key(self) -> str:
         """The index's key."""
         return self.keys.org_index(self.org_id, self.role)
+
+    def records_key(self, user_id: Id) -> str:
+        """Where a user's connection records of this role live."""
+        alive = self.keys.alive(self.org_id, user_id)
+        return self.keys.records(alive, self.role, tracks_alive=self.tracks_alive)
+
+    def held_leave_key(self, user_id: Id) -> str:
+        """A user's held-back leave in this role."""
+        return self.keys.held_leave(self.keys.alive(self.org_id, user_id), self.role)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -194,7 +229,7 @@ class ConnectRequest:
     alive_key: str
     """The spec's alive hash; its name is also the cluster hash tag of the other keys."""
     connections_key: str
-    """Hash ``sid -> record`` of this user's connections in this role."""
+    """Hash of this user's connection records in this role (see :meth:`KeySchema.records`)."""
     tombstone_key: str
     """Marker left by this sid's disconnect (a late connect is then refused)."""
     held_leave_key: str

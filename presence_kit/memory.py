@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._model import (
+    RECORD_FIELD,
     ConnectionRecord,
     ConnectOutcome,
     ConnectRequest,
@@ -29,6 +30,7 @@ from ._model import (
     StoreLayout,
     UserPresence,
     parse_index_entry,
+    records_of,
 )
 from ._session import Id
 
@@ -67,34 +69,38 @@ class MemoryStore:
         with self._lock:
             now = self._clock()
             layout = request.layout
-            conns = self._hash(request.connections_key, now)
+            records = self._hash(request.connections_key, now) or {}
+            count = int(records.get("n", "0"))
+            field = RECORD_FIELD + request.sid
             snapshot = self._snapshot(request, now)
             if self._get(request.tombstone_key, now) is not None:
                 return ConnectOutcome(
                     status=ConnectStatus.STALE,
                     first=False,
-                    connections=len(conns or {}),
+                    connections=count,
                     version=0,
                     at=now,
                     snapshot=snapshot,
                 )
-            if conns is not None and request.sid in conns:
+            if field in records:
                 return ConnectOutcome(
                     status=ConnectStatus.REPEAT,
-                    first=len(conns) == 1,
-                    connections=len(conns),
+                    first=count == 1,
+                    connections=count,
                     version=self._version(request.alive_key, now) if request.tracks_alive else 0,
                     at=now,
                     snapshot=snapshot,
                 )
-            if conns is None:
-                conns = {}
-            conns[request.sid] = request.record.to_json()
-            self._keys[request.connections_key] = _Entry(conns, now + layout.connection_ttl)
+            records[field] = request.record.to_json()
+            count += 1
+            records["n"] = str(count)
+            separate = request.connections_key != request.alive_key
+            expiry = now + layout.connection_ttl if separate else None
+            self._keys[request.connections_key] = _Entry(records, expiry)
             index = self._hash(request.org_index_key, now) or {}
             index[request.sid] = request.index_entry
             self._keys[request.org_index_key] = _Entry(index)
-            first = len(conns) == 1
+            first = count == 1
             held = self._hash(request.held_leave_key, now)
             resumed = held is not None
             if held is not None:
@@ -103,7 +109,7 @@ class MemoryStore:
                 first = False
             version = 0
             if request.tracks_alive:
-                alive = self._hash(request.alive_key, now) or {}
+                alive = records  # the records of such a role live in the alive hash
                 version = int(alive.get("version", "0"))
                 if first:
                     version += 1
@@ -114,7 +120,7 @@ class MemoryStore:
             return ConnectOutcome(
                 status=ConnectStatus.NEW,
                 first=first,
-                connections=len(conns),
+                connections=count,
                 version=version,
                 at=now,
                 resumed=resumed,
@@ -132,20 +138,24 @@ class MemoryStore:
                 return DisconnectOutcome(
                     status=DisconnectStatus.REPEAT,
                     last=was_last == "1",
-                    record=ConnectionRecord.from_json(was_record),
+                    record=ConnectionRecord.from_json(request.sid, was_record),
                     version=int(was_version),
                     at=int(was_at_ms) / 1000,
                     deferred=was_deferred == "1",
                 )
-            conns = self._hash(request.connections_key, now)
-            if conns is None or request.sid not in conns:
+            records = self._hash(request.connections_key, now)
+            field = RECORD_FIELD + request.sid
+            if records is None or field not in records:
                 return DisconnectOutcome(
                     status=DisconnectStatus.UNKNOWN, last=False, record=None, version=0, at=now
                 )
-            record = conns.pop(request.sid)
-            if not conns:
+            record = records.pop(field)
+            count = int(records.pop("n", "1")) - 1
+            if count > 0:
+                records["n"] = str(count)
+            elif not records:
                 del self._keys[request.connections_key]
-            last, deferred, version = not conns, False, 0
+            last, deferred, version = count <= 0, False, 0
             if request.tracks_alive:
                 alive = self._hash(request.alive_key, now) or {}
                 version = int(alive.get("version", "0"))
@@ -171,7 +181,7 @@ class MemoryStore:
             return DisconnectOutcome(
                 status=DisconnectStatus.REMOVED,
                 last=last,
-                record=ConnectionRecord.from_json(record),
+                record=ConnectionRecord.from_json(request.sid, record),
                 version=version,
                 at=at_ms / 1000,
                 deferred=deferred,
@@ -206,7 +216,7 @@ class MemoryStore:
             outcome = DisconnectOutcome(
                 status=DisconnectStatus.REMOVED,
                 last=True,
-                record=ConnectionRecord.from_json(held["record"]),
+                record=ConnectionRecord.from_json(held["sid"], held["record"]),
                 version=version,
                 at=_ms(now) / 1000,
             )
@@ -217,12 +227,12 @@ class MemoryStore:
         with self._lock:
             now = self._clock()
             alive = self._hash(alive_key, now) or {}
-            records = self._hash(connections_key, now) or {}
+            records = records_of(self._hash(connections_key, now) or {})
             since = alive.get("since")
             return UserPresence(
                 state=alive.get(state_field),
                 connections=tuple(
-                    ConnectionRecord.from_json(records[sid]) for sid in sorted(records)
+                    ConnectionRecord.from_json(sid, records[sid]) for sid in sorted(records)
                 ),
                 since=int(since) / 1000 if since else None,
                 last_reason=alive.get("reason"),

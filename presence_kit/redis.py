@@ -31,6 +31,7 @@ from redis.retry import Retry
 
 from ._errors import StoreError
 from ._model import (
+    RECORD_FIELD,
     ConnectionRecord,
     ConnectOutcome,
     ConnectRequest,
@@ -43,6 +44,7 @@ from ._model import (
     OrgQuery,
     UserPresence,
     parse_index_entry,
+    records_of,
 )
 from ._session import Id
 
@@ -161,13 +163,13 @@ def _connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
     )
 
 
-def _disconnect_outcome(reply: Sequence[Any]) -> DisconnectOutcome:
+def _disconnect_outcome(sid: str, reply: Sequence[Any]) -> DisconnectOutcome:
     status, last, version, at_ms, record, deferred = reply
     record_text = _text(record)
     return DisconnectOutcome(
         status=DisconnectStatus(_text(status)),
         last=int(last) == 1,
-        record=ConnectionRecord.from_json(record_text) if record_text else None,
+        record=ConnectionRecord.from_json(sid, record_text) if record_text else None,
         version=int(version),
         at=int(at_ms) / 1000,
         deferred=int(deferred) == 1,
@@ -175,14 +177,14 @@ def _disconnect_outcome(reply: Sequence[Any]) -> DisconnectOutcome:
 
 
 def _finish_outcome(reply: Sequence[Any]) -> FinishLeaveOutcome:
-    status, version, at_ms, record, reason, due_ms = reply
+    status, version, at_ms, sid, record, reason, due_ms = reply
     status_text = _text(status)
     outcome = None
     if status_text == "left":
         outcome = DisconnectOutcome(
             status=DisconnectStatus.REMOVED,
             last=True,
-            record=ConnectionRecord.from_json(_text(record)),
+            record=ConnectionRecord.from_json(_text(sid), _text(record)),
             version=int(version),
             at=int(at_ms) / 1000,
         )
@@ -194,15 +196,16 @@ def _finish_outcome(reply: Sequence[Any]) -> FinishLeaveOutcome:
 
 
 def _user_presence(
-    alive: dict[Any, Any], records: dict[Any, Any], layout_field: str
+    alive: dict[Any, Any], record_hash: dict[Any, Any], layout_field: str
 ) -> UserPresence:
     fields = {_text(k): _text(v) for k, v in alive.items()}
+    records = records_of({_text(k): _text(v) for k, v in record_hash.items()})
     since = fields.get("since")
     return UserPresence(
         state=fields.get(layout_field),
         connections=tuple(
             sorted(
-                (ConnectionRecord.from_json(_text(v)) for v in records.values()),
+                (ConnectionRecord.from_json(sid, text) for sid, text in records.items()),
                 key=lambda record: record.sid,
             )
         ),
@@ -220,26 +223,19 @@ def _stale_checks(
     query: OrgQuery, entries: dict[str, tuple[Id, Id]]
 ) -> list[tuple[str, str, str]]:
     """``(sid, connections key, held-leave key)`` per entry, to verify on a cluster."""
-    checks = []
-    for sid, (user_id, _lesson) in entries.items():
-        alive = query.keys.alive(query.org_id, user_id)
-        checks.append(
-            (
-                sid,
-                query.keys.connections(alive, query.role),
-                query.keys.held_leave(alive, query.role),
-            )
-        )
-    return checks
+    return [
+        (sid, query.records_key(user_id), query.held_leave_key(user_id))
+        for sid, (user_id, _lesson) in entries.items()
+    ]
 
 
 # --- clients with a deadline ---------------------------------------------------------
 
-_NO_RETRY_KWARGS: dict[str, Any] = {"retry_on_error": [], "retry_on_timeout": False}
+_NO_RETRY_KWARGS: dict[str, Any] = {"retry_on_error": []}
 
 
 def _deadline_kwargs(kwargs: dict[str, Any], timeout: float, retry: Any) -> dict[str, Any]:
-    out = dict(kwargs)
+    out = {k: v for k, v in kwargs.items() if k != "retry_on_timeout"}
     out.update(_NO_RETRY_KWARGS)
     out["socket_timeout"] = timeout
     out["socket_connect_timeout"] = timeout
@@ -257,8 +253,8 @@ def _sync_handler_client(client: SyncClient, timeout: float | None) -> tuple[Syn
         cluster: Any = client
         pool = cluster.get_default_node().redis_connection.connection_pool
         kwargs = _deadline_kwargs(pool.connection_kwargs, timeout, no_retry)
-        kwargs.pop("host", None)
-        kwargs.pop("port", None)
+        for key in ("host", "port", "db"):  # the cluster client sets these itself
+            kwargs.pop(key, None)
         if issubclass(pool.connection_class, redis.SSLConnection):
             kwargs["ssl"] = True
         node_class: Any = redis.cluster.ClusterNode
@@ -325,7 +321,7 @@ class RedisStore:
         """Remove a connection: one atomic script call, idempotent per sid."""
         keys, args = _disconnect_call(request, local_index=not self._cluster)
         with _store_errors("disconnect"):
-            outcome = _disconnect_outcome(self._disconnect(keys=keys, args=args))
+            outcome = _disconnect_outcome(request.sid, self._disconnect(keys=keys, args=args))
             if self._cluster:
                 if outcome.deferred:
                     due = outcome.at * 1000 + request.layout.leave_grace_ms
@@ -368,7 +364,7 @@ class RedisStore:
             checks = _stale_checks(query, entries)
             pipe = self._client.pipeline(transaction=False)
             for sid, conns, held in checks:
-                pipe.hexists(conns, sid)
+                pipe.hexists(conns, RECORD_FIELD + sid)
                 pipe.hget(held, "sid")
             replies = pipe.execute()
             stale = [
@@ -430,7 +426,7 @@ class AsyncRedisStore:
 
     async def _do_disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
         keys, args = _disconnect_call(request, local_index=not self._cluster)
-        outcome = _disconnect_outcome(await self._disconnect(keys=keys, args=args))
+        outcome = _disconnect_outcome(request.sid, await self._disconnect(keys=keys, args=args))
         if self._cluster:
             if outcome.deferred:
                 due = outcome.at * 1000 + request.layout.leave_grace_ms
@@ -482,7 +478,7 @@ class AsyncRedisStore:
         checks = _stale_checks(query, entries)
         pipe = self._client.pipeline(transaction=False)
         for sid, conns, held in checks:
-            pipe.hexists(conns, sid)
+            pipe.hexists(conns, RECORD_FIELD + sid)
             pipe.hget(held, "sid")
         replies = await pipe.execute()
         stale = [

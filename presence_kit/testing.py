@@ -69,9 +69,19 @@ class _Rooms:
 
 
 class RecordingSockets(_Rooms):
-    """A :class:`~presence_kit.Sockets` that records rooms and emits; tasks are threads."""
+    """A :class:`~presence_kit.Sockets` that records rooms and emits; tasks are threads.
+
+    With ``background=False`` background tasks are recorded in :attr:`pending_tasks`
+    but never started, so a test drives the kit's background steps itself (for
+    example :meth:`PresenceKit.run_due_leaves`) with no thread racing it.
+    """
 
     namespace = "/"
+
+    def __init__(self, *, background: bool = True) -> None:
+        super().__init__()
+        self.background = background
+        self.pending_tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
 
     def enter_room(self, sid: str, room: str) -> None:
         """Record ``sid`` in ``room``."""
@@ -85,8 +95,13 @@ class RecordingSockets(_Rooms):
         """Record the emit."""
         self._emit(event, data, to)
 
-    def start_background_task(self, target: Callable[..., Any], *args: Any) -> threading.Thread:
-        """Run ``target`` in a daemon thread."""
+    def start_background_task(
+        self, target: Callable[..., Any], *args: Any
+    ) -> threading.Thread | None:
+        """Run ``target`` in a daemon thread (or only record it, see the class)."""
+        if not self.background:
+            self.pending_tasks.append((target, args))
+            return None
         thread = threading.Thread(target=target, args=args, daemon=True)
         thread.start()
         return thread

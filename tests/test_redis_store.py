@@ -100,7 +100,11 @@ def test_derived_client_keeps_the_integrators_options(redis_server: RedisServer)
     client = redis_server.client(protocol=3, decode_responses=True, client_name="mine")
     store = RedisStore(client, timeout=0.3)
     kwargs = store.client.connection_pool.connection_kwargs
-    assert (kwargs["protocol"], kwargs["decode_responses"], kwargs["client_name"]) == (3, True, "mine")
+    assert (kwargs["protocol"], kwargs["decode_responses"], kwargs["client_name"]) == (
+        3,
+        True,
+        "mine",
+    )
     assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.3, 0.3)
     assert kwargs["retry"].get_retries() == 0
     assert client.connection_pool.connection_kwargs["socket_timeout"] != 0.3
@@ -127,6 +131,6 @@ async def test_async_scripts_are_reloaded_after_a_script_flush(redis_server: Red
 def test_a_corrupt_record_is_a_store_error(redis_server: RedisServer) -> None:
     store = RedisStore(redis_server.client())
     store.connect(connect_request())
-    redis_server.client().hset("presence:{alive:org_1_user_2}:conns:TeacherAPP", "s1", "not json")
+    redis_server.client().hset("alive:org_1_user_2", "c:s1", "not json")
     with pytest.raises(StoreError, match="corrupt connection record"):
         store.disconnect(disconnect_request())

@@ -77,6 +77,8 @@ def _redis_readers(raw: Any) -> dict[str, Callable[..., Any]]:
 
 STORE_KINDS = [
     "memory",
+    "cluster",
+    "async-cluster",
     *(f"redis-resp{p}-{'decoded' if d else 'bytes'}" for p in (2, 3) for d in (False, True)),
     *(f"async-redis-resp{p}-{'decoded' if d else 'bytes'}" for p in (2, 3) for d in (False, True)),
 ]
@@ -88,6 +90,9 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     if kind == "memory":
         store = MemoryStore()
         yield Harness(store.connect, store.disconnect, store.hgetall, store.ttl, store.keys)
+        return
+    if kind.endswith("cluster"):
+        yield from _cluster_harness(request, asynchronous=kind.startswith("async"))
         return
     server = request.getfixturevalue("redis_server")
     server.flush()
@@ -115,8 +120,37 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         loop.close()
 
 
+def _cluster_harness(request: pytest.FixtureRequest, *, asynchronous: bool) -> Iterator[Harness]:
+    cluster = request.getfixturevalue("redis_cluster")
+    cluster.flush()
+    raw = cluster.client()
+    if not asynchronous:
+        store = RedisStore(cluster.client())
+        yield Harness(store.connect, store.disconnect, **_redis_readers(raw))
+        store.close()
+        return
+    loop = asyncio.new_event_loop()
+    client = cluster.async_client()
+    async_store = AsyncRedisStore(client)
+    try:
+        yield Harness(
+            lambda r: loop.run_until_complete(async_store.connect(r)),
+            lambda r: loop.run_until_complete(async_store.disconnect(r)),
+            **_redis_readers(raw),
+        )
+    finally:
+        loop.run_until_complete(async_store.aclose())
+        loop.run_until_complete(client.aclose())
+        loop.close()
+
+
 def conns_key(role: str = "TeacherAPP", alive: str = ALIVE) -> str:
-    return f"presence:{{{alive}}}:conns:{role}"
+    """Where a user's connection records live: the alive hash itself for teachers."""
+    return alive if role == "TeacherAPP" else f"presence:{{{alive}}}:conns:{role}"
+
+
+def record_sids(fields: dict[str, str]) -> set[str]:
+    return {k[2:] for k in fields if k.startswith("c:")}
 
 
 def test_teacher_connect_marks_online_without_expiry(harness: Harness) -> None:
@@ -130,7 +164,8 @@ def test_teacher_connect_marks_online_without_expiry(harness: Harness) -> None:
     alive = harness.hgetall(ALIVE)
     assert alive["state"] == "connect"
     assert harness.ttl(ALIVE) == -1
-    assert set(harness.hgetall(conns_key())) == {"sid-1"}
+    assert record_sids(harness.hgetall(conns_key())) == {"sid-1"}
+    assert harness.hgetall(ALIVE)["n"] == "1"
 
 
 def test_teacher_offline_only_when_the_last_connection_goes(harness: Harness) -> None:
@@ -147,7 +182,8 @@ def test_teacher_offline_only_when_the_last_connection_goes(harness: Harness) ->
     assert alive["state"] == "disconnect"
     assert alive["reason"] == "ping timeout"
     assert 3590 <= harness.ttl(ALIVE) <= 3600
-    assert harness.hgetall(conns_key()) == {}
+    assert record_sids(harness.hgetall(conns_key())) == set()
+    assert "n" not in harness.hgetall(ALIVE)
 
 
 def test_removed_record_keeps_the_session_and_its_types(harness: Harness) -> None:
@@ -200,7 +236,7 @@ def test_late_connect_of_a_disconnected_sid_is_refused(harness: Harness) -> None
     late = harness.connect("sid-1", TEACHER)
     assert late.status is ConnectStatus.STALE
     assert harness.hgetall(ALIVE)["state"] == "disconnect"
-    assert harness.hgetall(conns_key()) == {}
+    assert record_sids(harness.hgetall(conns_key())) == set()
 
 
 def test_reconnect_after_offline_persists_and_bumps_the_version(harness: Harness) -> None:

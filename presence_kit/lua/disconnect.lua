@@ -1,5 +1,5 @@
 -- presence_kit: remove one connection, atomically for its user; idempotent per sid.
--- KEYS[1] alive hash   KEYS[2] connections hash   KEYS[3] tombstone of this sid
+-- KEYS[1] alive hash   KEYS[2] record hash (see connect.lua)   KEYS[3] tombstone of this sid
 -- KEYS[4] held-back leave of this (user, role)
 -- KEYS[5] org index, only when ARGV[10] == '1'; KEYS[6] leave queue, only when ARGV[11] == '1'
 -- ARGV[1] sid  ARGV[2] tracks alive (0/1)  ARGV[3] state field  ARGV[4] disconnect state
@@ -17,12 +17,17 @@ if done then
   return {'repeat', tonumber(last), tonumber(v), tonumber(at), record, tonumber(deferred)}
 end
 
-local record = redis.call('HGET', KEYS[2], ARGV[1])
+local field = 'c:' .. ARGV[1]
+local record = redis.call('HGET', KEYS[2], field)
 if not record then
   return {'unknown', 0, 0, now_ms, '', 0}
 end
-redis.call('HDEL', KEYS[2], ARGV[1])
-local last = redis.call('EXISTS', KEYS[2]) == 0 and 1 or 0
+redis.call('HDEL', KEYS[2], field)
+local last = 0
+if redis.call('HINCRBY', KEYS[2], 'n', -1) <= 0 then
+  last = 1
+  redis.call('HDEL', KEYS[2], 'n')
+end
 local deferred = 0
 local v = 0
 local grace = tonumber(ARGV[8])
