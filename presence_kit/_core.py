@@ -7,6 +7,7 @@ so no behaviour is written twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -27,11 +28,15 @@ from ._model import (
     DisconnectRequest,
     FinishLeaveOutcome,
     FinishLeaveRequest,
+    Heartbeat,
     KeySchema,
     OnlineUser,
     OrgQuery,
     StoreLayout,
     index_entry,
+    node_bucket,
+    node_entry,
+    parse_node_entry,
     parse_queue_member,
     queue_member,
 )
@@ -52,7 +57,7 @@ from ._session import (
 )
 from ._settings import Settings
 
-__all__ = ["KitCore", "KitStats", "PortCall"]
+__all__ = ["KitCore", "KitStats", "NodeLiveness", "PortCall"]
 
 logger = logging.getLogger("presence_kit")
 
@@ -87,6 +92,10 @@ class KitStats:
     announced_offline: int = 0
     store_failures: int = 0
     sockets_failures: int = 0
+    recovered: int = 0
+    """Connections of dead nodes (or stale records) whose leave this kit ran."""
+    fenced: int = 0
+    """Times this kit learnt it had been presumed dead, and registered again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +140,9 @@ class KitCore:
         self.namespace = namespace
         self.node_id = self.settings.node_id or generate_node_id()
         self.incarnation = secrets.token_hex(3)
+        self.liveness = NodeLiveness()
+        self.local_sessions: dict[str, Mapping[str, Any]] = {}
+        """Sessions of the connections this kit holds, to register them again if fenced."""
         self._id_pattern = re.compile(self.settings.id_pattern)
         s = self.settings
         self.layout = StoreLayout(
@@ -164,6 +176,15 @@ class KitCore:
         """The spec's alive hash of the session's (org, user)."""
         return self.keys.alive(session.org_id, session.user_id)
 
+    @property
+    def member(self) -> str:
+        """This kit's node incarnation, as the node registry names it."""
+        return f"{self.node_id}/{self.incarnation}"
+
+    def new_incarnation(self) -> None:
+        """Become a new incarnation (after being fenced: presumed dead and swept)."""
+        self.incarnation = secrets.token_hex(3)
+
     # --- connect --------------------------------------------------------------------
 
     def prepare_connect(
@@ -182,6 +203,8 @@ class KitCore:
             held_leave_key=keys.held_leave(alive, session.role),
             org_index_key=keys.org_index(session.org_id, session.role),
             index_entry=index_entry(session.user_id, session.lesson_id),
+            node_index_key=keys.node_index(self.member, node_bucket(sid)),
+            node_entry=node_entry(session.org_id, session.user_id, session.role),
             snapshot=(
                 OrgQuery(
                     keys=keys,
@@ -237,11 +260,71 @@ class KitCore:
             org_index_key=keys.org_index(session.org_id, session.role),
             leave_queue_key=keys.leave_queue(),
             queue_member=queue_member(session.org_id, session.user_id, session.role),
+            node_index_key=keys.node_index(self.member, node_bucket(sid)),
             tracks_alive=policy.tracks_alive,
             reason=reason_text,
             layout=self.layout,
         )
         return sid, session, policy, request
+
+    def sweep_request(
+        self, member: str, sid: str, entry: str, *, reason: str | None = None
+    ) -> DisconnectRequest | None:
+        """The disconnect of connection ``sid`` of node incarnation ``member``, from its
+        node-index entry: a lost node's (``reason`` None: ``Settings.lost_reason``, no
+        tombstone, so a stalled node can register the sid again), or a stale record of
+        this node found by reconciling (with ``reason``)."""
+        try:
+            org_id, user_id, role = parse_node_entry(entry)
+            policy = self.policies.for_role(role)
+            validate_sid(sid)
+        except (ValueError, TypeError, InvalidSessionError):
+            logger.warning("skipping a malformed node-index entry", extra={"member": member})
+            return None
+        keys, alive = self.keys, self.keys.alive(org_id, user_id)
+        return DisconnectRequest(
+            sid=sid,
+            alive_key=alive,
+            connections_key=keys.records(alive, role, tracks_alive=policy.tracks_alive),
+            tombstone_key=keys.tombstone(alive, sid),
+            held_leave_key=keys.held_leave(alive, role),
+            org_index_key=keys.org_index(org_id, role),
+            leave_queue_key=keys.leave_queue(),
+            queue_member=queue_member(org_id, user_id, role),
+            node_index_key=keys.node_index(member, node_bucket(sid)),
+            tracks_alive=policy.tracks_alive,
+            reason=reason or self.settings.lost_reason,
+            layout=self.layout,
+            remember=reason is not None,
+        )
+
+    def heartbeat_call(self, *, first: bool, offset_ms: int = 0) -> Heartbeat:
+        """This node incarnation's heartbeat."""
+        info = {"node_id": self.node_id, "host": socket.gethostname(), "pid": os.getpid()}
+        return Heartbeat(
+            schema=self.keys,
+            member=self.member,
+            first=first,
+            info=json.dumps(info, separators=(",", ":")),
+            offset_ms=offset_ms,
+        )
+
+    def recovered_effects(self, outcome: DisconnectOutcome) -> Sequence[Effect]:
+        """The policy's effects for a connection recovered from its record alone."""
+        record = outcome.record
+        if record is None:
+            return ()
+        policy = self.policies.get(record.session.role)
+        if policy is None:
+            return ()
+        return self.disconnect_effects(
+            record.sid, record.session, policy, outcome, self.settings.lost_reason
+        )
+
+    @property
+    def node_timeout_ms(self) -> int:
+        """``Settings.node_timeout`` in milliseconds."""
+        return round(self.settings.node_timeout * 1000)
 
     def disconnect_effects(
         self,
@@ -351,3 +434,31 @@ def group_online(entries: Mapping[str, tuple[Id, Id]], lesson_id: Id | None) -> 
         OnlineUser(user_id=user_id, connections=n, lesson_ids=tuple(lessons[user_id]))
         for user_id, n in sorted(counts.items(), key=lambda item: str(item[0]))
     ]
+
+
+@dataclass(slots=True)
+class NodeLiveness:
+    """What a node knows of its own standing: when Redis last answered, what is due.
+
+    A node sweeps others only after it has itself seen Redis answer continuously for
+    longer than ``node_timeout``, so a Redis outage or failover does not make every
+    node look dead to every other at once.
+    """
+
+    registered: bool = False
+    healthy_since: float | None = None
+    next_beat: float = 0.0
+    next_reconcile: float = 0.0
+
+    def answered(self, now: float) -> None:
+        """Redis answered a heartbeat."""
+        if self.healthy_since is None:
+            self.healthy_since = now
+
+    def failed(self) -> None:
+        """A heartbeat failed: the continuity needed to sweep starts again."""
+        self.healthy_since = None
+
+    def may_sweep(self, now: float, node_timeout: float) -> bool:
+        """Redis has answered continuously for longer than ``node_timeout``."""
+        return self.healthy_since is not None and now - self.healthy_since > node_timeout

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from ._core import KitCore, KitStats, group_online, port_call
 from ._effects import Effect
@@ -26,7 +27,7 @@ from ._model import (
     ConnectionRecord,
     ConnectOutcome,
     DisconnectOutcome,
-    FinishLeaveOutcome,
+    DisconnectStatus,
     OnlineUser,
     UserPresence,
 )
@@ -85,6 +86,7 @@ class _BaseKit:
         policies: Mapping[str, DisconnectPolicy] | None,
     ) -> None:
         self._core = KitCore(settings=settings, policies=policies, namespace=_namespace(sockets))
+        self._sockets_port = sockets
         self._analytics = analytics
         self._closed = False
         self._background: Any = None
@@ -92,11 +94,44 @@ class _BaseKit:
 
     @property
     def _needs_background(self) -> bool:
-        return self.settings.leave_grace > 0 and self._background is None and not self._closed
+        return self._background is None and not self._closed
 
-    def _finished(self, finished: FinishLeaveOutcome) -> Sequence[Effect]:
-        effects = self._core.finished_leave_effects(finished)
-        return effects
+    @property
+    def _tick(self) -> float:
+        s = self.settings
+        return min(s.heartbeat_interval, s.leave_poll_interval)
+
+    @property
+    def _claim_ttl_ms(self) -> int:
+        return self._core.node_timeout_ms
+
+    def _due_steps(self) -> tuple[bool, bool, bool]:
+        """(heartbeat, sweep, reconcile) due now."""
+        now, live, s = time.monotonic(), self._core.liveness, self.settings
+        beat = now >= live.next_beat
+        if beat:
+            live.next_beat = now + s.heartbeat_interval
+        reconcile = now >= live.next_reconcile
+        if reconcile:
+            live.next_reconcile = now + s.reconcile_interval
+        return beat, beat and live.may_sweep(now, s.node_timeout), reconcile
+
+    def _local_sids(self) -> set[str] | None:
+        local_sids = getattr(self._sockets_port, "local_sids", None)
+        return set(local_sids()) if callable(local_sids) else None
+
+    def _stale_requests(self, entries: Mapping[str, str], live: set[str]) -> list[Any]:
+        core = self._core
+        requests = [
+            core.sweep_request(core.member, sid, entry, reason="stale connection")
+            for sid, entry in entries.items()
+            if sid not in live
+        ]
+        return [r for r in requests if r is not None]
+
+    def _shutdown_offset_ms(self) -> int:
+        s = self.settings
+        return round((s.shutdown_grace - s.node_timeout) * 1000)
 
     @property
     def settings(self) -> Settings:
@@ -168,6 +203,7 @@ class PresenceKit(_BaseKit):
             failure = exc
             self._core.count("store_failures")
             _log_store_failure("connect", sid, exc)
+        self._core.local_sessions[sid] = session
         self._run(self._core.connect_effects(sid, parsed, policy, outcome))
         if failure is not None and self.settings.strict_connect:
             raise StoreError("presence store failed during connect") from failure
@@ -184,6 +220,7 @@ class PresenceKit(_BaseKit):
         """
         sid, parsed, policy, request = self._core.prepare_disconnect(sid, session, reason)
         self._start_background()
+        self._core.local_sessions.pop(sid, None)
         outcome: DisconnectOutcome | None = None
         try:
             outcome = self._store.disconnect(request)
@@ -208,8 +245,85 @@ class PresenceKit(_BaseKit):
             finished = self._store.finish_leave(request)
             if finished.outcome is not None:
                 announced += 1
-            self._run(self._finished(finished))
+            self._run(self._core.finished_leave_effects(finished))
         return announced
+
+    def heartbeat(self) -> bool:
+        """Stamp this node alive (the background does it every ``heartbeat_interval``).
+
+        Returns ``False`` when this node had been presumed dead and swept (it stalled,
+        or lost Redis for longer than ``node_timeout``): it then takes a new incarnation
+        and registers the sockets it still serves again.
+        """
+        live = self._core.liveness
+        try:
+            ok = self._store.heartbeat(self._core.heartbeat_call(first=not live.registered))
+        except Exception:
+            live.failed()
+            raise
+        live.answered(time.monotonic())
+        live.registered = True
+        if not ok:
+            self._register_again()
+        return ok
+
+    def _register_again(self) -> None:
+        core = self._core
+        core.count("fenced")
+        logger.warning("this node was presumed dead and swept; registering its sockets again")
+        core.new_incarnation()
+        core.liveness.registered = False
+        self.heartbeat()
+        live = self._local_sids()
+        for sid, session in list(core.local_sessions.items()):
+            if live is None or sid in live:
+                self.handle_connect(sid, session)
+
+    def sweep_dead_nodes(self) -> int:
+        """Claim dead nodes and run the leave of each of their connections, exactly once.
+
+        Returns how many connections this call recovered. The background calls it every
+        ``heartbeat_interval`` once Redis has answered this node for ``node_timeout``.
+        """
+        core, recovered = self._core, 0
+        while True:
+            member = self._store.claim_node(core.keys, core.node_timeout_ms, self._claim_ttl_ms)
+            if member is None:
+                return recovered
+            for index in core.keys.node_indexes(member):
+                while entries := self._store.node_connections(index, self.settings.sweep_batch):
+                    requests = [core.sweep_request(member, sid, e) for sid, e in entries.items()]
+                    recovered += self._recover([r for r in requests if r is not None])
+                    self._store.renew_claim(core.keys, member, self._claim_ttl_ms)
+                    if not any(requests):
+                        break  # nothing usable left in this bucket
+            self._store.release_node(core.keys, member)
+            logger.info("swept a lost node", extra={"presence_node": member})
+
+    def reconcile(self) -> int:
+        """Run the leave of this node's records that have no live socket; returns how many.
+
+        Needs ``local_sids()`` on the sockets port (the python-socketio adapters have it).
+        """
+        live = self._local_sids()
+        if live is None:
+            return 0
+        recovered = 0
+        for index in self._core.keys.node_indexes(self._core.member):
+            entries = self._store.node_connections(index, 10**6)
+            recovered += self._recover(self._stale_requests(entries, live))
+        return recovered
+
+    def _recover(self, requests: Sequence[Any]) -> int:
+        if not requests:
+            return 0
+        recovered = 0
+        for outcome in self._store.disconnect_many(requests):
+            if outcome.status is DisconnectStatus.REMOVED:
+                recovered += 1
+                self._run(self._core.recovered_effects(outcome))
+        self._core.count("recovered", recovered)
+        return recovered
 
     def _start_background(self) -> None:
         if self._needs_background:
@@ -217,11 +331,24 @@ class PresenceKit(_BaseKit):
 
     def _background_loop(self) -> None:
         while not self._stopping:
+            self.run_background_step()
+            self._sockets.sleep(self._tick)
+
+    def run_background_step(self) -> None:
+        """One pass of the background: heartbeat, due leaves, sweeps and reconciling
+        when due. Failures are logged, never raised."""
+        beat, sweep, reconcile = self._due_steps()
+        steps: list[Callable[[], object]] = [self.heartbeat] if beat else []
+        steps.append(self.run_due_leaves)
+        if sweep:
+            steps.append(self.sweep_dead_nodes)
+        if reconcile:
+            steps.append(self.reconcile)
+        for step in steps:
             try:
-                self.run_due_leaves()
+                step()
             except Exception as exc:
                 _log_background_failure(exc)
-            self._sockets.sleep(self.settings.leave_poll_interval)
 
     def online_users(
         self,
@@ -271,7 +398,16 @@ class PresenceKit(_BaseKit):
         self._stopping = True
         join = getattr(self._background, "join", None)
         if callable(join):
-            join(self.settings.leave_poll_interval + 1.0)
+            join(self._tick + 1.0)
+        if self._core.liveness.registered:
+            # Hand the connections over: they are swept after shutdown_grace, unless
+            # their clients reconnect elsewhere first.
+            try:
+                self._store.heartbeat(
+                    self._core.heartbeat_call(first=False, offset_ms=self._shutdown_offset_ms())
+                )
+            except Exception as exc:
+                _log_background_failure(exc)
         self._close_analytics(timeout)
         self._store.close()
 
@@ -288,28 +424,19 @@ class PresenceKit(_BaseKit):
 
 
 class _InlineAsyncStore:
-    """Runs a non-blocking sync store (the in-memory one) from the event loop."""
+    """Runs a non-blocking sync store (the in-memory one) from the event loop: each of
+    its port methods, awaited."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def connect(self, request: Any) -> ConnectOutcome:
-        return self._store.connect(request)
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self._store, name)
 
-    async def disconnect(self, request: Any) -> DisconnectOutcome:
-        return self._store.disconnect(request)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return method(*args, **kwargs)
 
-    async def due_leaves(self, queue_key: str, limit: int) -> list[str]:
-        return self._store.due_leaves(queue_key, limit)
-
-    async def finish_leave(self, request: Any) -> FinishLeaveOutcome:
-        return self._store.finish_leave(request)
-
-    async def presence(self, alive_key: str, connections_key: str, state_field: str) -> Any:
-        return self._store.presence(alive_key, connections_key, state_field)
-
-    async def org_connections(self, query: Any) -> Any:
-        return self._store.org_connections(query)
+        return call
 
     async def aclose(self) -> None:
         self._store.close()
@@ -317,11 +444,11 @@ class _InlineAsyncStore:
 
 def _as_async_store(store: AsyncStore | Store | None) -> AsyncStore:
     if store is None:
-        return _InlineAsyncStore(_default_store())
+        return cast(AsyncStore, _InlineAsyncStore(_default_store()))
     if isinstance(store, AsyncStore) and asyncio.iscoroutinefunction(store.connect):
         return store
-    if getattr(store, "blocking", True) is False and isinstance(store, Store):
-        return _InlineAsyncStore(store)
+    if getattr(store, "blocking", True) is False:
+        return cast(AsyncStore, _InlineAsyncStore(cast(Store, store)))
     raise TypeError(
         f"{type(store).__name__} blocks; AsyncPresenceKit needs an async store "
         "(presence_kit.redis.AsyncRedisStore) or the in-memory MemoryStore"
@@ -361,6 +488,7 @@ class AsyncPresenceKit(_BaseKit):
             failure = exc
             self._core.count("store_failures")
             _log_store_failure("connect", sid, exc)
+        self._core.local_sessions[sid] = session
         await self._run(self._core.connect_effects(sid, parsed, policy, outcome))
         if failure is not None and self.settings.strict_connect:
             raise StoreError("presence store failed during connect") from failure
@@ -372,6 +500,7 @@ class AsyncPresenceKit(_BaseKit):
         """Remove connection ``sid`` (see :meth:`PresenceKit.handle_disconnect`)."""
         sid, parsed, policy, request = self._core.prepare_disconnect(sid, session, reason)
         self._start_background()
+        self._core.local_sessions.pop(sid, None)
         outcome: DisconnectOutcome | None = None
         try:
             outcome = await self._store.disconnect(request)
@@ -393,8 +522,77 @@ class AsyncPresenceKit(_BaseKit):
             finished = await self._store.finish_leave(request)
             if finished.outcome is not None:
                 announced += 1
-            await self._run(self._finished(finished))
+            await self._run(self._core.finished_leave_effects(finished))
         return announced
+
+    async def heartbeat(self) -> bool:
+        """Stamp this node alive (see :meth:`PresenceKit.heartbeat`)."""
+        live = self._core.liveness
+        try:
+            ok = await self._store.heartbeat(self._core.heartbeat_call(first=not live.registered))
+        except Exception:
+            live.failed()
+            raise
+        live.answered(time.monotonic())
+        live.registered = True
+        if not ok:
+            await self._register_again()
+        return ok
+
+    async def _register_again(self) -> None:
+        core = self._core
+        core.count("fenced")
+        logger.warning("this node was presumed dead and swept; registering its sockets again")
+        core.new_incarnation()
+        core.liveness.registered = False
+        await self.heartbeat()
+        live = self._local_sids()
+        for sid, session in list(core.local_sessions.items()):
+            if live is None or sid in live:
+                await self.handle_connect(sid, session)
+
+    async def sweep_dead_nodes(self) -> int:
+        """Recover dead nodes' connections (see :meth:`PresenceKit.sweep_dead_nodes`)."""
+        core, recovered = self._core, 0
+        while True:
+            member = await self._store.claim_node(
+                core.keys, core.node_timeout_ms, self._claim_ttl_ms
+            )
+            if member is None:
+                return recovered
+            batch = self.settings.sweep_batch
+            for index in core.keys.node_indexes(member):
+                while entries := await self._store.node_connections(index, batch):
+                    requests = [core.sweep_request(member, sid, e) for sid, e in entries.items()]
+                    recovered += await self._recover([r for r in requests if r is not None])
+                    await self._store.renew_claim(core.keys, member, self._claim_ttl_ms)
+                    if not any(requests):
+                        break
+            await self._store.release_node(core.keys, member)
+            logger.info("swept a lost node", extra={"presence_node": member})
+
+    async def reconcile(self) -> int:
+        """Leave this node's records that have no live socket (see
+        :meth:`PresenceKit.reconcile`)."""
+        live = self._local_sids()
+        if live is None:
+            return 0
+        recovered = 0
+        for index in self._core.keys.node_indexes(self._core.member):
+            entries = await self._store.node_connections(index, 10**6)
+            recovered += await self._recover(self._stale_requests(entries, live))
+        return recovered
+
+    async def _recover(self, requests: Sequence[Any]) -> int:
+        if not requests:
+            return 0
+        recovered = 0
+        for outcome in await self._store.disconnect_many(requests):
+            if outcome.status is DisconnectStatus.REMOVED:
+                recovered += 1
+                await self._run(self._core.recovered_effects(outcome))
+        self._core.count("recovered", recovered)
+        return recovered
 
     def _start_background(self) -> None:
         if self._needs_background:
@@ -402,11 +600,23 @@ class AsyncPresenceKit(_BaseKit):
 
     async def _background_loop(self) -> None:
         while not self._stopping:
+            await self.run_background_step()
+            await self._sockets.sleep(self._tick)
+
+    async def run_background_step(self) -> None:
+        """One pass of the background (see :meth:`PresenceKit.run_background_step`)."""
+        beat, sweep, reconcile = self._due_steps()
+        steps: list[Callable[[], Awaitable[object]]] = [self.heartbeat] if beat else []
+        steps.append(self.run_due_leaves)
+        if sweep:
+            steps.append(self.sweep_dead_nodes)
+        if reconcile:
+            steps.append(self.reconcile)
+        for step in steps:
             try:
-                await self.run_due_leaves()
+                await step()
             except Exception as exc:
                 _log_background_failure(exc)
-            await self._sockets.sleep(self.settings.leave_poll_interval)
 
     async def online_users(
         self,
@@ -456,6 +666,13 @@ class AsyncPresenceKit(_BaseKit):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._core.liveness.registered:
+            try:
+                await self._store.heartbeat(
+                    self._core.heartbeat_call(first=False, offset_ms=self._shutdown_offset_ms())
+                )
+            except Exception as exc:
+                _log_background_failure(exc)
         await asyncio.to_thread(self._close_analytics, timeout)
         await self._store.aclose()
 

@@ -8,6 +8,7 @@ templates or policies, and an adapter for another database implements two method
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from enum import Enum
 
@@ -24,7 +25,9 @@ __all__ = [
     "DisconnectStatus",
     "FinishLeaveOutcome",
     "FinishLeaveRequest",
+    "Heartbeat",
     "KeySchema",
+    "NodeInfo",
     "OnlineUser",
     "OrgQuery",
     "StoreLayout",
@@ -109,6 +112,37 @@ class KeySchema:
         """Sorted set of held-back leaves, scored by when their grace ends (ms)."""
         return f"{self.prefix}:{{{self.prefix}:leaves}}:due"
 
+    def live_nodes(self) -> str:
+        """Sorted set ``node/incarnation -> last heartbeat (ms, Redis clock)``."""
+        return f"{self.prefix}:{{{self.prefix}:nodes}}:live"
+
+    def claimed_nodes(self) -> str:
+        """Sorted set of dead nodes being swept: ``node/incarnation -> claim expiry (ms)``."""
+        return f"{self.prefix}:{{{self.prefix}:nodes}}:claimed"
+
+    def node_info(self) -> str:
+        """Hash ``node/incarnation -> JSON`` (host, pid, start) for operators."""
+        return f"{self.prefix}:{{{self.prefix}:nodes}}:info"
+
+    def node_index(self, member: str, bucket: int) -> str:
+        """Hash ``sid -> [org_id, user_id, role]``: one of a node incarnation's
+        :data:`NODE_BUCKETS` buckets of connections (small hashes stay compact listpacks)."""
+        return f"{self.prefix}:{{{self.prefix}:node:{member}}}:conns:{bucket}"
+
+    def node_indexes(self, member: str) -> list[str]:
+        """Every bucket of a node incarnation's index."""
+        return [self.node_index(member, bucket) for bucket in range(NODE_BUCKETS)]
+
+
+NODE_BUCKETS = 256
+"""Buckets of a node's connection index: up to ~32,000 connections per node keep every
+bucket under Redis's 128-entry listpack limit (about half the memory of one big hash)."""
+
+
+def node_bucket(sid: str) -> int:
+    """The node-index bucket of a connection."""
+    return zlib.crc32(sid.encode()) % NODE_BUCKETS
+
 
 RECORD_FIELD = "c:"
 """Prefix of the hash fields that hold connection records (``c:<sid>``)."""
@@ -118,6 +152,17 @@ def records_of(fields: dict[str, str]) -> dict[str, str]:
     """``sid -> record`` from a record hash's fields."""
     n = len(RECORD_FIELD)
     return {k[n:]: v for k, v in fields.items() if k.startswith(RECORD_FIELD)}
+
+
+def node_entry(org_id: Id, user_id: Id, role: str) -> str:
+    """The node index value of a connection: enough to rebuild its keys."""
+    return json.dumps([org_id, user_id, role], separators=(",", ":"))
+
+
+def parse_node_entry(text: str | bytes) -> tuple[Id, Id, str]:
+    """``(org_id, user_id, role)`` of a node index value."""
+    org_id, user_id, role = json.loads(text)
+    return org_id, user_id, role
 
 
 def index_entry(user_id: Id, lesson_id: Id) -> str:
@@ -237,6 +282,9 @@ class ConnectRequest:
     org_index_key: str
     """The organisation's index of connections in this role."""
     index_entry: str
+    node_index_key: str
+    """This node incarnation's index of its connections (read by a sweep)."""
+    node_entry: str
     snapshot: OrgQuery | None
     """An org index to return in ``ConnectOutcome.snapshot``, or ``None``."""
     record: ConnectionRecord
@@ -276,9 +324,14 @@ class DisconnectRequest:
     org_index_key: str
     leave_queue_key: str
     queue_member: str
+    node_index_key: str
+    """The index of the node incarnation that held the connection."""
     tracks_alive: bool
     reason: str
     layout: StoreLayout
+    remember: bool = True
+    """Keep a tombstone so a repeat returns this outcome (a sweep does not: a node that
+    was only stalled may register the same sid again)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -343,3 +396,38 @@ class OnlineUser:
     connections: int
     lesson_ids: tuple[Id, ...]
     """The lessons of those connections, without repeats."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeInfo:
+    """A node incarnation as the registry knows it (``presence-kit nodes``)."""
+
+    member: str
+    """``node_id/incarnation``."""
+    last_heartbeat: float | None
+    """Seconds since the epoch (Redis clock); ``None`` while it is being swept."""
+    connections: int
+    info: dict[str, object]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Heartbeat:
+    """A node incarnation's heartbeat (see ``lua/heartbeat.lua``)."""
+
+    schema: KeySchema
+    member: str
+    first: bool
+    """The first heartbeat of this incarnation (it registers; later ones may be fenced)."""
+    info: str
+    offset_ms: int = 0
+    """Added to the Redis time; negative at a graceful shutdown."""
+
+    @property
+    def keys(self) -> list[str]:
+        """The script's keys."""
+        return [self.schema.live_nodes(), self.schema.node_info()]
+
+    @property
+    def args(self) -> list[str | int]:
+        """The script's arguments."""
+        return [self.member, 1 if self.first else 0, self.info, self.offset_ms]

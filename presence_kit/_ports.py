@@ -8,7 +8,7 @@ since ``track`` only enqueues and never blocks.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ._effects import Track
@@ -19,6 +19,9 @@ from ._model import (
     DisconnectRequest,
     FinishLeaveOutcome,
     FinishLeaveRequest,
+    Heartbeat,
+    KeySchema,
+    NodeInfo,
     OrgQuery,
     UserPresence,
 )
@@ -59,6 +62,34 @@ class Store(Protocol):
         """``sid -> (user_id, lesson_id)`` of an organisation's live connections in a role."""
         ...
 
+    def disconnect_many(self, requests: Sequence[DisconnectRequest]) -> list[DisconnectOutcome]:
+        """Many disconnects at once (a sweep); each as :meth:`disconnect`."""
+        ...
+
+    def heartbeat(self, call: Heartbeat) -> bool:
+        """Stamp a node incarnation alive; ``False`` if it was fenced (swept meanwhile)."""
+        ...
+
+    def claim_node(self, keys: KeySchema, timeout_ms: int, claim_ttl_ms: int) -> str | None:
+        """Atomically claim one dead node incarnation (or an expired claim) to sweep."""
+        ...
+
+    def node_connections(self, index_key: str, limit: int) -> dict[str, str]:
+        """Up to about ``limit`` entries ``sid -> node entry`` of a node's index."""
+        ...
+
+    def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
+        """Extend a sweeper's claim."""
+        ...
+
+    def release_node(self, keys: KeySchema, member: str) -> None:
+        """Forget a node incarnation whose connections were all swept."""
+        ...
+
+    def nodes(self, keys: KeySchema) -> list[NodeInfo]:
+        """Every registered node incarnation."""
+        ...
+
     def close(self) -> None:
         """Release what the store opened itself (never the integrator's client)."""
         ...
@@ -94,6 +125,32 @@ class AsyncStore(Protocol):
         """``sid -> (user_id, lesson_id)`` of an organisation's live connections in a role."""
         ...
 
+    async def disconnect_many(
+        self, requests: Sequence[DisconnectRequest]
+    ) -> list[DisconnectOutcome]:
+        """Many disconnects at once (a sweep)."""
+        ...
+
+    async def heartbeat(self, call: Heartbeat) -> bool:
+        """Stamp a node incarnation alive; ``False`` if it was fenced."""
+        ...
+
+    async def claim_node(self, keys: KeySchema, timeout_ms: int, claim_ttl_ms: int) -> str | None:
+        """Atomically claim one dead node incarnation to sweep."""
+        ...
+
+    async def node_connections(self, index_key: str, limit: int) -> dict[str, str]:
+        """Up to about ``limit`` entries of a node's index."""
+        ...
+
+    async def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
+        """Extend a sweeper's claim."""
+        ...
+
+    async def release_node(self, keys: KeySchema, member: str) -> None:
+        """Forget a node incarnation whose connections were all swept."""
+        ...
+
     async def aclose(self) -> None:
         """Release what the store opened itself."""
         ...
@@ -118,6 +175,9 @@ class Sockets(Protocol):
     def start_background_task(self, target: Callable[..., Any], *args: Any) -> Any:
         """Run ``target(*args)`` in the server's concurrency model (thread, greenlet)."""
         ...
+
+    # Optional: ``local_sids() -> set[str]``, the sids this server process holds; with
+    # it, a kit reconciles its records with its live sockets.
 
     def sleep(self, seconds: float) -> None:
         """Sleep the way the server's concurrency model wants."""

@@ -105,10 +105,23 @@ class Settings:
     analytics_disconnect_event: str = "disconnect"
     """Analytics event sent when a participant's connection ends."""
 
-    # --- nodes ---
+    # --- nodes and crash recovery ---
     node_id: str | None = None
     """This kit's node id (recorded with each connection); generated from the host
-    name, the pid and a random part when ``None``."""
+    name, the pid and a random part when ``None``. Each kit is also a new incarnation."""
+    heartbeat_interval: float = 2.0
+    """Seconds between a node's heartbeats (stamped with the Redis clock)."""
+    node_timeout: float = 10.0
+    """A node without a heartbeat for this long is dead: its connections are swept."""
+    shutdown_grace: float = 15.0
+    """At ``close()``, connections are handed over: they are swept this long later, so
+    clients that reconnect elsewhere meanwhile cause no leave."""
+    reconcile_interval: float = 30.0
+    """Seconds between comparisons of this node's records with its live sockets."""
+    sweep_batch: int = 500
+    """Connections handled per Redis round trip when sweeping a dead node."""
+    lost_reason: str = "node lost"
+    """The disconnect reason of connections recovered from a dead node."""
 
     # --- failure handling ---
     strict_connect: bool = False
@@ -153,7 +166,14 @@ class Settings:
             not isinstance(self.node_id, str) or not _NAME.fullmatch(self.node_id)
         ):
             raise InvalidSettingsError("node_id", "must be 1-64 characters of A-Z a-z 0-9 _ : . -")
-        for name in ("leave_grace", "leave_poll_interval"):
+        for name in (
+            "leave_grace",
+            "leave_poll_interval",
+            "heartbeat_interval",
+            "node_timeout",
+            "shutdown_grace",
+            "reconcile_interval",
+        ):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)
@@ -162,8 +182,21 @@ class Settings:
                 or value < 0
             ):
                 raise InvalidSettingsError(name, "must be a number of seconds >= 0")
-        if self.leave_poll_interval <= 0:
-            raise InvalidSettingsError("leave_poll_interval", "must be > 0")
+        for name in ("leave_poll_interval", "heartbeat_interval", "reconcile_interval"):
+            if getattr(self, name) <= 0:
+                raise InvalidSettingsError(name, "must be > 0")
+        if self.node_timeout <= self.heartbeat_interval:
+            raise InvalidSettingsError("node_timeout", "must be longer than heartbeat_interval")
+        if (
+            isinstance(self.sweep_batch, bool)
+            or not isinstance(self.sweep_batch, int)
+            or not 1 <= self.sweep_batch <= 10_000
+        ):
+            raise InvalidSettingsError("sweep_batch", "must be an int from 1 to 10000")
+        if not isinstance(self.lost_reason, str) or not re.fullmatch(
+            r"[\x20-\x7e]{1,128}", self.lost_reason
+        ):
+            raise InvalidSettingsError("lost_reason", "must be 1-128 printable ASCII characters")
         for name in (
             "announce_connect",
             "strict_connect",

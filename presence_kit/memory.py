@@ -10,9 +10,10 @@ deployment needs Redis.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ._model import (
@@ -26,6 +27,9 @@ from ._model import (
     DisconnectStatus,
     FinishLeaveOutcome,
     FinishLeaveRequest,
+    Heartbeat,
+    KeySchema,
+    NodeInfo,
     OrgQuery,
     StoreLayout,
     UserPresence,
@@ -60,6 +64,9 @@ class MemoryStore:
         self._clock = clock
         self._keys: dict[str, _Entry] = {}
         self._queue: dict[str, int] = {}  # the leave queue: member -> due (ms)
+        self._live_nodes: dict[str, int] = {}  # node/incarnation -> last heartbeat (ms)
+        self._claimed_nodes: dict[str, int] = {}  # node/incarnation -> claim expiry (ms)
+        self._node_info: dict[str, str] = {}
         self._lock = threading.Lock()
 
     # --- the Store port -------------------------------------------------------------
@@ -100,6 +107,9 @@ class MemoryStore:
             index = self._hash(request.org_index_key, now) or {}
             index[request.sid] = request.index_entry
             self._keys[request.org_index_key] = _Entry(index)
+            node_index = self._hash(request.node_index_key, now) or {}
+            node_index[request.sid] = request.node_entry
+            self._keys[request.node_index_key] = _Entry(node_index)
             first = count == 1
             held = self._hash(request.held_leave_key, now)
             resumed = held is not None
@@ -145,6 +155,7 @@ class MemoryStore:
                 )
             records = self._hash(request.connections_key, now)
             field = RECORD_FIELD + request.sid
+            self._hdel(request.node_index_key, request.sid, now)
             if records is None or field not in records:
                 return DisconnectOutcome(
                     status=DisconnectStatus.UNKNOWN, last=False, record=None, version=0, at=now
@@ -174,10 +185,11 @@ class MemoryStore:
             if not deferred:
                 self._hdel(request.org_index_key, request.sid, now)
             at_ms = _ms(now)
-            self._keys[request.tombstone_key] = _Entry(
-                f"{int(last)}:{version}:{at_ms}:{int(deferred)}:{record}",
-                now + layout.tombstone_ttl,
-            )
+            if request.remember:
+                self._keys[request.tombstone_key] = _Entry(
+                    f"{int(last)}:{version}:{at_ms}:{int(deferred)}:{record}",
+                    now + layout.tombstone_ttl,
+                )
             return DisconnectOutcome(
                 status=DisconnectStatus.REMOVED,
                 last=last,
@@ -244,6 +256,74 @@ class MemoryStore:
         with self._lock:
             index = self._hash(query.index_key, self._clock()) or {}
             return {sid: parse_index_entry(entry) for sid, entry in index.items()}
+
+    def disconnect_many(self, requests: Sequence[DisconnectRequest]) -> list[DisconnectOutcome]:
+        """Many disconnects (a sweep)."""
+        return [self.disconnect(request) for request in requests]
+
+    def heartbeat(self, call: Heartbeat) -> bool:
+        """Stamp a node incarnation alive; ``False`` when it was swept."""
+        with self._lock:
+            if not call.first and call.member not in self._live_nodes:
+                return False
+            self._live_nodes[call.member] = _ms(self._clock()) + call.offset_ms
+            self._node_info[call.member] = call.info
+            return True
+
+    def claim_node(self, keys: KeySchema, timeout_ms: int, claim_ttl_ms: int) -> str | None:
+        """Claim one dead node incarnation (or a stale claim), if any."""
+        with self._lock:
+            now_ms = _ms(self._clock())
+            for member, expiry in sorted(self._claimed_nodes.items(), key=lambda i: i[1]):
+                if expiry <= now_ms:
+                    self._claimed_nodes[member] = now_ms + claim_ttl_ms
+                    return member
+            for member, beat in sorted(self._live_nodes.items(), key=lambda i: i[1]):
+                if beat <= now_ms - timeout_ms:
+                    del self._live_nodes[member]
+                    self._claimed_nodes[member] = now_ms + claim_ttl_ms
+                    return member
+            return None
+
+    def node_connections(self, index_key: str, limit: int) -> dict[str, str]:
+        """Up to ``limit`` entries of a node's index."""
+        with self._lock:
+            index = self._hash(index_key, self._clock()) or {}
+            return dict(list(index.items())[:limit])
+
+    def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
+        """Extend a claim."""
+        with self._lock:
+            if member in self._claimed_nodes:
+                self._claimed_nodes[member] = _ms(self._clock()) + claim_ttl_ms
+
+    def release_node(self, keys: KeySchema, member: str) -> None:
+        """Forget a swept node incarnation."""
+        with self._lock:
+            self._claimed_nodes.pop(member, None)
+            self._live_nodes.pop(member, None)
+            self._node_info.pop(member, None)
+            for index in keys.node_indexes(member):
+                self._keys.pop(index, None)
+
+    def nodes(self, keys: KeySchema) -> list[NodeInfo]:
+        """Every registered node incarnation."""
+        with self._lock:
+            now = self._clock()
+            members = set(self._live_nodes) | set(self._claimed_nodes) | set(self._node_info)
+            return [
+                NodeInfo(
+                    member=member,
+                    last_heartbeat=(
+                        self._live_nodes[member] / 1000 if member in self._live_nodes else None
+                    ),
+                    connections=sum(
+                        len(self._hash(index, now) or {}) for index in keys.node_indexes(member)
+                    ),
+                    info=json.loads(self._node_info.get(member, "{}")),
+                )
+                for member in sorted(members)
+            ]
 
     def close(self) -> None:
         """Nothing to release (the data stays readable)."""

@@ -15,6 +15,7 @@ the handler's path. Pass ``timeout=None`` to use the client exactly as given.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -41,6 +42,9 @@ from ._model import (
     DisconnectStatus,
     FinishLeaveOutcome,
     FinishLeaveRequest,
+    Heartbeat,
+    KeySchema,
+    NodeInfo,
     OrgQuery,
     UserPresence,
     parse_index_entry,
@@ -63,6 +67,7 @@ def _lua(name: str) -> str:
 
 _CONNECT_LUA, _DISCONNECT_LUA = _lua("connect"), _lua("disconnect")
 _FINISH_LUA, _DUE_LUA = _lua("finish_leave"), _lua("due_leaves")
+_HEARTBEAT_LUA, _CLAIM_LUA = _lua("heartbeat"), _lua("claim_node")
 T = TypeVar("T")
 
 
@@ -85,6 +90,7 @@ def _connect_call(r: ConnectRequest, *, local_index: bool) -> tuple[list[str], l
         r.held_leave_key,
         index_key,
         r.snapshot.index_key if snapshot and r.snapshot else r.alive_key,
+        r.node_index_key if local_index else r.alive_key,
     ]
     args: list[str | int] = [
         r.sid,
@@ -96,6 +102,7 @@ def _connect_call(r: ConnectRequest, *, local_index: bool) -> tuple[list[str], l
         r.index_entry,
         _flag(local_index),
         _flag(snapshot),
+        r.node_entry,
     ]
     return keys, args
 
@@ -110,6 +117,7 @@ def _disconnect_call(
         r.held_leave_key,
         r.org_index_key if local_index else r.alive_key,
         r.leave_queue_key if local_index else r.alive_key,
+        r.node_index_key if local_index else r.alive_key,
     ]
     args: list[str | int] = [
         r.sid,
@@ -123,6 +131,7 @@ def _disconnect_call(
         r.queue_member,
         _flag(local_index),
         _flag(local_index),
+        _flag(r.remember),
     ]
     return keys, args
 
@@ -215,6 +224,30 @@ def _user_presence(
     )
 
 
+def _heartbeat_ok(reply: Sequence[Any]) -> bool:
+    return _text(reply[0]) == "ok"
+
+
+def _renew(zadd: Any, keys: KeySchema, member: str, ttl_ms: int, now_ms: int) -> None:
+    zadd(keys.claimed_nodes(), {member: now_ms + ttl_ms}, xx=True)
+
+
+def _node_infos(
+    live: dict[Any, float], info: dict[Any, Any], counts: dict[str, int]
+) -> list[NodeInfo]:
+    beats = {_text(m): score for m, score in live.items()}
+    details = {_text(m): json.loads(_text(v)) for m, v in info.items()}
+    return [
+        NodeInfo(
+            member=member,
+            last_heartbeat=beats[member] / 1000 if member in beats else None,
+            connections=int(counts.get(member, 0)),
+            info=details.get(member, {}),
+        )
+        for member in sorted(counts)
+    ]
+
+
 def _index_entries(raw: dict[Any, Any]) -> dict[str, tuple[Id, Id]]:
     return {_text(sid): parse_index_entry(entry) for sid, entry in raw.items()}
 
@@ -296,6 +329,7 @@ class RedisStore:
         register = self._client.register_script
         self._connect, self._disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
         self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
+        self._heartbeat, self._claim = register(_HEARTBEAT_LUA), register(_CLAIM_LUA)
 
     @property
     def client(self) -> SyncClient:
@@ -309,9 +343,11 @@ class RedisStore:
             if not self._cluster:
                 return _connect_outcome(self._connect(keys=keys, args=args))
             self._client.hset(request.org_index_key, request.sid, request.index_entry)
+            self._client.hset(request.node_index_key, request.sid, request.node_entry)
             outcome = _connect_outcome(self._connect(keys=keys, args=args))
             if outcome.status is ConnectStatus.STALE:
                 self._client.hdel(request.org_index_key, request.sid)
+                self._client.hdel(request.node_index_key, request.sid)
             if request.snapshot is not None:
                 entries = self.org_connections(request.snapshot)
                 outcome = replace(outcome, snapshot=tuple(entries.values()))
@@ -323,6 +359,7 @@ class RedisStore:
         with _store_errors("disconnect"):
             outcome = _disconnect_outcome(request.sid, self._disconnect(keys=keys, args=args))
             if self._cluster:
+                self._client.hdel(request.node_index_key, request.sid)
                 if outcome.deferred:
                     due = outcome.at * 1000 + request.layout.leave_grace_ms
                     self._client.zadd(request.leave_queue_key, {request.queue_member: due})
@@ -378,6 +415,74 @@ class RedisStore:
                 self._client.hdel(query.index_key, *stale)
             return {sid: entry for sid, entry in entries.items() if sid not in stale}
 
+    def disconnect_many(self, requests: Sequence[DisconnectRequest]) -> list[DisconnectOutcome]:
+        """Many disconnects (a sweep): one pipelined round trip on a standalone Redis."""
+        if self._cluster:
+            return [self.disconnect(request) for request in requests]
+        with _store_errors("disconnect_many"):
+            self._client.script_load(_DISCONNECT_LUA)
+            pipe = self._client.pipeline(transaction=False)
+            for request in requests:
+                keys, args = _disconnect_call(request, local_index=True)
+                pipe.evalsha(self._disconnect.sha, len(keys), *keys, *args)
+            replies = pipe.execute()
+            return [
+                _disconnect_outcome(r.sid, reply)
+                for r, reply in zip(requests, replies, strict=True)
+            ]
+
+    def heartbeat(self, call: Heartbeat) -> bool:
+        """Stamp this node incarnation alive; ``False`` when it was fenced (swept)."""
+        with _store_errors("heartbeat"):
+            return _heartbeat_ok(self._heartbeat(keys=call.keys, args=call.args))
+
+    def claim_node(self, keys: KeySchema, timeout_ms: int, claim_ttl_ms: int) -> str | None:
+        """Claim one dead node incarnation to sweep (or a stale claim), if any."""
+        with _store_errors("claim_node"):
+            reply = self._claim(
+                keys=[keys.live_nodes(), keys.claimed_nodes()], args=[timeout_ms, claim_ttl_ms]
+            )
+            return _text(reply[0]) if reply else None
+
+    def node_connections(self, index_key: str, limit: int) -> dict[str, str]:
+        """Up to about ``limit`` entries ``sid -> node entry`` of a node's index."""
+        with _store_errors("node_connections"):
+            reply: Any = self._client.hscan(index_key, 0, count=limit)
+            return {_text(k): _text(v) for k, v in list(reply[1].items())[:limit]}
+
+    def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
+        """Extend this sweeper's claim on ``member`` (between batches)."""
+        with _store_errors("renew_claim"):
+            _renew(self._client.zadd, keys, member, claim_ttl_ms, self._now_ms())
+
+    def release_node(self, keys: KeySchema, member: str) -> None:
+        """Forget a swept node incarnation (its index must be empty)."""
+        with _store_errors("release_node"):
+            self._client.zrem(keys.claimed_nodes(), member)
+            self._client.zrem(keys.live_nodes(), member)
+            self._client.hdel(keys.node_info(), member)
+            self._client.delete(*keys.node_indexes(member))  # one slot: one command
+
+    def nodes(self, keys: KeySchema) -> list[NodeInfo]:
+        """Every registered node incarnation, for operators."""
+        with _store_errors("nodes"):
+            scored: Any = self._client.zrange(keys.live_nodes(), 0, -1, withscores=True)
+            live = {member: float(score) for member, score in scored}
+            claimed = self._client.zrange(keys.claimed_nodes(), 0, -1)
+            info = self._client.hgetall(keys.node_info())
+            members = {_text(m) for m in [*live, *claimed, *info]}
+            counts = {}
+            for member in members:
+                pipe = self._client.pipeline(transaction=False)
+                for index in keys.node_indexes(member):
+                    pipe.hlen(index)
+                counts[member] = sum(int(n) for n in pipe.execute())
+            return _node_infos(live, info, counts)
+
+    def _now_ms(self) -> int:
+        seconds, micros = self._client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def close(self) -> None:
         """Close the store's own connection pool (never the integrator's client)."""
         if self._owned:
@@ -397,6 +502,7 @@ class AsyncRedisStore:
         register = self._client.register_script
         self._connect, self._disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
         self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
+        self._heartbeat, self._claim = register(_HEARTBEAT_LUA), register(_CLAIM_LUA)
 
     @property
     def client(self) -> AsyncClient:
@@ -412,9 +518,11 @@ class AsyncRedisStore:
         if not self._cluster:
             return _connect_outcome(await self._connect(keys=keys, args=args))
         await self._client.hset(request.org_index_key, request.sid, request.index_entry)
+        await self._client.hset(request.node_index_key, request.sid, request.node_entry)
         outcome = _connect_outcome(await self._connect(keys=keys, args=args))
         if outcome.status is ConnectStatus.STALE:
             await self._client.hdel(request.org_index_key, request.sid)
+            await self._client.hdel(request.node_index_key, request.sid)
         if request.snapshot is not None:
             entries = await self._org_connections(request.snapshot)
             outcome = replace(outcome, snapshot=tuple(entries.values()))
@@ -428,6 +536,7 @@ class AsyncRedisStore:
         keys, args = _disconnect_call(request, local_index=not self._cluster)
         outcome = _disconnect_outcome(request.sid, await self._disconnect(keys=keys, args=args))
         if self._cluster:
+            await self._client.hdel(request.node_index_key, request.sid)
             if outcome.deferred:
                 due = outcome.at * 1000 + request.layout.leave_grace_ms
                 await self._client.zadd(request.leave_queue_key, {request.queue_member: due})
@@ -492,13 +601,77 @@ class AsyncRedisStore:
             await self._client.hdel(query.index_key, *stale)
         return {sid: entry for sid, entry in entries.items() if sid not in stale}
 
-    async def _bounded(self, operation: str, call: Awaitable[T]) -> T:
+    async def disconnect_many(
+        self, requests: Sequence[DisconnectRequest]
+    ) -> list[DisconnectOutcome]:
+        """Many disconnects (a sweep): one pipelined round trip on a standalone Redis."""
+        if self._cluster:
+            return list(await asyncio.gather(*(self.disconnect(r) for r in requests)))
+
+        async def run() -> list[DisconnectOutcome]:
+            await self._client.script_load(_DISCONNECT_LUA)
+            pipe = self._client.pipeline(transaction=False)
+            for request in requests:
+                keys, args = _disconnect_call(request, local_index=True)
+                pipe.evalsha(self._disconnect.sha, len(keys), *keys, *args)
+            replies = await pipe.execute()
+            return [
+                _disconnect_outcome(r.sid, reply)
+                for r, reply in zip(requests, replies, strict=True)
+            ]
+
+        return await self._bounded("disconnect_many", run(), scale=len(requests))
+
+    async def heartbeat(self, call: Heartbeat) -> bool:
+        """Stamp this node incarnation alive; ``False`` when it was fenced (swept)."""
+        reply = await self._bounded("heartbeat", self._heartbeat(keys=call.keys, args=call.args))
+        return _heartbeat_ok(reply)
+
+    async def claim_node(self, keys: KeySchema, timeout_ms: int, claim_ttl_ms: int) -> str | None:
+        """Claim one dead node incarnation to sweep (or a stale claim), if any."""
+        reply = await self._bounded(
+            "claim_node",
+            self._claim(
+                keys=[keys.live_nodes(), keys.claimed_nodes()], args=[timeout_ms, claim_ttl_ms]
+            ),
+        )
+        return _text(reply[0]) if reply else None
+
+    async def node_connections(self, index_key: str, limit: int) -> dict[str, str]:
+        """Up to about ``limit`` entries ``sid -> node entry`` of a node's index."""
+        reply: Any = await self._bounded(
+            "node_connections", self._client.hscan(index_key, 0, count=limit)
+        )
+        return {_text(k): _text(v) for k, v in list(reply[1].items())[:limit]}
+
+    async def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
+        """Extend this sweeper's claim on ``member`` (between batches)."""
+
+        async def run() -> None:
+            seconds, micros = await self._client.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            await self._client.zadd(keys.claimed_nodes(), {member: now_ms + claim_ttl_ms}, xx=True)
+
+        await self._bounded("renew_claim", run())
+
+    async def release_node(self, keys: KeySchema, member: str) -> None:
+        """Forget a swept node incarnation (its index must be empty)."""
+
+        async def run() -> None:
+            await self._client.zrem(keys.claimed_nodes(), member)
+            await self._client.zrem(keys.live_nodes(), member)
+            await self._client.hdel(keys.node_info(), member)
+            await self._client.delete(*keys.node_indexes(member))
+
+        await self._bounded("release_node", run())
+
+    async def _bounded(self, operation: str, call: Awaitable[T], scale: int = 1) -> T:
         # The socket timeout bounds each read; this bounds the whole operation (connect,
         # NOSCRIPT reload, cluster redirections), and also applies to cluster clients.
         try:
             if self._timeout is None:
                 return await call
-            return await asyncio.wait_for(call, self._timeout * 2)
+            return await asyncio.wait_for(call, self._timeout * 2 + scale / 1000)
         except (RedisError, TimeoutError) as exc:
             raise StoreError(f"Redis failed during {operation}: {exc!r}") from exc
 

@@ -69,16 +69,18 @@ class _Rooms:
 
 
 class RecordingSockets(_Rooms):
-    """A :class:`~presence_kit.Sockets` that records rooms and emits; tasks are threads.
+    """A :class:`~presence_kit.Sockets` that records rooms and emits.
 
-    With ``background=False`` background tasks are recorded in :attr:`pending_tasks`
-    but never started, so a test drives the kit's background steps itself (for
-    example :meth:`PresenceKit.run_due_leaves`) with no thread racing it.
+    By default background tasks are recorded in :attr:`pending_tasks` but never
+    started, so a test drives the kit's background itself
+    (:meth:`PresenceKit.run_background_step`, :meth:`~PresenceKit.run_due_leaves`,
+    :meth:`~PresenceKit.sweep_dead_nodes`) with no thread racing it. With
+    ``background=True`` they run in daemon threads, as under a threading server.
     """
 
     namespace = "/"
 
-    def __init__(self, *, background: bool = True) -> None:
+    def __init__(self, *, background: bool = False) -> None:
         super().__init__()
         self.background = background
         self.pending_tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []

@@ -270,11 +270,13 @@ def test_connection_records_carry_a_safety_ttl(harness: Harness) -> None:
     assert 86390 <= harness.ttl(key) <= 86400
 
 
-def test_every_key_is_a_users_or_an_orgs(harness: Harness) -> None:
-    """A user's keys are tagged with the alive key (one cluster slot); an org's index
-    keys with the org."""
+def test_every_key_is_a_users_an_orgs_or_a_nodes(harness: Harness) -> None:
+    """A user's keys are tagged with the alive key (one cluster slot); an org's and a
+    node's index keys with the org and the node."""
     harness.connect("sid-1", TEACHER)
     harness.connect("sid-p", PARTICIPANT)
     harness.disconnect("sid-1", TEACHER)
     for key in harness.all_keys():
-        assert key.startswith(("alive:", "presence:{alive:", "presence:{presence:org:")), key
+        assert key.startswith(
+            ("alive:", "presence:{alive:", "presence:{presence:org:", "presence:{presence:node:")
+        ), key

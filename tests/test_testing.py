@@ -11,7 +11,7 @@ from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics, Reco
 
 
 def test_recording_sockets_implement_the_port() -> None:
-    sockets = RecordingSockets()
+    sockets = RecordingSockets(background=True)
     assert isinstance(sockets, Sockets)
     sockets.enter_room("a", "r")
     sockets.enter_room("b", "r")
@@ -43,6 +43,12 @@ async def test_async_recording_sockets_implement_the_port() -> None:
     await asyncio.wait_for(done.wait(), 2)
     await task
     assert sockets.tasks == set()
+
+
+def test_background_tasks_are_only_recorded_by_default() -> None:
+    sockets = RecordingSockets()
+    assert sockets.start_background_task(print, "never") is None
+    assert sockets.pending_tasks == [(print, ("never",))]
 
 
 def test_recording_analytics() -> None:

@@ -5,9 +5,11 @@
 -- KEYS[3] tombstone of this sid         KEYS[4] held-back leave of this (user, role)
 -- KEYS[5] org index (sid -> entry), only when ARGV[8] == '1' (same node: standalone)
 -- KEYS[6] org index to snapshot, only when ARGV[9] == '1'
+-- KEYS[7] this node's index (sid -> [org_id, user_id, role]), only when ARGV[8] == '1'
 -- ARGV[1] sid  ARGV[2] record  ARGV[3] tracks alive (0/1)  ARGV[4] state field
 -- ARGV[5] connect state  ARGV[6] safety TTL (s) of a separate record hash  ARGV[7] org index entry
--- ARGV[8] write the org index here (0/1)  ARGV[9] return a snapshot (0/1)
+-- ARGV[8] write the org and node indexes here (0/1)  ARGV[9] return a snapshot (0/1)
+-- ARGV[10] node index entry
 -- Returns {status, first (0/1), connections, version, now_ms, resumed (0/1), snapshot}
 -- with integers and strings only (snapshot: an array of index entries).
 local t = redis.call('TIME')
@@ -42,7 +44,10 @@ end
 redis.call('HSET', KEYS[2], field, ARGV[2])
 local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
 if KEYS[2] ~= KEYS[1] then redis.call('EXPIRE', KEYS[2], ARGV[6]) end
-if with_index then redis.call('HSET', KEYS[5], ARGV[1], ARGV[7]) end
+if with_index then
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[7])
+  redis.call('HSET', KEYS[7], ARGV[1], ARGV[10])
+end
 local first = n == 1 and 1 or 0
 local resumed = 0
 local held = redis.call('HGET', KEYS[4], 'sid')

@@ -2,10 +2,13 @@
 -- KEYS[1] alive hash   KEYS[2] record hash (see connect.lua)   KEYS[3] tombstone of this sid
 -- KEYS[4] held-back leave of this (user, role)
 -- KEYS[5] org index, only when ARGV[10] == '1'; KEYS[6] leave queue, only when ARGV[11] == '1'
+-- KEYS[7] index of the node that held the connection, only when ARGV[10] == '1'
 -- ARGV[1] sid  ARGV[2] tracks alive (0/1)  ARGV[3] state field  ARGV[4] disconnect state
 -- ARGV[5] offline TTL (s)  ARGV[6] reason  ARGV[7] tombstone TTL (s)
 -- ARGV[8] leave grace (ms; 0 = announce at once)  ARGV[9] leave-queue member
--- ARGV[10] update the org index here (0/1)  ARGV[11] queue the held-back leave here (0/1)
+-- ARGV[10] update the org and node indexes here (0/1)  ARGV[11] queue a held-back leave here
+-- ARGV[12] remember the outcome for repeats (0/1; a sweep of a lost node does not, so that
+--          a node that was only stalled can register its sockets again)
 -- Returns {status, last (0/1), version, at_ms, record, deferred (0/1)}.
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -19,6 +22,7 @@ end
 
 local field = 'c:' .. ARGV[1]
 local record = redis.call('HGET', KEYS[2], field)
+if ARGV[10] == '1' then redis.call('HDEL', KEYS[7], ARGV[1]) end
 if not record then
   return {'unknown', 0, 0, now_ms, '', 0}
 end
@@ -47,6 +51,8 @@ if ARGV[2] == '1' then
   end
 end
 if ARGV[10] == '1' and deferred == 0 then redis.call('HDEL', KEYS[5], ARGV[1]) end
-redis.call('SET', KEYS[3], last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. record,
-  'EX', ARGV[7])
+if ARGV[12] == '1' then
+  redis.call('SET', KEYS[3], last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. record,
+    'EX', ARGV[7])
+end
 return {'removed', last, v, now_ms, record, deferred}
