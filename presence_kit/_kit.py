@@ -105,8 +105,8 @@ class _BaseKit:
     def _claim_ttl_ms(self) -> int:
         return self._core.node_timeout_ms
 
-    def _due_steps(self) -> tuple[bool, bool, bool]:
-        """(heartbeat, sweep, reconcile) due now."""
+    def _due_steps(self) -> tuple[bool, bool]:
+        """(heartbeat, reconcile) due now."""
         now, live, s = time.monotonic(), self._core.liveness, self.settings
         beat = now >= live.next_beat
         if beat:
@@ -114,7 +114,11 @@ class _BaseKit:
         reconcile = now >= live.next_reconcile
         if reconcile:
             live.next_reconcile = now + s.reconcile_interval
-        return beat, beat and live.may_sweep(now, s.node_timeout), reconcile
+        return beat, reconcile
+
+    def _may_sweep(self) -> bool:
+        # Decided after this step's heartbeat: only with Redis answering continuously.
+        return self._core.liveness.may_sweep(time.monotonic(), self.settings.node_timeout)
 
     def _local_sids(self) -> set[str] | None:
         local_sids = getattr(self._sockets_port, "local_sids", None)
@@ -261,7 +265,7 @@ class PresenceKit(_BaseKit):
         except Exception:
             live.failed()
             raise
-        live.answered(time.monotonic())
+        live.answered(time.monotonic(), self.settings.node_timeout)
         live.registered = True
         if not ok:
             self._register_again()
@@ -283,7 +287,8 @@ class PresenceKit(_BaseKit):
         """Claim dead nodes and run the leave of each of their connections, exactly once.
 
         Returns how many connections this call recovered. The background calls it every
-        ``heartbeat_interval`` once Redis has answered this node for ``node_timeout``.
+        ``heartbeat_interval``, but only while Redis has answered this node continuously
+        for longer than ``node_timeout``; a direct call (an operator's) sweeps at once.
         """
         core, recovered = self._core, 0
         while True:
@@ -337,11 +342,11 @@ class PresenceKit(_BaseKit):
     def run_background_step(self) -> None:
         """One pass of the background: heartbeat, due leaves, sweeps and reconciling
         when due. Failures are logged, never raised."""
-        beat, sweep, reconcile = self._due_steps()
+        beat, reconcile = self._due_steps()
         steps: list[Callable[[], object]] = [self.heartbeat] if beat else []
         steps.append(self.run_due_leaves)
-        if sweep:
-            steps.append(self.sweep_dead_nodes)
+        if beat:
+            steps.append(lambda: self._may_sweep() and self.sweep_dead_nodes())
         if reconcile:
             steps.append(self.reconcile)
         for step in steps:
@@ -533,7 +538,7 @@ class AsyncPresenceKit(_BaseKit):
         except Exception:
             live.failed()
             raise
-        live.answered(time.monotonic())
+        live.answered(time.monotonic(), self.settings.node_timeout)
         live.registered = True
         if not ok:
             await self._register_again()
@@ -603,13 +608,16 @@ class AsyncPresenceKit(_BaseKit):
             await self.run_background_step()
             await self._sockets.sleep(self._tick)
 
+    async def _sweep_if_safe(self) -> int:
+        return await self.sweep_dead_nodes() if self._may_sweep() else 0
+
     async def run_background_step(self) -> None:
         """One pass of the background (see :meth:`PresenceKit.run_background_step`)."""
-        beat, sweep, reconcile = self._due_steps()
+        beat, reconcile = self._due_steps()
         steps: list[Callable[[], Awaitable[object]]] = [self.heartbeat] if beat else []
         steps.append(self.run_due_leaves)
-        if sweep:
-            steps.append(self.sweep_dead_nodes)
+        if beat:
+            steps.append(self._sweep_if_safe)
         if reconcile:
             steps.append(self.reconcile)
         for step in steps:

@@ -1,0 +1,226 @@
+"""Crash recovery in-process: kits (nodes) on one real Redis, driven step by step with
+short timings. The same with real server processes and SIGKILL is in
+``test_recovery_processes.py``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from presence_kit import PresenceKit, Settings
+from presence_kit.redis import RedisStore
+from presence_kit.testing import RecordingAnalytics, RecordingSockets
+from tests.support.redis_servers import RedisServer
+
+TIMEOUT = 0.4
+FAST = {"heartbeat_interval": 0.1, "node_timeout": TIMEOUT, "shutdown_grace": 0.6}
+T1 = {"role": "TeacherAPP", "org_id": 1, "user_id": 1, "lesson_id": 5}
+T2 = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 5}
+P1 = {"role": "ParticipantWeb", "org_id": 1, "user_id": 9, "lesson_id": 5, "room_id": "r-1"}
+HUB = {"role": "TeacherHub", "org_id": 1, "user_id": 100, "lesson_id": 5}
+
+
+class Node:
+    def __init__(self, server: Any, **settings: Any) -> None:
+        self.sockets = RecordingSockets()
+        self.analytics = RecordingAnalytics()
+        self.kit = PresenceKit(
+            store=RedisStore(server.client()),
+            sockets=self.sockets,
+            analytics=self.analytics,
+            settings=Settings(**{**FAST, **settings}),
+        )
+
+    def leaves(self) -> list[Any]:
+        return [d["user_id"] for e, d, _to in self.sockets.emitted if e == "teacher_disconnect"]
+
+    def ready_to_sweep(self) -> None:
+        """Heartbeat until this node has seen Redis answer for longer than node_timeout."""
+        deadline = time.monotonic() + TIMEOUT + 0.2
+        while time.monotonic() < deadline:
+            self.kit.heartbeat()
+            time.sleep(0.05)
+        self.kit.heartbeat()
+
+
+@pytest.fixture
+def make_node(redis_server: RedisServer) -> Iterator[Any]:
+    nodes: list[Node] = []
+
+    def make(server: Any = redis_server, **settings: Any) -> Node:
+        node = Node(server, **settings)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.kit.close(timeout=1)
+
+
+def state(server: RedisServer, user: int) -> str | None:
+    value: str | None = server.client(decode_responses=True).hget(
+        f"alive:org_1_user_{user}", "state"
+    )
+    return value
+
+
+def test_a_dead_nodes_connections_are_recovered_once(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    a, b = make_node(), make_node()
+    a.kit.heartbeat()
+    a.kit.handle_connect("a-t1", T1)
+    a.kit.handle_connect("a-t2", T2)
+    a.kit.handle_connect("a-p1", P1)
+    b.kit.handle_connect("b-t2", T2)  # teacher 2 is also on node b
+    b.ready_to_sweep()  # node a stops heartbeating: it "died"
+    assert b.kit.sweep_dead_nodes() == 3
+    assert b.leaves() == [1]
+    assert (state(redis_server, 1), state(redis_server, 2)) == ("disconnect", "connect")
+    [event] = b.analytics.events
+    assert (event.distinct_id, event.properties["room_id"], event.properties["reason"]) == (
+        "9",
+        "r-1",
+        "node lost",
+    )
+    assert b.kit.sweep_dead_nodes() == 0
+    assert [n.member for n in b.kit._store.nodes(b.kit._core.keys)] == [b.kit._core.member]  # type: ignore[attr-defined]
+    assert b.kit.presence(1, 2).connections[0].sid == "b-t2"
+    assert b.kit.stats.recovered == 3
+
+
+def test_two_racing_sweepers_announce_each_leave_once(make_node: Any) -> None:
+    a, b, c = make_node(), make_node(), make_node()
+    a.kit.heartbeat()
+    for n in range(40):
+        a.kit.handle_connect(f"a-{n}", {**T1, "user_id": n})
+    threading.Thread(target=b.ready_to_sweep).start()
+    c.ready_to_sweep()
+    time.sleep(0.1)
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda k=k: results.append(k.kit.sweep_dead_nodes()))
+        for k in (b, c)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(results) == 40
+    assert sorted(b.leaves() + c.leaves()) == list(range(40))
+
+
+def test_a_sweeper_that_dies_midway_is_taken_over(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    a, b, c = make_node(), make_node(), make_node()
+    a.kit.heartbeat()
+    a.kit.handle_connect("a-t1", T1)
+    b.ready_to_sweep()
+    keys = b.kit._core.keys  # type: ignore[attr-defined]
+    # b claims node a and then dies before sweeping it.
+    assert b.kit._store.claim_node(keys, int(TIMEOUT * 1000), 300) is not None  # type: ignore[attr-defined]
+    c.ready_to_sweep()
+    assert c.kit.sweep_dead_nodes() == 1  # the claim expired: c took it over
+    assert c.leaves() == [1]
+    assert state(redis_server, 1) == "disconnect"
+
+
+def test_a_stalled_node_is_fenced_and_registers_its_sockets_again(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    a, b = make_node(), make_node()
+    a.kit.heartbeat()
+    a.kit.handle_connect("hub", HUB)
+    b.kit.handle_connect("b-hub", HUB)
+    a.kit.handle_connect("a-t1", T1)
+    a.sockets.connected.update({"hub", "a-t1"})  # what its Socket.IO server still holds
+    b.ready_to_sweep()  # a is "stalled" meanwhile
+    assert b.kit.sweep_dead_nodes() == 2
+    assert b.leaves() == [1]
+    old = a.kit._core.member  # type: ignore[attr-defined]
+    assert a.kit.heartbeat() is False  # a wakes up: it learns it was swept
+    assert a.kit._core.member != old  # type: ignore[attr-defined]
+    assert a.kit.stats.fenced == 1
+    assert state(redis_server, 1) == "connect"
+    [record] = a.kit.connections(1, 1)
+    assert (record.sid, record.incarnation) == ("a-t1", a.kit._core.incarnation)  # type: ignore[attr-defined]
+    # The hubs are told the teacher is back.
+    connects = [d for e, d, _ in a.sockets.emitted if e == "teacher_connect"]
+    assert connects == [{"user_id": 1}, {"user_id": 1}]
+    assert a.kit.heartbeat() is True
+
+
+def test_a_node_restarted_under_the_same_id_is_a_new_incarnation(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    first = make_node(node_id="web-1")
+    first.kit.heartbeat()
+    first.kit.handle_connect("old-sid", T1)
+    restarted, watcher = make_node(node_id="web-1"), make_node()
+    restarted.kit.heartbeat()
+    restarted.kit.handle_connect("new-sid", T2)
+    restarted_ready = threading.Thread(target=restarted.ready_to_sweep)
+    restarted_ready.start()
+    watcher.ready_to_sweep()
+    restarted_ready.join()
+    assert watcher.kit.sweep_dead_nodes() == 1  # only the old incarnation's connection
+    assert watcher.leaves() == [1]
+    assert state(redis_server, 2) == "connect"
+
+
+def test_graceful_shutdown_hands_connections_over(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    leaving, staying = make_node(shutdown_grace=1.5), make_node()
+    leaving.kit.heartbeat()
+    leaving.kit.handle_connect("l-t1", T1)
+    leaving.kit.handle_connect("l-t2", T2)
+    leaving.kit.close()
+    closed_at = time.monotonic()
+    staying.kit.handle_connect("s-t2", T2)  # teacher 2 reconnected to the staying node
+    staying.ready_to_sweep()
+    assert staying.kit.sweep_dead_nodes() == 0  # still within shutdown_grace
+    time.sleep(max(0.0, closed_at + 1.6 - time.monotonic()))
+    staying.kit.heartbeat()
+    assert staying.kit.sweep_dead_nodes() == 2
+    assert staying.leaves() == [1]  # teacher 2 never looked offline
+    assert state(redis_server, 2) == "connect"
+
+
+def test_a_redis_pause_sweeps_nobody(make_node: Any, fresh_redis_server: RedisServer) -> None:
+    a, b = make_node(fresh_redis_server), make_node(fresh_redis_server)
+    a.kit.heartbeat()
+    a.kit.handle_connect("a-t1", T1)
+    a.sockets.connected.add("a-t1")
+    b.ready_to_sweep()
+    fresh_redis_server.pause()
+    time.sleep(TIMEOUT + 0.3)
+    fresh_redis_server.resume()
+    # Both run their background as they would; b must not sweep a, whose heartbeats
+    # were stopped by the same outage as its own.
+    until = time.monotonic() + 2 * TIMEOUT
+    while time.monotonic() < until:
+        b.kit.run_background_step()
+        a.kit.run_background_step()
+        time.sleep(0.02)
+    assert b.leaves() == []
+    assert (a.kit.stats.fenced, b.kit.stats.recovered) == (0, 0)
+    assert state(fresh_redis_server, 1) == "connect"
+
+
+def test_reconcile_leaves_records_without_a_live_socket(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    a = make_node()
+    a.kit.handle_connect("live", T1)
+    a.kit.handle_connect("gone", T2)  # the integrator's connect handler failed after this
+    a.sockets.connected.update({"live"})
+    assert a.kit.reconcile() == 1
+    assert a.leaves() == [2]
+    assert (state(redis_server, 1), state(redis_server, 2)) == ("connect", "disconnect")
+    assert a.kit.reconcile() == 0
