@@ -1,4 +1,5 @@
-"""The ``presence-kit`` command: ``demo`` (the README's first command) and ``--version``.
+"""The ``presence-kit`` command: ``demo`` (the README's first command), ``status``,
+``nodes``, ``sweep`` and ``--version``.
 
 Standard-library :mod:`argparse` only: the CLI has few commands and no need for a
 framework, and it keeps the runtime dependencies to redis, typing-extensions and
@@ -17,6 +18,7 @@ from typing import Any
 from . import __version__
 from ._effects import Track
 from ._errors import PresenceError
+from ._settings import Settings
 
 ORG = "demo"
 LESSON = "lesson-1"
@@ -175,6 +177,89 @@ async def _demo(redis_url: str | None) -> None:
     )
 
 
+class _ReportingSockets:
+    """The CLI's sockets port: prints what a sweep announces and, with a client manager
+    URL, emits it through python-socketio's write-only ``RedisManager`` so it reaches
+    the hubs connected to every node."""
+
+    namespace = "/"
+
+    def __init__(self, manager_url: str | None) -> None:
+        self._manager: Any = None
+        if manager_url:
+            import socketio
+
+            self._manager = socketio.RedisManager(manager_url, write_only=True)
+
+    def enter_room(self, sid: str, room: str) -> None:
+        pass
+
+    def leave_room(self, sid: str, room: str) -> None:
+        pass
+
+    def emit(self, event: str, data: Any, *, to: str) -> None:
+        print(f"  announce {event} {data} to {to}")
+        if self._manager is not None:
+            self._manager.emit(event, data, namespace="/", room=to)
+
+    def start_background_task(self, target: Any, *args: Any) -> None:
+        return None
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def _open_kit(redis_url: str, manager_url: str | None = None, node_timeout: float = 10.0) -> Any:
+    import redis
+
+    from ._kit import PresenceKit
+    from .redis import RedisStore
+
+    try:
+        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client.ping()
+    except (ValueError, redis.RedisError) as exc:
+        raise CLIError(f"cannot use Redis at {redis_url}: {exc}") from None
+    settings = Settings(node_timeout=node_timeout, heartbeat_interval=node_timeout / 5)
+    return PresenceKit(
+        store=RedisStore(client, timeout=5),
+        sockets=_ReportingSockets(manager_url),
+        settings=settings,
+    )
+
+
+def _nodes(redis_url: str) -> None:
+    kit = _open_kit(redis_url)
+    nodes = kit._store.nodes(kit._core.keys)
+    if not nodes:
+        print("no nodes registered")
+    now = time.time()
+    for node in nodes:
+        beat = (
+            "being swept"
+            if node.last_heartbeat is None
+            else f"last heartbeat {now - node.last_heartbeat:5.1f}s ago"
+        )
+        print(f"{node.member:<48} {beat:<28} {node.connections} connection(s)")
+
+
+def _sweep(redis_url: str, manager_url: str | None, node_timeout: float) -> None:
+    kit = _open_kit(redis_url, manager_url, node_timeout)
+    recovered = kit.sweep_dead_nodes()
+    print(f"recovered {recovered} connection(s) of dead nodes")
+    if recovered and not manager_url:
+        print("  (announcements were not delivered: pass --manager-url to emit them)")
+
+
+def _status(redis_url: str, org_id: str) -> None:
+    kit = _open_kit(redis_url)
+    users = kit.online_users(org_id)  # "5" and 5 name the same keys
+    print(f"org {org_id}: {len(users)} teacher(s) online")
+    for user in users:
+        lessons = ", ".join(str(lesson) for lesson in user.lesson_ids)
+        print(f"  {user.user_id!s:<20} {user.connections} connection(s)  lessons: {lessons}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="presence-kit", description="Presence for python-socketio servers."
@@ -191,6 +276,33 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--redis-url", help="use this Redis (redis:// or rediss://) instead of memory"
     )
+    status = commands.add_parser(
+        "status", help="who is online in an organisation", description="List online teachers."
+    )
+    status.add_argument("--redis-url", required=True, help="the deployment's Redis")
+    status.add_argument("--org", required=True, help="the organisation id")
+    nodes = commands.add_parser(
+        "nodes",
+        help="list server nodes",
+        description="List node incarnations: last heartbeat and connection count.",
+    )
+    nodes.add_argument("--redis-url", required=True, help="the deployment's Redis")
+    sweep = commands.add_parser(
+        "sweep",
+        help="recover the connections of dead nodes now",
+        description="Claim dead nodes and run the leave of each of their connections once.",
+    )
+    sweep.add_argument("--redis-url", required=True, help="the deployment's Redis")
+    sweep.add_argument(
+        "--manager-url",
+        help="the python-socketio client manager's Redis, to deliver the announcements",
+    )
+    sweep.add_argument(
+        "--node-timeout",
+        type=float,
+        default=Settings().node_timeout,
+        help="seconds without a heartbeat after which a node is dead (default %(default)s)",
+    )
     return parser
 
 
@@ -201,9 +313,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             asyncio.run(_demo(args.redis_url))
-            return 0
-        parser.print_help()
-        return 2
+        elif args.command == "status":
+            _status(args.redis_url, args.org)
+        elif args.command == "nodes":
+            _nodes(args.redis_url)
+        elif args.command == "sweep":
+            _sweep(args.redis_url, args.manager_url, args.node_timeout)
+        else:
+            parser.print_help()
+            return 2
+        return 0
     except (CLIError, PresenceError) as exc:
         print(f"presence-kit: error: {exc}", file=sys.stderr)
         return 2

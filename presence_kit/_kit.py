@@ -310,14 +310,15 @@ class PresenceKit(_BaseKit):
 
         Needs ``local_sids()`` on the sockets port (the python-socketio adapters have it).
         """
-        live = self._local_sids()
-        if live is None:
+        if self._local_sids() is None:
             return 0
-        recovered = 0
+        entries: dict[str, str] = {}
         for index in self._core.keys.node_indexes(self._core.member):
-            entries = self._store.node_connections(index, 10**6)
-            recovered += self._recover(self._stale_requests(entries, live))
-        return recovered
+            entries.update(self._store.node_connections(index, 10**6))
+        # Read the sockets after the records: a record is written after its socket
+        # joined the server, so a record whose socket is missing now really is stale.
+        live = self._local_sids() or set()
+        return self._recover(self._stale_requests(entries, live))
 
     def _recover(self, requests: Sequence[Any]) -> int:
         if not requests:
@@ -579,14 +580,13 @@ class AsyncPresenceKit(_BaseKit):
     async def reconcile(self) -> int:
         """Leave this node's records that have no live socket (see
         :meth:`PresenceKit.reconcile`)."""
-        live = self._local_sids()
-        if live is None:
+        if self._local_sids() is None:
             return 0
-        recovered = 0
+        entries: dict[str, str] = {}
         for index in self._core.keys.node_indexes(self._core.member):
-            entries = await self._store.node_connections(index, 10**6)
-            recovered += await self._recover(self._stale_requests(entries, live))
-        return recovered
+            entries.update(await self._store.node_connections(index, 10**6))
+        live = self._local_sids() or set()  # after the records (see PresenceKit.reconcile)
+        return await self._recover(self._stale_requests(entries, live))
 
     async def _recover(self, requests: Sequence[Any]) -> int:
         if not requests:

@@ -295,8 +295,14 @@ def _sync_handler_client(client: SyncClient, timeout: float | None) -> tuple[Syn
         return redis.cluster.RedisCluster(startup_nodes=nodes, **kwargs), True
     pool = client.connection_pool
     kwargs = _deadline_kwargs(pool.connection_kwargs, timeout, no_retry)
-    own_pool = redis.ConnectionPool(
-        connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
+    # Blocking: a burst of handlers beyond max_connections waits (within the deadline)
+    # for a connection instead of failing at once with MaxConnectionsError.
+    blocking_pool: Any = redis.BlockingConnectionPool  # unannotated in redis-py
+    own_pool = blocking_pool(
+        connection_class=pool.connection_class,
+        max_connections=pool.max_connections,
+        timeout=timeout,
+        **kwargs,
     )
     return redis.Redis(connection_pool=own_pool), True
 
@@ -308,8 +314,11 @@ def _async_handler_client(client: AsyncClient, timeout: float | None) -> tuple[A
 
     pool = client.connection_pool
     kwargs = _deadline_kwargs(pool.connection_kwargs, timeout, AsyncRetry(NoBackoff(), 0))
-    own_pool = redis.asyncio.ConnectionPool(
-        connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
+    own_pool = redis.asyncio.BlockingConnectionPool(
+        connection_class=pool.connection_class,
+        max_connections=pool.max_connections,
+        timeout=timeout,
+        **kwargs,
     )
     return redis.asyncio.Redis(connection_pool=own_pool), True
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
-from presence_kit import __version__
+from presence_kit import PresenceKit, Settings, __version__
 from presence_kit._cli import main
+from presence_kit.redis import RedisStore
+from presence_kit.testing import RecordingSockets
 from tests.support.redis_servers import RedisServer, free_port
 
 
@@ -66,3 +69,78 @@ def test_version_and_help_through_the_console_entry_point() -> None:
         check=True,
     )
     assert "--redis-url" in demo_help.stdout
+
+
+def _seed(redis_server: RedisServer) -> PresenceKit:
+    kit = PresenceKit(
+        store=RedisStore(redis_server.client()),
+        sockets=RecordingSockets(),
+        settings=Settings(node_id="web-1", node_timeout=0.3, heartbeat_interval=0.1),
+    )
+    kit.heartbeat()
+    kit.handle_connect("s1", {"role": "TeacherAPP", "org_id": 5, "user_id": 7, "lesson_id": 2})
+    kit.handle_connect("s2", {"role": "TeacherAPP", "org_id": 5, "user_id": 7, "lesson_id": 3})
+    return kit
+
+
+def test_status_nodes_and_sweep(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed(redis_server)
+    assert main(["status", "--redis-url", redis_server.url, "--org", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "org 5: 1 teacher(s) online" in out
+    assert "2 connection(s)  lessons: 2, 3" in out
+    assert main(["nodes", "--redis-url", redis_server.url]) == 0
+    out = capsys.readouterr().out
+    assert "web-1/" in out
+    assert "2 connection(s)" in out
+    time.sleep(0.4)  # web-1 stops heartbeating: it is dead
+    assert main(["sweep", "--redis-url", redis_server.url, "--node-timeout", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "announce teacher_disconnect {'user_id': 7} to org:5" in out
+    assert "recovered 2 connection(s) of dead nodes" in out
+    assert "pass --manager-url" in out
+    assert main(["status", "--redis-url", redis_server.url, "--org", "5"]) == 0
+    assert "0 teacher(s) online" in capsys.readouterr().out
+    assert main(["nodes", "--redis-url", redis_server.url]) == 0
+    assert "no nodes registered" in capsys.readouterr().out
+
+
+def test_sweep_delivers_through_a_client_manager(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _seed(redis_server)
+    subscriber = redis_server.client().pubsub()
+    subscriber.subscribe("socketio")
+    time.sleep(0.4)
+    url = redis_server.url
+    assert main(["sweep", "--redis-url", url, "--manager-url", url, "--node-timeout", "0.3"]) == 0
+    messages = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not any(b"teacher_disconnect" in m for m in messages):
+        message = subscriber.get_message(timeout=0.2)
+        if message and message["type"] == "message":
+            messages.append(message["data"])
+    assert any(b"teacher_disconnect" in m for m in messages)
+    subscriber.close()
+
+
+@pytest.mark.parametrize("command", ["status", "nodes", "sweep"])
+def test_ops_commands_report_an_unreachable_redis_in_one_line(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [command, "--redis-url", f"redis://127.0.0.1:{free_port()}/0"]
+    if command == "status":
+        argv += ["--org", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("presence-kit: error: cannot use Redis")
+    assert err.count("\n") == 1
+
+
+def test_status_with_a_bad_org_id_is_one_line(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--redis-url", redis_server.url, "--org", "a b"]) == 2
+    assert capsys.readouterr().err.startswith("presence-kit: error: org_id:")

@@ -134,3 +134,26 @@ def test_a_corrupt_record_is_a_store_error(redis_server: RedisServer) -> None:
     redis_server.client().hset("alive:org_1_user_2", "c:s1", "not json")
     with pytest.raises(StoreError, match="corrupt connection record"):
         store.disconnect(disconnect_request())
+
+
+async def test_a_burst_beyond_the_pool_waits_for_a_connection(redis_server: RedisServer) -> None:
+    """300 handlers at once on a pool of 20: none fails with MaxConnectionsError."""
+    import asyncio
+
+    from presence_kit import AsyncPresenceKit
+    from presence_kit.testing import AsyncRecordingSockets
+
+    client = redis_server.async_client(max_connections=20)
+    kit = AsyncPresenceKit(
+        store=AsyncRedisStore(client, timeout=2.0), sockets=AsyncRecordingSockets()
+    )
+
+    async def one(n: int) -> None:
+        session = {**TEACHER, "user_id": n}
+        await kit.handle_connect(f"s{n}", session)
+        await kit.handle_disconnect(f"s{n}", session)
+
+    await asyncio.gather(*(one(n) for n in range(300)))
+    assert (kit.stats.store_failures, kit.stats.announced_offline) == (0, 300)
+    await kit.aclose()
+    await client.aclose()

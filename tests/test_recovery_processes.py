@@ -1,0 +1,139 @@
+"""Crash recovery with real processes: three python-socketio server nodes sharing one
+redis-server (and an AsyncRedisManager), real clients, a local Mixpanel endpoint.
+Node 2 is killed with SIGKILL; the survivors must run each lost connection's leave
+exactly once, within node_timeout plus a few seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.mixpanel_endpoint import MixpanelEndpoint
+from tests.support.redis_servers import RedisServer
+from tests.support.sio_harness import RecordingAsyncClient, connect_async_client, eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_TIMEOUT = 1.0
+HUB = {"role": "TeacherHub", "org_id": 1, "user_id": 100, "lesson_id": 5}
+T1 = {"role": "TeacherAPP", "org_id": 1, "user_id": 1, "lesson_id": 5}
+T2 = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 5}
+P1 = {"role": "ParticipantWeb", "org_id": 1, "user_id": 9, "lesson_id": 5, "room_id": "r-9"}
+
+
+class NodeProcess:
+    def __init__(self, redis_url: str, mixpanel_url: str, node_id: str) -> None:
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "MIXPANEL_URL": mixpanel_url,
+            "NODE_ID": node_id,
+            "NODE_TIMEOUT": str(NODE_TIMEOUT),
+            "PYTHONPATH": str(ROOT),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.node_server"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY "):
+            self.proc.kill()
+            raise RuntimeError(f"node {node_id} did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@contextmanager
+def nodes(redis_url: str, mixpanel_url: str, count: int) -> Iterator[list[NodeProcess]]:
+    started: list[NodeProcess] = []
+    try:
+        for n in range(1, count + 1):
+            started.append(NodeProcess(redis_url, mixpanel_url, f"node-{n}"))
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+def teacher_events(client: RecordingAsyncClient, event: str) -> list[Any]:
+    return [args[0]["user_id"] for args in client.received(event)]
+
+
+async def run_kill_scenario(redis_server: RedisServer, endpoint: MixpanelEndpoint) -> None:
+    with nodes(redis_server.url, endpoint.url, 3) as (node1, node2, node3):
+        clients: list[RecordingAsyncClient] = []
+        try:
+            hub = await connect_async_client(node1.url, HUB)
+            clients.append(hub)
+            # Socket.IO's pub/sub emits are at most once, and a node's manager subscribes
+            # only once its first client connected: wait until the hub's node listens.
+            raw = redis_server.client()
+            await eventually(lambda: raw.pubsub_numsub("socketio")[0][1] >= 1, 5)
+            for url, auth in ((node2.url, T1), (node2.url, T2), (node3.url, T2), (node2.url, P1)):
+                clients.append(await connect_async_client(url, auth))
+            try:
+                await eventually(
+                    lambda: sorted(teacher_events(hub, "teacher_connect")) == [1, 2], 5
+                )
+            except AssertionError:
+                raise AssertionError(f"the hub heard {hub.names()}") from None
+            node2.kill()
+            killed_at = time.monotonic()
+            await eventually(lambda: teacher_events(hub, "teacher_disconnect") == [1], 10)
+            recovered_in = time.monotonic() - killed_at
+            await asyncio.to_thread(endpoint.wait_for, 1, 10)
+            await asyncio.sleep(NODE_TIMEOUT)  # nothing more may arrive
+            assert teacher_events(hub, "teacher_disconnect") == [1]
+            events = endpoint.events
+            assert [e["properties"]["distinct_id"] for e in events] == ["9"]
+            assert events[0]["properties"]["reason"] == "node lost"
+            assert events[0]["properties"]["room_id"] == "r-9"
+            text = redis_server.client(decode_responses=True)
+            assert text.hget("alive:org_1_user_1", "state") == "disconnect"
+            assert text.hget("alive:org_1_user_2", "state") == "connect"
+            assert list(text.scan_iter("presence:{presence:node:node-2/*")) == []
+            assert text.hget("alive:org_1_user_2", "n") == "1"
+            print(f"recovered node 2 in {recovered_in:.2f}s")
+        finally:
+            for client in clients:
+                if client.connected:
+                    await client.disconnect()
+
+
+async def test_a_killed_node_is_recovered_exactly_once(
+    redis_server: RedisServer, mixpanel_endpoint: MixpanelEndpoint
+) -> None:
+    await run_kill_scenario(redis_server, mixpanel_endpoint)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(20))
+async def test_kill_repeatedly(
+    redis_server: RedisServer, mixpanel_endpoint: MixpanelEndpoint, attempt: int
+) -> None:
+    """``pytest -m slow -k kill_repeatedly``: the kill scenario 20 times in a row."""
+    await run_kill_scenario(redis_server, mixpanel_endpoint)
