@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from ._core import KitCore, KitStats, group_online, port_call
 from ._effects import Effect
@@ -59,6 +59,16 @@ def _log_store_failure(operation: str, sid: str, exc: BaseException) -> None:
         exc_info=exc,
         extra={"presence_operation": operation, "presence_sid": sid},
     )
+
+
+_BUCKETS_PER_READ = 32
+"""Node-index buckets read per round trip during a sweep."""
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _log_background_failure(exc: BaseException) -> None:
@@ -131,6 +141,14 @@ class _BaseKit:
             for sid, entry in entries.items()
             if sid not in live
         ]
+        return [r for r in requests if r is not None]
+
+    @property
+    def _batch(self) -> int:
+        return self.settings.sweep_batch
+
+    def _sweep_requests(self, member: str, entries: Mapping[str, str]) -> list[Any]:
+        requests = (self._core.sweep_request(member, sid, e) for sid, e in entries.items())
         return [r for r in requests if r is not None]
 
     def _shutdown_offset_ms(self) -> int:
@@ -295,13 +313,11 @@ class PresenceKit(_BaseKit):
             member = self._store.claim_node(core.keys, core.node_timeout_ms, self._claim_ttl_ms)
             if member is None:
                 return recovered
-            for index in core.keys.node_indexes(member):
-                while entries := self._store.node_connections(index, self.settings.sweep_batch):
-                    requests = [core.sweep_request(member, sid, e) for sid, e in entries.items()]
-                    recovered += self._recover([r for r in requests if r is not None])
+            for buckets in _chunks(core.keys.node_indexes(member), _BUCKETS_PER_READ):
+                entries = self._store.node_connections(buckets)
+                for batch in _chunks(self._sweep_requests(member, entries), self._batch):
+                    recovered += self._recover(batch)
                     self._store.renew_claim(core.keys, member, self._claim_ttl_ms)
-                    if not any(requests):
-                        break  # nothing usable left in this bucket
             self._store.release_node(core.keys, member)
             logger.info("swept a lost node", extra={"presence_node": member})
 
@@ -312,9 +328,7 @@ class PresenceKit(_BaseKit):
         """
         if self._local_sids() is None:
             return 0
-        entries: dict[str, str] = {}
-        for index in self._core.keys.node_indexes(self._core.member):
-            entries.update(self._store.node_connections(index, 10**6))
+        entries = self._store.node_connections(self._core.keys.node_indexes(self._core.member))
         # Read the sockets after the records: a record is written after its socket
         # joined the server, so a record whose socket is missing now really is stale.
         live = self._local_sids() or set()
@@ -566,14 +580,11 @@ class AsyncPresenceKit(_BaseKit):
             )
             if member is None:
                 return recovered
-            batch = self.settings.sweep_batch
-            for index in core.keys.node_indexes(member):
-                while entries := await self._store.node_connections(index, batch):
-                    requests = [core.sweep_request(member, sid, e) for sid, e in entries.items()]
-                    recovered += await self._recover([r for r in requests if r is not None])
+            for buckets in _chunks(core.keys.node_indexes(member), _BUCKETS_PER_READ):
+                entries = await self._store.node_connections(buckets)
+                for batch in _chunks(self._sweep_requests(member, entries), self._batch):
+                    recovered += await self._recover(batch)
                     await self._store.renew_claim(core.keys, member, self._claim_ttl_ms)
-                    if not any(requests):
-                        break
             await self._store.release_node(core.keys, member)
             logger.info("swept a lost node", extra={"presence_node": member})
 
@@ -582,9 +593,8 @@ class AsyncPresenceKit(_BaseKit):
         :meth:`PresenceKit.reconcile`)."""
         if self._local_sids() is None:
             return 0
-        entries: dict[str, str] = {}
-        for index in self._core.keys.node_indexes(self._core.member):
-            entries.update(await self._store.node_connections(index, 10**6))
+        indexes = self._core.keys.node_indexes(self._core.member)
+        entries = await self._store.node_connections(indexes)
         live = self._local_sids() or set()  # after the records (see PresenceKit.reconcile)
         return await self._recover(self._stale_requests(entries, live))
 

@@ -74,8 +74,8 @@ class Store(Protocol):
         """Atomically claim one dead node incarnation (or an expired claim) to sweep."""
         ...
 
-    def node_connections(self, index_key: str, limit: int) -> dict[str, str]:
-        """Up to about ``limit`` entries ``sid -> node entry`` of a node's index."""
+    def node_connections(self, index_keys: Sequence[str]) -> dict[str, str]:
+        """Every entry ``sid -> node entry`` of these buckets of a node's index."""
         ...
 
     def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
@@ -139,8 +139,8 @@ class AsyncStore(Protocol):
         """Atomically claim one dead node incarnation to sweep."""
         ...
 
-    async def node_connections(self, index_key: str, limit: int) -> dict[str, str]:
-        """Up to about ``limit`` entries of a node's index."""
+    async def node_connections(self, index_keys: Sequence[str]) -> dict[str, str]:
+        """Every entry of these buckets of a node's index."""
         ...
 
     async def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:

@@ -285,11 +285,13 @@ class MemoryStore:
                     return member
             return None
 
-    def node_connections(self, index_key: str, limit: int) -> dict[str, str]:
-        """Up to ``limit`` entries of a node's index."""
+    def node_connections(self, index_keys: Sequence[str]) -> dict[str, str]:
+        """Every entry of these buckets of a node's index."""
         with self._lock:
-            index = self._hash(index_key, self._clock()) or {}
-            return dict(list(index.items())[:limit])
+            now, entries = self._clock(), {}
+            for key in index_keys:
+                entries.update(self._hash(key, now) or {})
+            return entries
 
     def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
         """Extend a claim."""

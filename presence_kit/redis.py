@@ -224,6 +224,10 @@ def _user_presence(
     )
 
 
+def _merge_entries(hashes: Sequence[dict[Any, Any]]) -> dict[str, str]:
+    return {_text(k): _text(v) for entries in hashes for k, v in entries.items()}
+
+
 def _heartbeat_ok(reply: Sequence[Any]) -> bool:
     return _text(reply[0]) == "ok"
 
@@ -453,11 +457,13 @@ class RedisStore:
             )
             return _text(reply[0]) if reply else None
 
-    def node_connections(self, index_key: str, limit: int) -> dict[str, str]:
-        """Up to about ``limit`` entries ``sid -> node entry`` of a node's index."""
+    def node_connections(self, index_keys: Sequence[str]) -> dict[str, str]:
+        """Every entry of these buckets of a node's index (one pipelined round trip)."""
         with _store_errors("node_connections"):
-            reply: Any = self._client.hscan(index_key, 0, count=limit)
-            return {_text(k): _text(v) for k, v in list(reply[1].items())[:limit]}
+            pipe = self._client.pipeline(transaction=False)
+            for key in index_keys:
+                pipe.hgetall(key)
+            return _merge_entries(pipe.execute())
 
     def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
         """Extend this sweeper's claim on ``member`` (between batches)."""
@@ -646,12 +652,16 @@ class AsyncRedisStore:
         )
         return _text(reply[0]) if reply else None
 
-    async def node_connections(self, index_key: str, limit: int) -> dict[str, str]:
-        """Up to about ``limit`` entries ``sid -> node entry`` of a node's index."""
-        reply: Any = await self._bounded(
-            "node_connections", self._client.hscan(index_key, 0, count=limit)
-        )
-        return {_text(k): _text(v) for k, v in list(reply[1].items())[:limit]}
+    async def node_connections(self, index_keys: Sequence[str]) -> dict[str, str]:
+        """Every entry of these buckets of a node's index (one pipelined round trip)."""
+
+        async def run() -> dict[str, str]:
+            pipe = self._client.pipeline(transaction=False)
+            for key in index_keys:
+                pipe.hgetall(key)
+            return _merge_entries(await pipe.execute())
+
+        return await self._bounded("node_connections", run(), scale=len(index_keys))
 
     async def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
         """Extend this sweeper's claim on ``member`` (between batches)."""
