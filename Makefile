@@ -26,7 +26,28 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest --cov --cov-branch --cov-report=term $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# The documentation site, built into docs/_build/html (warnings are errors). Mermaid's
+# browser bundle comes from npm once (into the gitignored docs/_mermaid), never a CDN.
+MERMAID_VERSION ?= 11.17.2
+MERMAID_JS := docs/_mermaid/$(MERMAID_VERSION)/package/dist/mermaid.min.js
+
+$(MERMAID_JS):
+	mkdir -p docs/_mermaid/$(MERMAID_VERSION)
+	cd docs/_mermaid/$(MERMAID_VERSION) && npm pack --silent mermaid@$(MERMAID_VERSION) >/dev/null \
+		&& tar -xzf mermaid-$(MERMAID_VERSION).tgz package/dist/mermaid.min.js \
+		&& rm mermaid-$(MERMAID_VERSION).tgz
+
+docs: $(STAMP) $(MERMAID_JS)
+	$(BIN)/sphinx-build -b html -W --keep-going -n -q -D mermaid_js_path=$(abspath $(MERMAID_JS)) \
+		docs docs/_build/html
+
+test: lint typecheck docs pytest
+
+# The benchmark suite (bench/README.md): a few minutes, results in bench/results/.
+# BENCH_ARGS=--quick for a ~1 minute smoke run, BENCH_ARGS="--only m1,m4" for a subset.
+bench: $(STAMP)
+	$(BIN)/python -c 'import pyinstrument' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov docs/_build

@@ -309,7 +309,7 @@ class KitCore:
             offset_ms=offset_ms,
         )
 
-    def recovered_effects(self, outcome: DisconnectOutcome) -> Sequence[Effect]:
+    def recovered_effects(self, outcome: DisconnectOutcome, reason: str) -> Sequence[Effect]:
         """The policy's effects for a connection recovered from its record alone."""
         record = outcome.record
         if record is None:
@@ -317,9 +317,7 @@ class KitCore:
         policy = self.policies.get(record.session.role)
         if policy is None:
             return ()
-        return self.disconnect_effects(
-            record.sid, record.session, policy, outcome, self.settings.lost_reason
-        )
+        return self.disconnect_effects(record.sid, record.session, policy, outcome, reason)
 
     @property
     def node_timeout_ms(self) -> int:

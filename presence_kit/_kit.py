@@ -100,11 +100,15 @@ class _BaseKit:
         self._analytics = analytics
         self._closed = False
         self._background: Any = None
+        self._background_started = False
         self._stopping = False
 
     @property
     def _needs_background(self) -> bool:
-        return self._background is None and not self._closed
+        if self._background_started or self._closed:
+            return False
+        self._background_started = True
+        return True
 
     @property
     def _tick(self) -> float:
@@ -338,10 +342,10 @@ class PresenceKit(_BaseKit):
         if not requests:
             return 0
         recovered = 0
-        for outcome in self._store.disconnect_many(requests):
+        for request, outcome in zip(requests, self._store.disconnect_many(requests), strict=True):
             if outcome.status is DisconnectStatus.REMOVED:
                 recovered += 1
-                self._run(self._core.recovered_effects(outcome))
+                self._run(self._core.recovered_effects(outcome, request.reason))
         self._core.count("recovered", recovered)
         return recovered
 
@@ -602,10 +606,11 @@ class AsyncPresenceKit(_BaseKit):
         if not requests:
             return 0
         recovered = 0
-        for outcome in await self._store.disconnect_many(requests):
+        outcomes = await self._store.disconnect_many(requests)
+        for request, outcome in zip(requests, outcomes, strict=True):
             if outcome.status is DisconnectStatus.REMOVED:
                 recovered += 1
-                await self._run(self._core.recovered_effects(outcome))
+                await self._run(self._core.recovered_effects(outcome, request.reason))
         self._core.count("recovered", recovered)
         return recovered
 

@@ -126,7 +126,7 @@ class KeySchema:
 
     def node_index(self, member: str, bucket: int) -> str:
         """Hash ``sid -> [org_id, user_id, role]``: one of a node incarnation's
-        :data:`NODE_BUCKETS` buckets of connections (small hashes stay compact listpacks)."""
+        256 buckets of connections (small hashes stay compact listpacks)."""
         return f"{self.prefix}:{{{self.prefix}:node:{member}}}:conns:{bucket}"
 
     def node_indexes(self, member: str) -> list[str]:

@@ -56,9 +56,12 @@ def teacher_payload(settings: Settings, user_id: Id, version: int) -> dict[str, 
     return {"user_id": user_id}
 
 
-def insert_id(sid: str, event: str) -> str:
-    """Deterministic analytics ``$insert_id`` for ``event`` of connection ``sid`` (32 hex)."""
-    return hashlib.blake2b(f"{sid}\x00{event}".encode(), digest_size=16).hexdigest()
+def insert_id(sid: str, event: str, incarnation: str = "") -> str:
+    """Deterministic analytics ``$insert_id`` (32 hex) for ``event`` of connection ``sid``
+    as registered by node ``incarnation``: a retried delivery repeats it, while a sid
+    registered again by a fenced node gets a new one."""
+    key = f"{sid}\x00{event}\x00{incarnation}"
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -230,11 +233,15 @@ class ParticipantWebPolicy:
                         "reason": facts.reason,
                     },
                     time=facts.outcome.at,
-                    insert_id=insert_id(facts.sid, event),
+                    insert_id=insert_id(facts.sid, event, _incarnation(facts.outcome)),
                 )
             )
         effects.append(LeaveRoom(sid=facts.sid, room=lesson_room(settings, s.lesson_id)))
         return effects
+
+
+def _incarnation(outcome: DisconnectOutcome) -> str:
+    return outcome.record.incarnation if outcome.record is not None else ""
 
 
 class PolicyRegistry(Mapping[str, DisconnectPolicy]):

@@ -30,9 +30,9 @@ Design
     *Delivery.* The adapter builds its own ``mixpanel.Consumer`` aimed at the client's
     events URL (and TLS setting), with a request timeout and no urllib3 retries (it
     retries itself). A custom consumer of another type is used as-is. See
-    :func:`_delivery_for` for the (private) parts of the client this reads.
+    ``_delivery_for`` for the (private) parts of the client this reads.
 
-Retries (see :func:`_classify`)
+Retries (see ``_classify``)
     Retried: connection errors, timeouts, HTTP 5xx, 408 and 429, responses that are not
     a Mixpanel answer (not JSON, or JSON without ``status``). Rejected (dropped at once):
     other HTTP 4xx, a Mixpanel answer ``{"status": 0, "error": ...}`` with a non-error

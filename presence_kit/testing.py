@@ -121,6 +121,7 @@ class AsyncRecordingSockets(_Rooms):
     def __init__(self) -> None:
         super().__init__()
         self.tasks: set[Any] = set()
+        """Background tasks started and not yet done."""
 
     async def enter_room(self, sid: str, room: str) -> None:
         """Record ``sid`` in ``room``."""
@@ -135,7 +136,7 @@ class AsyncRecordingSockets(_Rooms):
         self._emit(event, data, to)
 
     def start_background_task(self, target: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """Start ``target`` as an asyncio task (kept referenced in :attr:`tasks`)."""
+        """Start ``target`` as an asyncio task (kept referenced in ``tasks``)."""
         import asyncio
 
         task = asyncio.ensure_future(target(*args))

@@ -159,7 +159,7 @@ def test_disconnect_effects(
                 "reason": reason,
             }
             assert track.time == 1_700_000_000.25
-            assert track.insert_id == insert_id(sid, "disconnect")
+            assert track.insert_id == insert_id(sid, "disconnect", "i")  # the record's incarnation
 
 
 @given(org=ids, lesson=ids)
@@ -181,6 +181,7 @@ def test_insert_id_is_deterministic_short_and_distinct(sid: str, other: str) -> 
     assert value.isalnum()
     if other != sid:
         assert insert_id(other, "disconnect") != value
+    assert insert_id(sid, "disconnect", "inc-2") != value  # registered again after fencing
 
 
 class ObserverPolicy:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -137,3 +138,31 @@ async def test_kill_repeatedly(
 ) -> None:
     """``pytest -m slow -k kill_repeatedly``: the kill scenario 20 times in a row."""
     await run_kill_scenario(redis_server, mixpanel_endpoint)
+
+
+async def test_a_stalled_node_is_swept_then_fenced_and_registers_again(
+    redis_server: RedisServer, mixpanel_endpoint: MixpanelEndpoint
+) -> None:
+    """SIGSTOP node 2 past node_timeout: it is swept (the hub hears the leave); on
+    SIGCONT it learns it was fenced, takes a new incarnation and registers the teacher
+    it still serves again (the hub hears the teacher come back)."""
+    with nodes(redis_server.url, mixpanel_endpoint.url, 2) as (node1, node2):
+        hub = await connect_async_client(node1.url, HUB)
+        raw = redis_server.client()
+        await eventually(lambda: raw.pubsub_numsub("socketio")[0][1] >= 1, 5)
+        teacher = await connect_async_client(node2.url, T1)
+        try:
+            await eventually(lambda: teacher_events(hub, "teacher_connect") == [1], 5)
+            node2.proc.send_signal(signal.SIGSTOP)
+            try:
+                await eventually(lambda: teacher_events(hub, "teacher_disconnect") == [1], 10)
+            finally:
+                node2.proc.send_signal(signal.SIGCONT)
+            await eventually(lambda: teacher_events(hub, "teacher_connect") == [1, 1], 10)
+            text = redis_server.client(decode_responses=True)
+            assert text.hget("alive:org_1_user_1", "state") == "connect"
+            assert teacher.connected
+        finally:
+            for client in (teacher, hub):
+                if client.connected:
+                    await client.disconnect()

@@ -1,0 +1,225 @@
+"""Profile the hot path of measurement 1 with pyinstrument: ``bench/results/profile.txt``.
+
+presence_kit's TeacherAPP and ParticipantWeb connects and disconnects run sequentially
+(sync and asyncio), as in measurement 1, under pyinstrument's sampling profiler. For
+each, the file gets a summary — where the time goes by layer (presence_kit's own code,
+redis-py, the socket calls that include waiting for Redis, asyncio) — the functions
+with the most self time, and the call tree.
+
+pyinstrument hooks every call, so code made of many small calls (ours, redis-py) looks
+somewhat bigger under it than it is: read proportions, and take absolute costs from
+measurement 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from presence_kit import AsyncPresenceKit, PresenceKit
+from presence_kit.redis import AsyncRedisStore, RedisStore
+from presence_kit.testing import AsyncRecordingSockets, RecordingSockets
+from tests.support.redis_servers import RedisServer
+
+from . import decompose
+from ._common import (
+    PARTICIPANT_WEB,
+    REASON,
+    RESULTS_DIR,
+    TEACHER_APP,
+    Counter,
+    QueueAnalytics,
+    async_client,
+    connections,
+    sync_client,
+)
+from .config import Config
+
+_IO = ("sendall", "recv_into", "recv", "send", "poll", "select", "epoll", "sock_")
+INTERVAL = 0.0005
+
+
+def _bucket(frame: Any, parent: str) -> str:
+    path = (frame.file_path or "").replace("\\", "/")
+    name = frame.function or ""
+    if "/presence_kit/" in path:
+        return "presence_kit (our code, with the stdlib it calls)"
+    if "/site-packages/redis/" in path or "hiredis" in path:
+        return "redis-py (command building, pool, parsing)"
+    if path.startswith("<built-in>") and any(io in name for io in _IO):
+        return "socket calls (includes waiting for Redis to answer)"
+    if "/asyncio/" in path and parent.startswith("driver"):
+        return "asyncio event loop"
+    return parent
+
+
+def layers(profiler: Any) -> dict[str, float]:
+    """Seconds of self time per layer of the last profiled session."""
+    totals: dict[str, float] = {}
+    session = profiler.last_session
+    root = session.root_frame() if session is not None else None
+    if root is None:
+        return totals
+
+    def walk(frame: Any, parent: str) -> None:
+        bucket = _bucket(frame, parent)
+        children = list(frame.children)
+        own = frame.time - sum(c.time for c in children)
+        totals[bucket] = totals.get(bucket, 0.0) + max(0.0, own)
+        for child in children:
+            walk(child, bucket)
+
+    walk(root, "driver (the benchmark loop)")
+    return totals
+
+
+def _body(text: str) -> list[str]:
+    """pyinstrument's output without its banner."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Profile at"):
+            return [x for x in lines[i + 1 :] if x.strip()]
+    return lines
+
+
+def _render(title: str, events: int, wall: float, profiler: Any) -> str:
+    totals = layers(profiler)
+    total = sum(totals.values()) or 1.0
+    lines = [
+        "=" * 100,
+        title,
+        f"{events} events, {wall / events * 1e6:.0f} us/event under the profiler "
+        f"(sampling every {INTERVAL * 1e3:.1f} ms)",
+        "",
+        "Where the time goes (self time by layer):",
+    ]
+    for name, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
+        lines.append(
+            f"  {seconds / total * 100:5.1f}%  {seconds / events * 1e6:7.1f} us/event  {name}"
+        )
+    lines += ["", "Functions with the most self time:", ""]
+    flat = profiler.output_text(unicode=False, color=False, flat=True, time="percent_of_total")
+    lines += _body(flat)[:40]
+    lines += ["", "Call tree:", ""]
+    lines += _body(profiler.output_text(unicode=False, color=False, time="percent_of_total"))
+    return "\n".join(lines) + "\n"
+
+
+def _profile_sync(server: RedisServer, role: str, event: str, n: int) -> str:
+    from pyinstrument import Profiler
+
+    client = sync_client(server, Counter())
+    sockets = RecordingSockets()
+    kit = PresenceKit(sockets=sockets, store=RedisStore(client), analytics=QueueAnalytics())
+    conns = connections(role, n + 200, 0)
+    sockets.connected.update(c.sid for c in conns)
+    try:
+        for c in conns[:200]:  # warm up: scripts loaded, pool open
+            kit.handle_connect(c.sid, c.session)
+            kit.handle_disconnect(c.sid, c.session, reason=REASON)
+        todo = conns[200:]
+        profiler = Profiler(interval=INTERVAL, async_mode="disabled")
+        if event == "disconnect":
+            for c in todo:
+                kit.handle_connect(c.sid, c.session)
+        profiler.start()
+        t0 = time.perf_counter()
+        for c in todo:
+            if event == "connect":
+                kit.handle_connect(c.sid, c.session)
+            else:
+                kit.handle_disconnect(c.sid, c.session, reason=REASON)
+        wall = time.perf_counter() - t0
+        profiler.stop()
+    finally:
+        kit.close()
+        client.close()
+    return _render(f"sync PresenceKit.handle_{event}, {role}", n, wall, profiler)
+
+
+async def _profile_async(server: RedisServer, role: str, event: str, n: int) -> str:
+    from pyinstrument import Profiler
+
+    client = async_client(server, Counter())
+    sockets = AsyncRecordingSockets()
+    kit = AsyncPresenceKit(
+        sockets=sockets, store=AsyncRedisStore(client), analytics=QueueAnalytics()
+    )
+    conns = connections(role, n + 200, 0)
+    sockets.connected.update(c.sid for c in conns)
+    try:
+        for c in conns[:200]:
+            await kit.handle_connect(c.sid, c.session)
+            await kit.handle_disconnect(c.sid, c.session, reason=REASON)
+        todo = conns[200:]
+        if event == "disconnect":
+            for c in todo:
+                await kit.handle_connect(c.sid, c.session)
+        profiler = Profiler(interval=INTERVAL, async_mode="disabled")
+        profiler.start()
+        t0 = time.perf_counter()
+        for c in todo:
+            if event == "connect":
+                await kit.handle_connect(c.sid, c.session)
+            else:
+                await kit.handle_disconnect(c.sid, c.session, reason=REASON)
+        wall = time.perf_counter() - t0
+        profiler.stop()
+    finally:
+        await kit.aclose()
+        await client.aclose()
+    return _render(f"asyncio AsyncPresenceKit.handle_{event}, {role}", n, wall, profiler)
+
+
+def _render_decomposition(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "=" * 100,
+        "Our code versus the Redis work it asks for (no profiler; see bench/decompose.py)",
+        "",
+        "presence_kit's EVALSHA requests, recorded and replayed with plain",
+        "client.execute_command on an emptied Redis: the same Redis work and round trips.",
+        "",
+        f"{'api':8} {'event':28} {'ours us':>9} {'replay us':>10} {'our code us (wall)':>19} "
+        f"{'(cpu)':>7}",
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['api']:8} {row['role'] + ' ' + row['event']:28} "
+            f"{row['ours_wall_us']['median']:9.1f} {row['replay_wall_us']['median']:10.1f} "
+            f"{row['our_code_wall_us']['median']:19.1f} {row['our_code_cpu_us']['median']:7.1f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: Config, log: Callable[[str], None], out: Path = RESULTS_DIR) -> dict[str, Any]:
+    started = time.perf_counter()
+    n = cfg.profile_events
+    parts = [
+        "presence_kit hot-path profile (pyinstrument), written by `python -m bench`.\n"
+        "Each section: presence_kit alone, sequential, on a local redis-server, with the\n"
+        "in-process recording sockets (as in measurement 1).\n"
+    ]
+    sections = [
+        (TEACHER_APP, "disconnect"),
+        (TEACHER_APP, "connect"),
+        (PARTICIPANT_WEB, "disconnect"),
+    ]
+    decomposition = decompose.run(cfg)
+    parts.append(_render_decomposition(decomposition))
+    with RedisServer() as server:
+        for role, event in sections:
+            parts.append(_profile_sync(server, role, event, n))
+        for role, event in sections[:2]:
+            parts.append(asyncio.run(_profile_async(server, role, event, n)))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "profile.txt"
+    path.write_text("\n".join(parts))
+    log(f"  profile: {time.perf_counter() - started:.1f}s")
+    return {
+        "file": str(path.relative_to(out.parent.parent)),
+        "events_per_section": n,
+        "decomposition": decomposition,
+    }
