@@ -114,12 +114,15 @@ class RecordingSockets(_Rooms):
 
 
 class AsyncRecordingSockets(_Rooms):
-    """An :class:`~presence_kit.AsyncSockets` that records rooms and emits."""
+    """An :class:`~presence_kit.AsyncSockets` that records rooms and emits; background
+    tasks are recorded, or run as asyncio tasks with ``background=True``."""
 
     namespace = "/"
 
-    def __init__(self) -> None:
+    def __init__(self, *, background: bool = False) -> None:
         super().__init__()
+        self.background = background
+        self.pending_tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self.tasks: set[Any] = set()
         """Background tasks started and not yet done."""
 
@@ -136,9 +139,13 @@ class AsyncRecordingSockets(_Rooms):
         self._emit(event, data, to)
 
     def start_background_task(self, target: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        """Start ``target`` as an asyncio task (kept referenced in ``tasks``)."""
+        """Start ``target`` as an asyncio task (kept referenced in ``tasks``), or only
+        record it (the default; see :class:`RecordingSockets`)."""
         import asyncio
 
+        if not self.background:
+            self.pending_tasks.append((target, args))
+            return None
         task = asyncio.ensure_future(target(*args))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

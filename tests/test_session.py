@@ -158,6 +158,15 @@ def test_reason() -> None:
         ("id_pattern", "("),
         ("id_pattern", 5),
         ("node_id", "bad node"),
+        ("leave_grace", -1),
+        ("leave_grace", float("nan")),
+        ("leave_poll_interval", 0),
+        ("heartbeat_interval", 0),
+        ("node_timeout", 1.0),
+        ("sweep_batch", 0),
+        ("sweep_batch", True),
+        ("lost_reason", ""),
+        ("include_version", 1),
     ],
 )
 def test_bad_settings_name_their_field(field: str, value: object) -> None:

@@ -27,7 +27,7 @@ def test_recording_sockets_implement_the_port() -> None:
 
 
 async def test_async_recording_sockets_implement_the_port() -> None:
-    sockets = AsyncRecordingSockets()
+    sockets = AsyncRecordingSockets(background=True)
     assert isinstance(sockets, AsyncSockets)
     await sockets.enter_room("a", "r")
     await sockets.emit("e", {"x": 1}, to="r")
