@@ -21,6 +21,7 @@ import pytest
 from tests.support.mixpanel_endpoint import MixpanelEndpoint
 from tests.support.redis_servers import RedisServer
 from tests.support.sio_harness import RecordingAsyncClient, connect_async_client, eventually
+from tests.support.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_TIMEOUT = 1.0
@@ -166,3 +167,37 @@ async def test_a_stalled_node_is_swept_then_fenced_and_registers_again(
             for client in (teacher, hub):
                 if client.connected:
                     await client.disconnect()
+
+
+async def test_a_node_cut_off_from_redis_is_swept_then_fenced(
+    redis_server: RedisServer, mixpanel_endpoint: MixpanelEndpoint
+) -> None:
+    """Node 2 reaches Redis through a TCP proxy that the test cuts for longer than
+    node_timeout: node 1 sweeps it; when the link is restored node 2 learns it was
+    fenced and registers the teacher it still serves again."""
+    proxy = TcpProxy(redis_server.port)
+    node1 = NodeProcess(redis_server.url, mixpanel_endpoint.url, "node-1")
+    node2 = NodeProcess(proxy.url, mixpanel_endpoint.url, "node-2")
+    hub = teacher = None
+    try:
+        hub = await connect_async_client(node1.url, HUB)
+        raw = redis_server.client()
+        await eventually(lambda: raw.pubsub_numsub("socketio")[0][1] >= 1, 5)
+        teacher = await connect_async_client(node2.url, T1)
+        await eventually(lambda: teacher_events(hub, "teacher_connect") == [1], 5)
+        proxy.cut()
+        try:
+            await eventually(lambda: teacher_events(hub, "teacher_disconnect") == [1], 10)
+            assert raw.hget("alive:org_1_user_1", "state") == b"disconnect"
+        finally:
+            proxy.restore()
+        await eventually(lambda: teacher_events(hub, "teacher_connect") == [1, 1], 10)
+        assert raw.hget("alive:org_1_user_1", "state") == b"connect"
+        assert teacher.connected
+    finally:
+        for client in (teacher, hub):
+            if client is not None and client.connected:
+                await client.disconnect()
+        node2.stop()
+        node1.stop()
+        proxy.close()
