@@ -13,8 +13,8 @@ and ``EXPIRE 3600`` per user) followed by the same emits; and the hand-written h
 the same concurrency) is timed too and reported as a connect burst.
 
 Redis clients here get ``max_connections`` above the concurrency. One extra run uses
-redis-py's default pool (``max_connections=100``) to show what an integrator with
-default settings gets under a storm wider than that.
+redis-py's default pool size (``max_connections=100``, which the store copies) with 200
+handlers at once: what an integrator with default settings gets.
 """
 
 from __future__ import annotations
@@ -338,7 +338,10 @@ async def _run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     return {
         "sizes": sizes,
         "default_pool": {"n": n, "concurrency": concurrency, **default_pool},
-        "node_crash_sweep": "pending: presence_kit has no node-crash sweeper yet",
+        "node_crash_sweep": (
+            "not measured yet (pending): the time for a surviving node to recover the "
+            "connections of a killed one is the next measurement to add here"
+        ),
     }
 
 

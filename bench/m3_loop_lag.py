@@ -143,9 +143,9 @@ async def one_run(
     finally:
         await kit.aclose(timeout=0.5)
         await client.aclose()
-    if failures:
-        raise BenchError(f"loop lag {mode}: {failures} store failure(s)")
-    if stats is not None and stats.enqueued < n:
+    # A store failure (a Redis deadline missed while the process was stalled) is part of
+    # the result, not a broken run; analytics must still have every removed connection.
+    if stats is not None and stats.enqueued + failures < n:
         raise BenchError(f"loop lag {mode}: only {stats.enqueued} of {n} events enqueued")
     return {
         "lag_p50_ms": round(percentile(lags, 50) * 1e3, 3),
@@ -155,6 +155,7 @@ async def one_run(
         "handler_p50_ms": round(percentile(latencies, 50) * 1e3, 3),
         "handler_p99_ms": round(percentile(latencies, 99) * 1e3, 3),
         "achieved_rate_per_s": round(n / elapsed),
+        "store_failures": failures,
         "kit_stats": kit_stats,
         "gc_pauses": len(gc_pauses.pauses),
         "gc_max_pause_ms": round(max(gc_pauses.pauses, default=0.0) * 1e3, 3),

@@ -199,9 +199,6 @@ async def _run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
                     "variant": OURS,
                 }
                 hub_client = await _connect(url, hub_auth, hub)
-                # The kit's first background pass starts with its first connect: let it
-                # finish before the crowd arrives, as on a server that started earlier.
-                await asyncio.sleep(1.0)
                 teachers = await _connect_all(url, teachers_auth)
                 fillers = await _connect_all(url, fillers_auth)
                 connect_s = time.perf_counter() - t0

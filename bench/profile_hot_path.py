@@ -200,7 +200,10 @@ def run(cfg: Config, log: Callable[[str], None], out: Path = RESULTS_DIR) -> dic
     parts = [
         "presence_kit hot-path profile (pyinstrument), written by `python -m bench`.\n"
         "Each section: presence_kit alone, sequential, on a local redis-server, with the\n"
-        "in-process recording sockets (as in measurement 1).\n"
+        "in-process recording sockets (as in measurement 1). pyinstrument hooks every\n"
+        "call and measures wall time, so code made of many small calls looks bigger than\n"
+        "it is, and a busy machine's preemptions land on whatever frame was running:\n"
+        "read proportions; the no-profiler decomposition below gives the absolute cost.\n"
     ]
     sections = [
         (TEACHER_APP, "disconnect"),

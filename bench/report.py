@@ -348,6 +348,7 @@ def _m3(m3: dict[str, Any]) -> list[str]:
         "lag max ms",
         "handler p99 ms",
         "GC pauses (last round)",
+        "store failures (all rounds)",
         "events enqueued / sent / dropped (last round)",
         "p99 < 10 ms",
         "same as off",
@@ -363,6 +364,7 @@ def _m3(m3: dict[str, Any]) -> list[str]:
                 _spread(v["lag_max_ms"]),
                 _spread(v["handler_p99_ms"]),
                 f"{last['gc_pauses']}, longest {last['gc_max_pause_ms']:.1f} ms",
+                sum(x.get("store_failures", 0) for x in v["runs"]),
                 "—"
                 if a is None
                 else f"{a['enqueued']} / {a['sent_before_close']} / {a['dropped']}",
