@@ -17,8 +17,8 @@ demo: $(STAMP)
 	$(BIN)/presence-kit demo $(DEMO_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check presence_kit tests examples
-	$(BIN)/ruff format --check presence_kit tests examples
+	$(BIN)/ruff check presence_kit tests examples bench docs
+	$(BIN)/ruff format --check presence_kit tests examples bench docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy presence_kit

@@ -144,6 +144,9 @@ def node_bucket(sid: str) -> int:
     return zlib.crc32(sid.encode()) % NODE_BUCKETS
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+"""Compact JSON, with one shared encoder (``json.dumps`` with options builds one per call)."""
+
 RECORD_FIELD = "c:"
 """Prefix of the hash fields that hold connection records (``c:<sid>``)."""
 
@@ -156,7 +159,7 @@ def records_of(fields: dict[str, str]) -> dict[str, str]:
 
 def node_entry(org_id: Id, user_id: Id, role: str) -> str:
     """The node index value of a connection: enough to rebuild its keys."""
-    return json.dumps([org_id, user_id, role], separators=(",", ":"))
+    return _compact([org_id, user_id, role])
 
 
 def parse_node_entry(text: str | bytes) -> tuple[Id, Id, str]:
@@ -167,7 +170,7 @@ def parse_node_entry(text: str | bytes) -> tuple[Id, Id, str]:
 
 def index_entry(user_id: Id, lesson_id: Id) -> str:
     """The org index value of a connection."""
-    return json.dumps([user_id, lesson_id], separators=(",", ":"))
+    return _compact([user_id, lesson_id])
 
 
 def parse_index_entry(text: str | bytes) -> tuple[Id, Id]:
@@ -178,7 +181,7 @@ def parse_index_entry(text: str | bytes) -> tuple[Id, Id]:
 
 def queue_member(org_id: Id, user_id: Id, role: str) -> str:
     """The leave-queue member of a (user, role): enough to rebuild every key."""
-    return json.dumps([org_id, user_id, role], separators=(",", ":"))
+    return _compact([org_id, user_id, role])
 
 
 def parse_queue_member(text: str | bytes) -> tuple[Id, Id, str]:
@@ -217,7 +220,7 @@ class ConnectionRecord:
             fields.append(s.room_id)
         if self.namespace != "/":
             fields.append(self.namespace)
-        return json.dumps(fields, separators=(",", ":"))
+        return _compact(fields)
 
     @classmethod
     def from_json(cls, sid: str, text: str | bytes) -> ConnectionRecord:

@@ -15,6 +15,7 @@ the handler's path. Pass ``timeout=None`` to use the client exactly as given.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
@@ -69,6 +70,7 @@ _CONNECT_LUA, _DISCONNECT_LUA = _lua("connect"), _lua("disconnect")
 _FINISH_LUA, _DUE_LUA = _lua("finish_leave"), _lua("due_leaves")
 _HEARTBEAT_LUA, _CLAIM_LUA = _lua("heartbeat"), _lua("claim_node")
 T = TypeVar("T")
+_timeout_block: Any = getattr(asyncio, "timeout", None)  # asyncio.timeout: Python 3.11+
 
 
 # --- script arguments and results (shared by both stores) ---------------------------
@@ -318,11 +320,10 @@ def _async_handler_client(client: AsyncClient, timeout: float | None) -> tuple[A
 
     pool = client.connection_pool
     kwargs = _deadline_kwargs(pool.connection_kwargs, timeout, AsyncRetry(NoBackoff(), 0))
-    own_pool = redis.asyncio.BlockingConnectionPool(
-        connection_class=pool.connection_class,
-        max_connections=pool.max_connections,
-        timeout=timeout,
-        **kwargs,
+    # Plain pool (cheaper per command than the blocking one); the store's semaphore
+    # makes a burst beyond max_connections wait for a connection instead of failing.
+    own_pool = redis.asyncio.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs
     )
     return redis.asyncio.Redis(connection_pool=own_pool), True
 
@@ -514,6 +515,9 @@ class AsyncRedisStore:
         self._client, self._owned = _async_handler_client(client, timeout)
         self._cluster = isinstance(self._client, redis.asyncio.cluster.RedisCluster)
         self._timeout = timeout
+        pool: Any = getattr(self._client, "connection_pool", None)
+        # Calls in flight at once: never more than the pool holds (a burst waits).
+        self._slots = asyncio.Semaphore(getattr(pool, "max_connections", None) or 100)
         register = self._client.register_script
         self._connect, self._disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
         self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
@@ -684,13 +688,29 @@ class AsyncRedisStore:
 
         await self._bounded("release_node", run())
 
+    async def _limited(self, call: Awaitable[T]) -> T:
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            if inspect.iscoroutine(call):
+                call.close()  # timed out waiting for a connection: it never ran
+            raise
+        try:
+            return await call
+        finally:
+            self._slots.release()
+
     async def _bounded(self, operation: str, call: Awaitable[T], scale: int = 1) -> T:
-        # The socket timeout bounds each read; this bounds the whole operation (connect,
-        # NOSCRIPT reload, cluster redirections), and also applies to cluster clients.
+        # The socket timeout bounds each read; this bounds the whole operation (waiting
+        # for a connection, NOSCRIPT reload, cluster redirections), cluster clients too.
         try:
             if self._timeout is None:
                 return await call
-            return await asyncio.wait_for(call, self._timeout * 2 + scale / 1000)
+            deadline = self._timeout * 2 + scale / 1000
+            if _timeout_block is None:  # Python 3.10
+                return await asyncio.wait_for(self._limited(call), deadline)
+            async with _timeout_block(deadline):  # no extra task per call
+                return await self._limited(call)
         except (RedisError, TimeoutError) as exc:
             raise StoreError(f"Redis failed during {operation}: {exc!r}") from exc
 
