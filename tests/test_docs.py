@@ -279,7 +279,7 @@ def test_index_renders(site: Path, tmp_path: Path) -> None:
     dom = _dom(site / "index.html", tmp_path)
     assert "<title>presence_kit" in dom
     assert "Presence and disconnect handling for Python Socket.IO servers" in dom
-    for section in ("Tutorial", "How-to guides", "Reference", "Explanation", "Planned"):
+    for section in ("Tutorial", "How-to guides", "Reference", "Explanation"):
         assert section in dom, section
     _screenshot(site / "index.html", tmp_path, "docs-index.png")
 
@@ -341,9 +341,3 @@ def test_the_settings_page_lists_every_field(site: Path) -> None:
     text = (site / "reference" / "settings.html").read_text("utf-8")
     for field in dataclasses.fields(presence_kit.Settings):
         assert f"presence_kit.Settings.{field.name}" in text, field.name
-
-
-def test_planned_pages_say_so(site: Path) -> None:
-    for page in (DOCS / "planned").glob("*.md"):
-        if page.stem != "index":
-            assert "Planned" in page.read_text("utf-8"), page
