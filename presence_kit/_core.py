@@ -14,8 +14,9 @@ import re
 import secrets
 import socket
 import threading
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
@@ -24,8 +25,10 @@ from ._model import (
     ConnectionRecord,
     ConnectOutcome,
     ConnectRequest,
+    ConnectStatus,
     DisconnectOutcome,
     DisconnectRequest,
+    DisconnectStatus,
     FinishLeaveOutcome,
     FinishLeaveRequest,
     Heartbeat,
@@ -57,7 +60,7 @@ from ._session import (
 )
 from ._settings import Settings
 
-__all__ = ["KitCore", "KitStats", "NodeLiveness", "PortCall"]
+__all__ = ["KitCore", "KitStats", "NodeLiveness", "Outbox", "PendingOperation", "PortCall"]
 
 logger = logging.getLogger("presence_kit")
 
@@ -96,6 +99,12 @@ class KitStats:
     """Connections of dead nodes (or stale records) whose leave this kit ran."""
     fenced: int = 0
     """Times this kit learnt it had been presumed dead, and registered again."""
+    queued: int = 0
+    """Store operations that failed and were queued for replay."""
+    replayed: int = 0
+    """Queued operations made once the store answered again."""
+    outbox_dropped: int = 0
+    """Queued operations forced out by the outbox's bound (left to reconcile/sweep)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +150,7 @@ class KitCore:
         self.node_id = self.settings.node_id or generate_node_id()
         self.incarnation = secrets.token_hex(3)
         self.liveness = NodeLiveness()
+        self.outbox = Outbox(self.settings.outbox_size)
         self.local_sessions: dict[str, Mapping[str, Any]] = {}
         """Sessions of the connections this kit holds, to register them again if fenced."""
         self._id_pattern = re.compile(self.settings.id_pattern)
@@ -298,6 +308,44 @@ class KitCore:
             remember=reason is not None,
         )
 
+    def queue(self, op: PendingOperation) -> None:
+        """Keep a failed store operation for replay (the oldest is forced out when full)."""
+        self.count("queued")
+        forced = self.outbox.push(op)
+        if forced is not None:
+            self.count("outbox_dropped")
+            logger.warning(
+                "presence outbox full: dropped the oldest queued %s",
+                forced.kind,
+                extra={"presence_operation": forced.kind, "presence_sid": forced.sid},
+            )
+
+    def replayed_effects(
+        self, op: PendingOperation, outcome: ConnectOutcome | DisconnectOutcome
+    ) -> Sequence[Effect]:
+        """The announcements a replayed operation grants (rooms were handled at the time).
+
+        A repeat means the first, failed-looking call did run: its result never reached
+        us, so it was never announced, and is announced now, once.
+        """
+        self.count("replayed")
+        effects: Sequence[Effect]
+        if isinstance(outcome, ConnectOutcome):
+            if outcome.status is ConnectStatus.REPEAT:
+                outcome = replace(outcome, status=ConnectStatus.NEW)
+            facts = ConnectFacts(
+                sid=op.sid, session=op.session, outcome=outcome, settings=self.settings
+            )
+            effects = op.policy.on_connect(facts)
+        else:
+            if outcome.status is DisconnectStatus.REPEAT:
+                outcome = replace(outcome, status=DisconnectStatus.REMOVED)
+            assert isinstance(op.request, DisconnectRequest)
+            effects = self.disconnect_effects(
+                op.sid, op.session, op.policy, outcome, op.request.reason
+            )
+        return [e for e in effects if isinstance(e, (Emit, Track))]
+
     def heartbeat_call(self, *, first: bool, offset_ms: int = 0) -> Heartbeat:
         """This node incarnation's heartbeat."""
         info = {"node_id": self.node_id, "host": socket.gethostname(), "pid": os.getpid()}
@@ -432,6 +480,56 @@ def group_online(entries: Mapping[str, tuple[Id, Id]], lesson_id: Id | None) -> 
         OnlineUser(user_id=user_id, connections=n, lesson_ids=tuple(lessons[user_id]))
         for user_id, n in sorted(counts.items(), key=lambda item: str(item[0]))
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingOperation:
+    """A connect or disconnect the store could not make, kept for replay."""
+
+    kind: str  # "connect" or "disconnect"
+    sid: str
+    session: Session
+    policy: DisconnectPolicy
+    request: ConnectRequest | DisconnectRequest
+
+
+class Outbox:
+    """The bounded, in-order queue of store operations to replay once Redis answers.
+
+    When full, the oldest operation is forced out (counted and logged by the kit); the
+    records it would have fixed are left to reconciling and to the sweeper.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._ops: deque[PendingOperation] = deque()
+        self._sids: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def holds(self, sid: str) -> bool:
+        """An operation of ``sid`` waits: later ones of the same sid must queue behind it."""
+        return self._sids[sid] > 0
+
+    def push(self, op: PendingOperation) -> PendingOperation | None:
+        """Queue ``op``; return the operation forced out to make room, if any."""
+        forced = self.pop() if len(self._ops) >= self._size else None
+        self._ops.append(op)
+        self._sids[op.sid] += 1
+        return forced
+
+    def peek(self) -> PendingOperation | None:
+        """The oldest operation."""
+        return self._ops[0] if self._ops else None
+
+    def pop(self) -> PendingOperation:
+        """Remove the oldest operation."""
+        op = self._ops.popleft()
+        self._sids[op.sid] -= 1
+        if not self._sids[op.sid]:
+            del self._sids[op.sid]
+        return op
 
 
 @dataclass(slots=True)

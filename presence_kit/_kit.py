@@ -20,12 +20,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-from ._core import KitCore, KitStats, group_online, port_call
+from ._core import KitCore, KitStats, PendingOperation, group_online, port_call
 from ._effects import Effect
 from ._errors import StoreError
 from ._model import (
     ConnectionRecord,
     ConnectOutcome,
+    ConnectRequest,
     DisconnectOutcome,
     DisconnectStatus,
     OnlineUser,
@@ -229,6 +230,8 @@ class PresenceKit(_BaseKit):
             failure = exc
             self._core.count("store_failures")
             _log_store_failure("connect", sid, exc)
+            if not self.settings.strict_connect:
+                self._core.queue(PendingOperation("connect", sid, parsed, policy, request))
         self._core.local_sessions[sid] = session
         self._run(self._core.connect_effects(sid, parsed, policy, outcome))
         if failure is not None and self.settings.strict_connect:
@@ -241,20 +244,43 @@ class PresenceKit(_BaseKit):
         """Remove connection ``sid``, announce a real leave once, and leave its rooms.
 
         Raises only :class:`~presence_kit.InvalidSessionError`, before any I/O; a
-        backend failure is logged and counted, the rooms are left, and ``None`` is
-        returned.
+        backend failure is logged and counted, the rooms are left, ``None`` is returned,
+        and the operation is queued for the background to replay once Redis answers.
         """
         sid, parsed, policy, request = self._core.prepare_disconnect(sid, session, reason)
         self._start_background()
         self._core.local_sessions.pop(sid, None)
         outcome: DisconnectOutcome | None = None
-        try:
-            outcome = self._store.disconnect(request)
-        except Exception as exc:
-            self._core.count("store_failures")
-            _log_store_failure("disconnect", sid, exc)
+        pending = PendingOperation("disconnect", sid, parsed, policy, request)
+        if self._core.outbox.holds(sid):
+            self._core.queue(pending)  # after the sid's queued connect, in order
+        else:
+            try:
+                outcome = self._store.disconnect(request)
+            except Exception as exc:
+                self._core.count("store_failures")
+                _log_store_failure("disconnect", sid, exc)
+                self._core.queue(pending)
         self._run(self._core.disconnect_effects(sid, parsed, policy, outcome, request.reason))
         return outcome
+
+    def replay_outbox(self) -> int:
+        """Make the store operations that failed, in order, and announce what they grant.
+
+        Stops at the first failure (Redis still down) and keeps the rest; returns how
+        many were made. The background calls it every step; idempotent scripts make a
+        replay of an operation that had in fact run harmless.
+        """
+        replayed, outbox = 0, self._core.outbox
+        while (op := outbox.peek()) is not None:
+            if isinstance(op.request, ConnectRequest):
+                outcome: Any = self._store.connect(op.request)
+            else:
+                outcome = self._store.disconnect(op.request)
+            outbox.pop()
+            replayed += 1
+            self._run(self._core.replayed_effects(op, outcome))
+        return replayed
 
     def run_due_leaves(self, limit: int = 100) -> int:
         """One step of the grace scheduler: run the held-back leaves that are due.
@@ -363,6 +389,8 @@ class PresenceKit(_BaseKit):
         when due. Failures are logged, never raised."""
         beat, reconcile = self._due_steps()
         steps: list[Callable[[], object]] = [self.heartbeat] if beat else []
+        if len(self._core.outbox):
+            steps.append(self.replay_outbox)
         steps.append(self.run_due_leaves)
         if beat:
             steps.append(lambda: self._may_sweep() and self.sweep_dead_nodes())
@@ -512,6 +540,8 @@ class AsyncPresenceKit(_BaseKit):
             failure = exc
             self._core.count("store_failures")
             _log_store_failure("connect", sid, exc)
+            if not self.settings.strict_connect:
+                self._core.queue(PendingOperation("connect", sid, parsed, policy, request))
         self._core.local_sessions[sid] = session
         await self._run(self._core.connect_effects(sid, parsed, policy, outcome))
         if failure is not None and self.settings.strict_connect:
@@ -526,15 +556,33 @@ class AsyncPresenceKit(_BaseKit):
         self._start_background()
         self._core.local_sessions.pop(sid, None)
         outcome: DisconnectOutcome | None = None
-        try:
-            outcome = await self._store.disconnect(request)
-        except Exception as exc:
-            self._core.count("store_failures")
-            _log_store_failure("disconnect", sid, exc)
+        pending = PendingOperation("disconnect", sid, parsed, policy, request)
+        if self._core.outbox.holds(sid):
+            self._core.queue(pending)  # after the sid's queued connect, in order
+        else:
+            try:
+                outcome = await self._store.disconnect(request)
+            except Exception as exc:
+                self._core.count("store_failures")
+                _log_store_failure("disconnect", sid, exc)
+                self._core.queue(pending)
         await self._run(
             self._core.disconnect_effects(sid, parsed, policy, outcome, request.reason)
         )
         return outcome
+
+    async def replay_outbox(self) -> int:
+        """Make the queued store operations (see :meth:`PresenceKit.replay_outbox`)."""
+        replayed, outbox = 0, self._core.outbox
+        while (op := outbox.peek()) is not None:
+            if isinstance(op.request, ConnectRequest):
+                outcome: Any = await self._store.connect(op.request)
+            else:
+                outcome = await self._store.disconnect(op.request)
+            outbox.pop()
+            replayed += 1
+            await self._run(self._core.replayed_effects(op, outcome))
+        return replayed
 
     async def run_due_leaves(self, limit: int = 100) -> int:
         """One step of the grace scheduler (see :meth:`PresenceKit.run_due_leaves`)."""
@@ -630,6 +678,8 @@ class AsyncPresenceKit(_BaseKit):
         """One pass of the background (see :meth:`PresenceKit.run_background_step`)."""
         beat, reconcile = self._due_steps()
         steps: list[Callable[[], Awaitable[object]]] = [self.heartbeat] if beat else []
+        if len(self._core.outbox):
+            steps.append(self.replay_outbox)
         steps.append(self.run_due_leaves)
         if beat:
             steps.append(self._sweep_if_safe)

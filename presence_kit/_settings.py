@@ -124,6 +124,9 @@ class Settings:
     """The disconnect reason of connections recovered from a dead node."""
 
     # --- failure handling ---
+    outbox_size: int = 10_000
+    """Store operations kept for replay while Redis is down (the oldest is dropped
+    beyond this; reconciling and the sweeper then repair what it would have)."""
     strict_connect: bool = False
     """If true, ``handle_connect`` raises :class:`~presence_kit.StoreError` when the
     store fails (after joining the rooms); by default it logs and returns."""
@@ -187,6 +190,12 @@ class Settings:
                 raise InvalidSettingsError(name, "must be > 0")
         if self.node_timeout <= self.heartbeat_interval:
             raise InvalidSettingsError("node_timeout", "must be longer than heartbeat_interval")
+        if (
+            isinstance(self.outbox_size, bool)
+            or not isinstance(self.outbox_size, int)
+            or not 1 <= self.outbox_size <= 10_000_000
+        ):
+            raise InvalidSettingsError("outbox_size", "must be an int from 1 to 10000000")
         if (
             isinstance(self.sweep_batch, bool)
             or not isinstance(self.sweep_batch, int)

@@ -208,9 +208,11 @@ def test_store_failure_still_leaves_rooms_and_never_raises(
     assert sockets.rooms_of("t1") == {"lesson:3"}
     with caplog.at_level(logging.WARNING, logger="presence_kit"):
         assert kit.handle_disconnect("t1", TEACHER) is None
+        assert kit.handle_disconnect("t2", TEACHER) is None
     assert sockets.rooms == {}
     assert sockets.emitted == []
-    assert kit.stats.store_failures == 2
+    # t1's disconnect queued behind its failed connect; t2's was tried and failed.
+    assert (kit.stats.store_failures, kit.stats.queued) == (2, 3)
     assert "presence store failed during disconnect" in caplog.text
 
 
