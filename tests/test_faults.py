@@ -1,0 +1,240 @@
+"""Faults end to end: Mixpanel outages seen from the kit, secrets kept out of logs, many
+kits in threads hammering the same users, and a redis-server killed mid-storm."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import mixpanel
+import pytest
+
+from presence_kit import PresenceKit
+from presence_kit.mixpanel import MixpanelAnalytics
+from presence_kit.redis import RedisStore
+from presence_kit.testing import RecordingAnalytics, RecordingSockets
+from tests.support.mixpanel_endpoint import MixpanelEndpoint
+from tests.support.redis_servers import RedisServer
+
+TOKEN = "mp-token-DO-NOT-LOG-123"
+
+
+def participant(n: int) -> dict[str, Any]:
+    return {"role": "ParticipantWeb", "org_id": 1, "user_id": n, "lesson_id": 5, "room_id": 3}
+
+
+def teacher(n: int) -> dict[str, Any]:
+    return {"role": "TeacherAPP", "org_id": 1, "user_id": n, "lesson_id": 5}
+
+
+def test_a_mixpanel_outage_loses_and_duplicates_nothing(
+    redis_server: RedisServer, mixpanel_endpoint: MixpanelEndpoint
+) -> None:
+    """300 participants leave while Mixpanel answers 500: the handlers are not slowed,
+    and once it recovers every event arrives once, under its own $insert_id."""
+    client = mixpanel.Mixpanel(TOKEN, consumer=mixpanel.Consumer(events_url=mixpanel_endpoint.url))
+    analytics = MixpanelAnalytics(
+        client, flush_interval=0.05, backoff=0.05, max_backoff=0.2, max_retries=50
+    )
+    kit = PresenceKit(
+        store=RedisStore(redis_server.client()), sockets=RecordingSockets(), analytics=analytics
+    )
+    for n in range(300):
+        kit.handle_connect(f"p{n}", participant(n))
+    mixpanel_endpoint.set_mode("error500")
+    started = time.monotonic()
+    for n in range(300):
+        kit.handle_disconnect(f"p{n}", participant(n))
+    handlers = time.monotonic() - started
+    time.sleep(0.5)
+    mixpanel_endpoint.set_mode("ok")
+    events = mixpanel_endpoint.wait_for(300, timeout=15)
+    kit.close(timeout=5)
+    ids = [e["properties"]["$insert_id"] for e in events]
+    assert len(ids) == 300
+    assert len(set(ids)) == 300
+    assert sorted(e["properties"]["distinct_id"] for e in events) == sorted(
+        str(n) for n in range(300)
+    )
+    assert analytics.stats.dropped == 0
+    assert analytics.stats.retried > 0
+    assert handlers < 5  # 300 handlers; one blocking Mixpanel call each would take far longer
+
+
+def test_logs_carry_no_secret_and_user_ids_only_at_debug(
+    fresh_redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    mixpanel_endpoint: MixpanelEndpoint,
+) -> None:
+    """Redis down, Mixpanel failing: what the library logs at any level never holds the
+    Mixpanel token or the Redis password, and user ids appear only at DEBUG."""
+    fresh_redis_server.admin("CONFIG", "SET", "requirepass", "redis-PASSWORD-secret")
+    url = f"redis://:redis-PASSWORD-secret@127.0.0.1:{fresh_redis_server.port}/0"
+    import redis as redis_py
+
+    mixpanel_endpoint.set_mode("reject400")
+    client = mixpanel.Mixpanel(TOKEN, consumer=mixpanel.Consumer(events_url=mixpanel_endpoint.url))
+    analytics = MixpanelAnalytics(client, flush_interval=0.05)
+    kit = PresenceKit(
+        store=RedisStore(redis_py.Redis.from_url(url), timeout=0.1),
+        sockets=RecordingSockets(),
+        analytics=analytics,
+    )
+    user_id = 987654321
+    with caplog.at_level(logging.DEBUG, logger="presence_kit"):
+        kit.handle_connect("p1", participant(user_id))
+        kit.handle_disconnect("p1", participant(user_id))
+        mixpanel_endpoint.wait_for_requests(1)
+        time.sleep(0.2)
+        fresh_redis_server.pause()
+        try:
+            kit.handle_connect("p2", participant(user_id))
+            kit.handle_disconnect("p2", participant(user_id))
+        finally:
+            fresh_redis_server.resume()
+        kit.close(timeout=2)
+    assert caplog.records, "the failures were logged"
+    for record in caplog.records:
+        text = record.getMessage() + str(record.__dict__) + (caplog.text or "")
+        assert TOKEN not in text
+        assert "redis-PASSWORD-secret" not in text
+        if record.levelno > logging.DEBUG:
+            assert str(user_id) not in record.getMessage() + str(record.__dict__)
+
+
+def test_many_kits_in_threads_on_the_same_users(redis_server: RedisServer) -> None:
+    """Four kits (nodes), eight threads, twelve teachers: random interleavings of
+    connects, disconnects and reconnects. Per user, announcements alternate (never two
+    joins or two leaves in a row overall), every user ends offline with no record,
+    and the counts of joins and leaves match."""
+    kits = [
+        PresenceKit(store=RedisStore(redis_server.client()), sockets=RecordingSockets())
+        for _ in range(4)
+    ]
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        live: list[tuple[PresenceKit, str, int]] = []
+        try:
+            for step in range(150):
+                if live and rng.random() < 0.5:
+                    kit, sid, user = live.pop(rng.randrange(len(live)))
+                    kit.handle_disconnect(sid, teacher(user))
+                else:
+                    user, kit = rng.randrange(12), rng.choice(kits)
+                    sid = f"w{seed}-{step}"
+                    kit.handle_connect(sid, teacher(user))
+                    live.append((kit, sid, user))
+            for kit, sid, user in live:
+                kit.handle_disconnect(sid, teacher(user))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    joins: Counter[int] = Counter()
+    leaves: Counter[int] = Counter()
+    for kit in kits:
+        for event, data, _to in kit._sockets.emitted:  # type: ignore[attr-defined]
+            (joins if event == "teacher_connect" else leaves)[data["user_id"]] += 1
+    assert joins == leaves
+    assert sum(joins.values()) >= 12
+    raw = redis_server.client(decode_responses=True)
+    for user in range(12):
+        assert raw.hget(f"alive:org_1_user_{user}", "state") in ("disconnect", None)
+        assert "n" not in raw.hgetall(f"alive:org_1_user_{user}")
+    assert sum(k.stats.store_failures for k in kits) == 0
+    # Versions count transitions: equal joins and leaves mean an even version.
+    for user in range(12):
+        version = int(raw.hget(f"alive:org_1_user_{user}", "version") or 0)
+        assert version == joins[user] + leaves[user]
+
+
+def test_redis_killed_mid_storm_converges_after_restart(tmp_path: Any) -> None:
+    """A redis-server with an fsynced AOF is SIGKILLed in the middle of a storm of
+    connects and disconnects from three kits, and restarted: after the outboxes
+    replay, Redis matches the truth (everyone who left is offline, everyone still
+    connected is online) and every leave is announced once."""
+    server = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"])
+    try:
+        kits = [
+            PresenceKit(
+                store=RedisStore(server.client(), timeout=0.1),
+                sockets=RecordingSockets(),
+                analytics=RecordingAnalytics(),
+            )
+            for _ in range(3)
+        ]
+        online: dict[int, tuple[PresenceKit, str]] = {}
+        for n in range(300):
+            kit = kits[n % 3]
+            kit.handle_connect(f"s{n}", teacher(n))
+            online[n] = (kit, f"s{n}")
+        killer = threading.Timer(0.05, server.kill)
+        killer.start()
+        gone = []
+        for n in range(300):
+            if n % 3 == 0:
+                continue  # these stay connected
+            kit, sid = online.pop(n)
+            kit.handle_disconnect(sid, teacher(n))
+            gone.append(n)
+            time.sleep(0.0005)
+        killer.join()
+        server.restart()
+        for kit in kits:
+            kit.replay_outbox()
+        raw = server.client(decode_responses=True)
+        for n in gone:
+            assert raw.hget(f"alive:org_1_user_{n}", "state") == "disconnect", n
+        for n in online:
+            assert raw.hget(f"alive:org_1_user_{n}", "state") == "connect", n
+        leaves: Counter[int] = Counter()
+        for kit in kits:
+            for event, data, _to in kit._sockets.emitted:  # type: ignore[attr-defined]
+                if event == "teacher_disconnect":
+                    leaves[data["user_id"]] += 1
+        assert leaves == Counter(gone)
+        assert sum(k.stats.store_failures for k in kits) > 0  # the kill did hit the storm
+        for kit in kits:
+            kit.close()
+    finally:
+        server.close()
+
+
+@pytest.mark.cluster
+def test_a_cluster_master_failover_converges(redis_cluster_with_replicas: Any) -> None:
+    """A master of the local Redis Cluster is killed and its replica promoted (whose
+    script cache is empty: NOSCRIPT): calls that fail meanwhile are replayed, the
+    scripts are loaded again, and every leave is announced once."""
+    cluster = redis_cluster_with_replicas
+    sockets = RecordingSockets()
+    kit = PresenceKit(store=RedisStore(cluster.client(), timeout=0.5), sockets=sockets)
+    users = range(60)
+    for n in users:
+        kit.handle_connect(f"s{n}", teacher(n))
+    master = cluster.master_for_key("alive:org_1_user_0")
+    cluster.kill_master_and_wait_failover(master, timeout=20)
+    for n in users:
+        kit.handle_disconnect(f"s{n}", teacher(n))
+    deadline = time.monotonic() + 10
+    while len(kit._core.outbox) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        try:
+            kit.replay_outbox()
+        except Exception:
+            time.sleep(0.2)  # the client is still learning the new topology
+    assert len(kit._core.outbox) == 0  # type: ignore[attr-defined]
+    leaves = Counter(d["user_id"] for e, d, _to in sockets.emitted if e == "teacher_disconnect")
+    assert leaves == Counter(users)
+    raw = cluster.client(decode_responses=True)
+    assert {raw.hget(f"alive:org_1_user_{n}", "state") for n in users} == {"disconnect"}
+    kit.close()
