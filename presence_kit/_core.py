@@ -14,7 +14,7 @@ import re
 import secrets
 import socket
 import threading
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -496,27 +496,23 @@ class PendingOperation:
 class Outbox:
     """The bounded, in-order queue of store operations to replay once Redis answers.
 
-    When full, the oldest operation is forced out (counted and logged by the kit); the
-    records it would have fixed are left to reconciling and to the sweeper.
+    While it holds anything, new operations queue behind it (so order is kept and no
+    handler waits on a Redis that just failed). When full, the oldest operation is
+    forced out (counted and logged by the kit); what it would have fixed is left to
+    reconciling and to the sweeper.
     """
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._ops: deque[PendingOperation] = deque()
-        self._sids: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._ops)
-
-    def holds(self, sid: str) -> bool:
-        """An operation of ``sid`` waits: later ones of the same sid must queue behind it."""
-        return self._sids[sid] > 0
 
     def push(self, op: PendingOperation) -> PendingOperation | None:
         """Queue ``op``; return the operation forced out to make room, if any."""
         forced = self.pop() if len(self._ops) >= self._size else None
         self._ops.append(op)
-        self._sids[op.sid] += 1
         return forced
 
     def peek(self) -> PendingOperation | None:
@@ -525,11 +521,7 @@ class Outbox:
 
     def pop(self) -> PendingOperation:
         """Remove the oldest operation."""
-        op = self._ops.popleft()
-        self._sids[op.sid] -= 1
-        if not self._sids[op.sid]:
-            del self._sids[op.sid]
-        return op
+        return self._ops.popleft()
 
 
 @dataclass(slots=True)

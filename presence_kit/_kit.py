@@ -53,13 +53,35 @@ def _namespace(sockets: object) -> str:
     return namespace if isinstance(namespace, str) else "/"
 
 
-def _log_store_failure(operation: str, sid: str, exc: BaseException) -> None:
-    logger.warning(
-        "presence store failed during %s; continuing without it",
-        operation,
-        exc_info=exc,
-        extra={"presence_operation": operation, "presence_sid": sid},
-    )
+class _RateLimit:
+    """Lets one event through per ``interval`` seconds (thread-safe enough for logs)."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._interval
+        return True
+
+
+def _log_store_failure(limit: _RateLimit, operation: str, sid: str, exc: BaseException) -> None:
+    # An outage fails every handler: one warning with the traceback per 5 s, the rest
+    # at DEBUG (the counters in kit.stats keep the exact numbers).
+    extra = {"presence_operation": operation, "presence_sid": sid}
+    if limit.ready():
+        logger.warning(
+            "presence store failed during %s; queued for replay (%s)",
+            operation,
+            type(exc).__name__,
+            exc_info=exc,
+            extra=extra,
+        )
+    else:
+        logger.debug("presence store failed during %s: %s", operation, exc, extra=extra)
 
 
 _BUCKETS_PER_READ = 32
@@ -101,6 +123,7 @@ class _BaseKit:
         self._analytics = analytics
         self._closed = False
         self._background: Any = None
+        self._failure_logs = _RateLimit(5.0)
         self._background_started = False
         self._stopping = False
 
@@ -224,14 +247,18 @@ class PresenceKit(_BaseKit):
         self._start_background()
         outcome: ConnectOutcome | None = None
         failure: Exception | None = None
-        try:
-            outcome = self._store.connect(request)
-        except Exception as exc:
-            failure = exc
-            self._core.count("store_failures")
-            _log_store_failure("connect", sid, exc)
-            if not self.settings.strict_connect:
-                self._core.queue(PendingOperation("connect", sid, parsed, policy, request))
+        pending = PendingOperation("connect", sid, parsed, policy, request)
+        if len(self._core.outbox) and not self.settings.strict_connect:
+            self._core.queue(pending)  # Redis failed lately: keep the order, don't wait
+        else:
+            try:
+                outcome = self._store.connect(request)
+            except Exception as exc:
+                failure = exc
+                self._core.count("store_failures")
+                _log_store_failure(self._failure_logs, "connect", sid, exc)
+                if not self.settings.strict_connect:
+                    self._core.queue(pending)
         self._core.local_sessions[sid] = session
         self._run(self._core.connect_effects(sid, parsed, policy, outcome))
         if failure is not None and self.settings.strict_connect:
@@ -252,14 +279,16 @@ class PresenceKit(_BaseKit):
         self._core.local_sessions.pop(sid, None)
         outcome: DisconnectOutcome | None = None
         pending = PendingOperation("disconnect", sid, parsed, policy, request)
-        if self._core.outbox.holds(sid):
-            self._core.queue(pending)  # after the sid's queued connect, in order
+        if len(self._core.outbox):
+            # Redis failed lately and the replay has not caught up: queue behind it,
+            # in order, instead of waiting on Redis again.
+            self._core.queue(pending)
         else:
             try:
                 outcome = self._store.disconnect(request)
             except Exception as exc:
                 self._core.count("store_failures")
-                _log_store_failure("disconnect", sid, exc)
+                _log_store_failure(self._failure_logs, "disconnect", sid, exc)
                 self._core.queue(pending)
         self._run(self._core.disconnect_effects(sid, parsed, policy, outcome, request.reason))
         return outcome
@@ -534,14 +563,18 @@ class AsyncPresenceKit(_BaseKit):
         self._start_background()
         outcome: ConnectOutcome | None = None
         failure: Exception | None = None
-        try:
-            outcome = await self._store.connect(request)
-        except Exception as exc:
-            failure = exc
-            self._core.count("store_failures")
-            _log_store_failure("connect", sid, exc)
-            if not self.settings.strict_connect:
-                self._core.queue(PendingOperation("connect", sid, parsed, policy, request))
+        pending = PendingOperation("connect", sid, parsed, policy, request)
+        if len(self._core.outbox) and not self.settings.strict_connect:
+            self._core.queue(pending)  # Redis failed lately: keep the order, don't wait
+        else:
+            try:
+                outcome = await self._store.connect(request)
+            except Exception as exc:
+                failure = exc
+                self._core.count("store_failures")
+                _log_store_failure(self._failure_logs, "connect", sid, exc)
+                if not self.settings.strict_connect:
+                    self._core.queue(pending)
         self._core.local_sessions[sid] = session
         await self._run(self._core.connect_effects(sid, parsed, policy, outcome))
         if failure is not None and self.settings.strict_connect:
@@ -557,14 +590,16 @@ class AsyncPresenceKit(_BaseKit):
         self._core.local_sessions.pop(sid, None)
         outcome: DisconnectOutcome | None = None
         pending = PendingOperation("disconnect", sid, parsed, policy, request)
-        if self._core.outbox.holds(sid):
-            self._core.queue(pending)  # after the sid's queued connect, in order
+        if len(self._core.outbox):
+            # Redis failed lately and the replay has not caught up: queue behind it,
+            # in order, instead of waiting on Redis again.
+            self._core.queue(pending)
         else:
             try:
                 outcome = await self._store.disconnect(request)
             except Exception as exc:
                 self._core.count("store_failures")
-                _log_store_failure("disconnect", sid, exc)
+                _log_store_failure(self._failure_logs, "disconnect", sid, exc)
                 self._core.queue(pending)
         await self._run(
             self._core.disconnect_effects(sid, parsed, policy, outcome, request.reason)

@@ -4,6 +4,7 @@ answers, so presence converges to the truth and every leave is announced once.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -26,28 +27,37 @@ def participant(n: int) -> dict[str, Any]:
 async def test_disconnects_during_an_outage_are_replayed_once(
     fresh_redis_server: RedisServer,
 ) -> None:
-    """1,000 teachers and 200 participants online; Redis stops (SIGSTOP); they all
+    """10,000 teachers and 200 participants online; Redis stops (SIGSTOP); they all
     disconnect, and 50 new teachers connect and leave again, during the outage. After
-    Redis resumes, the replay makes Redis match the truth and announces each leave once."""
+    Redis resumes, the replay makes Redis match the truth and announces each leave once:
+    0 lost of 10,000 disconnects, none announced twice."""
     client = fresh_redis_server.async_client()
     sockets, analytics = AsyncRecordingSockets(), RecordingAnalytics()
     kit = AsyncPresenceKit(
         store=AsyncRedisStore(client, timeout=0.05),
         sockets=sockets,
         analytics=analytics,
-        settings=Settings(outbox_size=5_000),
+        settings=Settings(outbox_size=20_000),
     )
-    for n in range(1_000):
+    for n in range(10_000):
         await kit.handle_connect(f"t{n}", teacher(n))
     for n in range(200):
         await kit.handle_connect(f"p{n}", participant(10_000 + n))
     fresh_redis_server.pause()
     try:
-        await asyncio.gather(*(kit.handle_disconnect(f"t{n}", teacher(n)) for n in range(1_000)))
+        durations: list[float] = []
+
+        async def leave(n: int) -> None:
+            started = time.monotonic()
+            await kit.handle_disconnect(f"t{n}", teacher(n))
+            durations.append(time.monotonic() - started)
+
+        for wave in range(0, 10_000, 500):  # disconnects arrive in waves, as on a server
+            await asyncio.gather(*(leave(n) for n in range(wave, wave + 500)))
         await asyncio.gather(
             *(kit.handle_disconnect(f"p{n}", participant(10_000 + n)) for n in range(200))
         )
-        for n in range(2_000, 2_050):  # connect and leave during the outage
+        for n in range(20_000, 20_050):  # connect and leave during the outage
             await kit.handle_connect(f"late{n}", teacher(n))
             await kit.handle_disconnect(f"late{n}", teacher(n))
         assert kit.stats.announced_offline == 0  # nothing was granted yet
@@ -56,15 +66,18 @@ async def test_disconnects_during_an_outage_are_replayed_once(
     finally:
         fresh_redis_server.resume()
     replayed = await kit.replay_outbox()
-    assert replayed == 1_000 + 200 + 100
+    assert replayed == 10_000 + 200 + 100
+    # Every handler returned within its deadline (0.05 s, doubled for the whole call,
+    # including the wait for one of the pool's connections), never hanging on Redis.
+    assert max(durations) < 1.0
     assert kit.stats.outbox_dropped == 0
     leaves = Counter(d["user_id"] for e, d, _to in sockets.emitted if e == "teacher_disconnect")
-    assert leaves == Counter(list(range(1_000)) + list(range(2_000, 2_050)))  # once each
+    assert leaves == Counter([*range(10_000), *range(20_000, 20_050)])  # once each
     assert len(analytics.events) == 200
     assert len({e.insert_id for e in analytics.events}) == 200
     raw = fresh_redis_server.client(decode_responses=True)
     pipe = raw.pipeline(transaction=False)
-    for n in [*range(1_000), *range(2_000, 2_050)]:
+    for n in [*range(10_000), *range(20_000, 20_050)]:
         pipe.hget(f"alive:org_1_user_{n}", "state")
     assert set(pipe.execute()) == {"disconnect"}
     assert (await kit.online_users(1)) == []
