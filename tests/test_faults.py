@@ -238,3 +238,49 @@ def test_a_cluster_master_failover_converges(redis_cluster_with_replicas: Any) -
     raw = cluster.client(decode_responses=True)
     assert {raw.hget(f"alive:org_1_user_{n}", "state") for n in users} == {"disconnect"}
     kit.close()
+
+
+def _process_worker(redis_url: str, seed: int) -> list[tuple[str, Any]]:
+    """One server process: its own kit, random connects and disconnects of shared users."""
+    import redis as redis_py
+
+    kit = PresenceKit(
+        store=RedisStore(redis_py.Redis.from_url(redis_url)), sockets=RecordingSockets()
+    )
+    rng = random.Random(seed)
+    live: list[tuple[str, int]] = []
+    for step in range(200):
+        if live and rng.random() < 0.5:
+            sid, user = live.pop(rng.randrange(len(live)))
+            kit.handle_disconnect(sid, teacher(user))
+        else:
+            user, sid = rng.randrange(6), f"proc{seed}-{step}"
+            kit.handle_connect(sid, teacher(user))
+            live.append((sid, user))
+    for sid, user in live:
+        kit.handle_disconnect(sid, teacher(user))
+    assert kit.stats.store_failures == 0
+    kit.close()
+    return [(event, data["user_id"]) for event, data, _to in kit._sockets.emitted]  # type: ignore[attr-defined]
+
+
+def test_many_kits_in_processes_on_the_same_users(redis_server: RedisServer) -> None:
+    """Three processes, each a node, on six shared teachers: joins and leaves match per
+    user, and every alive key ends offline."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        results = pool.starmap(_process_worker, [(redis_server.url, seed) for seed in range(3)])
+    joins: Counter[Any] = Counter()
+    leaves: Counter[Any] = Counter()
+    for emitted in results:
+        for event, user in emitted:
+            (joins if event == "teacher_connect" else leaves)[user] += 1
+    assert joins == leaves
+    assert sum(joins.values()) >= 6
+    raw = redis_server.client(decode_responses=True)
+    for user in range(6):
+        fields = raw.hgetall(f"alive:org_1_user_{user}")
+        assert fields["state"] == "disconnect"
+        assert int(fields["version"]) == joins[user] + leaves[user]
+        assert "n" not in fields
