@@ -6,10 +6,6 @@
 ``.. presence-keys::``
     Every key name of the Redis schema: one row per method of the key schema, with an
     example built by the code itself and the method's docstring.
-``.. presence-unexported::``
-    ``autoclass`` entries for the classes of ``presence_kit._model`` (the data the ports
-    exchange) that ``presence_kit`` does not export, so that every type in a public
-    signature is documented.
 ``.. presence-cli::``
     The ``presence-kit`` command's subcommands and options, from its argparse parser.
 ``.. presence-errors::``
@@ -156,25 +152,6 @@ class KeyTable(_RstDirective):
         return self._parse(rst)
 
 
-class Unexported(_RstDirective):
-    """Autodoc entries for the port data types that are not re-exported."""
-
-    def run(self) -> list[nodes.Node]:
-        import presence_kit
-        from presence_kit import _model
-
-        rst: list[str] = []
-        for name in sorted(set(_model.__all__) - set(presence_kit.__all__)):
-            if inspect.isclass(getattr(_model, name)):
-                rst += [
-                    f".. autoclass:: presence_kit._model.{name}",
-                    "   :members:",
-                    "   :undoc-members:",
-                    "",
-                ]
-        return self._parse(rst)
-
-
 def _rst_text(text: str) -> str:
     return text.replace("*", "\\*").replace("`", "\\`")
 
@@ -302,6 +279,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("presence-settings", SettingsTable)
     app.add_directive("presence-errors", ErrorTree)
     app.add_directive("presence-keys", KeyTable)
-    app.add_directive("presence-unexported", Unexported)
     app.add_directive("presence-cli", CliReference)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
