@@ -1,13 +1,18 @@
 """The facades: :class:`PresenceKit` (blocking) and :class:`AsyncPresenceKit` (asyncio).
 
-Each handler call is: validate (raises :class:`~presence_kit.InvalidSessionError`
-before any I/O) -> one store transition -> the role's pure policy -> the effects,
-through the ports. The two classes differ only in whether they await the ports; the
-steps themselves live in :mod:`presence_kit._core`.
+Every operation is written once, as a *flow*: a generator that does the pure work (in
+:mod:`presence_kit._core`) and yields each I/O it needs as a :class:`_Call` on a port
+(the store, the sockets, analytics). The two facades differ only in their driver:
+:class:`PresenceKit` makes each call and sends the result back, and
+:class:`AsyncPresenceKit` awaits it. A failing call is thrown into the flow at its
+``yield``, so error handling is written once too.
 
-Backend failures never escape ``handle_disconnect``: python-socketio runs its own room
-cleanup only after the disconnect handler returns, so raising there would leave the
-sid in every room. They are logged and counted (:attr:`PresenceKit.stats`).
+A handler call is: validate (raises :class:`~presence_kit.InvalidSessionError` before
+any I/O) -> one store transition -> the role's pure policy -> the effects. Backend
+failures never escape ``handle_disconnect``: python-socketio runs its own room cleanup
+only after the disconnect handler returns, so raising there would leave the sid in
+every room. They are logged, counted (:attr:`PresenceKit.stats`) and queued for the
+background to replay.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -28,6 +35,7 @@ from ._model import (
     ConnectOutcome,
     ConnectRequest,
     DisconnectOutcome,
+    DisconnectRequest,
     DisconnectStatus,
     OnlineUser,
     UserPresence,
@@ -41,6 +49,40 @@ __all__ = ["AsyncPresenceKit", "PresenceKit"]
 
 logger = logging.getLogger("presence_kit")
 
+T = TypeVar("T")
+
+_BUCKETS_PER_READ = 32
+"""Node-index buckets read per round trip during a sweep."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One I/O a flow needs: ``<port>.<method>(*args, **kwargs)``."""
+
+    port: str  # "store", "sockets" or "analytics"
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+_Flow = Generator[_Call, Any, T]
+"""An operation written once: it yields its I/O and returns its result."""
+
+
+class _RateLimit:
+    """Lets one event through per ``interval`` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = 0.0
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._interval
+        return True
+
 
 def _default_store() -> Store:
     from .memory import MemoryStore
@@ -53,19 +95,8 @@ def _namespace(sockets: object) -> str:
     return namespace if isinstance(namespace, str) else "/"
 
 
-class _RateLimit:
-    """Lets one event through per ``interval`` seconds (thread-safe enough for logs)."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._next = 0.0
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        if now < self._next:
-            return False
-        self._next = now + self._interval
-        return True
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _log_store_failure(limit: _RateLimit, operation: str, sid: str, exc: BaseException) -> None:
@@ -84,16 +115,6 @@ def _log_store_failure(limit: _RateLimit, operation: str, sid: str, exc: BaseExc
         logger.debug("presence store failed during %s: %s", operation, exc, extra=extra)
 
 
-_BUCKETS_PER_READ = 32
-"""Node-index buckets read per round trip during a sweep."""
-
-T = TypeVar("T")
-
-
-def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 def _log_background_failure(exc: BaseException) -> None:
     logger.warning("presence background step failed; retrying later", exc_info=exc)
 
@@ -108,80 +129,26 @@ def _log_effect_failure(effect: Effect, exc: BaseException) -> None:
 
 
 class _BaseKit:
-    """What both facades share: the core, the policies, the counters."""
+    """Everything both facades do, as flows; the facades only drive them."""
 
     def __init__(
         self,
         *,
-        sockets: object,
+        sockets: Any,
         analytics: Analytics | None,
         settings: Settings | None,
         policies: Mapping[str, DisconnectPolicy] | None,
     ) -> None:
         self._core = KitCore(settings=settings, policies=policies, namespace=_namespace(sockets))
-        self._sockets_port = sockets
+        self._sockets = sockets
         self._analytics = analytics
         self._closed = False
         self._background: Any = None
-        self._failure_logs = _RateLimit(5.0)
         self._background_started = False
         self._stopping = False
+        self._failure_logs = _RateLimit(5.0)
 
-    @property
-    def _needs_background(self) -> bool:
-        if self._background_started or self._closed:
-            return False
-        self._background_started = True
-        return True
-
-    @property
-    def _tick(self) -> float:
-        s = self.settings
-        return min(s.heartbeat_interval, s.leave_poll_interval)
-
-    @property
-    def _claim_ttl_ms(self) -> int:
-        return self._core.node_timeout_ms
-
-    def _due_steps(self) -> tuple[bool, bool]:
-        """(heartbeat, reconcile) due now."""
-        now, live, s = time.monotonic(), self._core.liveness, self.settings
-        beat = now >= live.next_beat
-        if beat:
-            live.next_beat = now + s.heartbeat_interval
-        reconcile = now >= live.next_reconcile
-        if reconcile:
-            live.next_reconcile = now + s.reconcile_interval
-        return beat, reconcile
-
-    def _may_sweep(self) -> bool:
-        # Decided after this step's heartbeat: only with Redis answering continuously.
-        return self._core.liveness.may_sweep(time.monotonic(), self.settings.node_timeout)
-
-    def _local_sids(self) -> set[str] | None:
-        local_sids = getattr(self._sockets_port, "local_sids", None)
-        return set(local_sids()) if callable(local_sids) else None
-
-    def _stale_requests(self, entries: Mapping[str, str], live: set[str]) -> list[Any]:
-        core = self._core
-        requests = [
-            core.sweep_request(core.member, sid, entry, reason="stale connection")
-            for sid, entry in entries.items()
-            if sid not in live
-        ]
-        return [r for r in requests if r is not None]
-
-    @property
-    def _batch(self) -> int:
-        return self.settings.sweep_batch
-
-    def _sweep_requests(self, member: str, entries: Mapping[str, str]) -> list[Any]:
-        requests = (self._core.sweep_request(member, sid, e) for sid, e in entries.items())
-        return [r for r in requests if r is not None]
-
-    def _shutdown_offset_ms(self) -> int:
-        s = self.settings
-        return round((s.shutdown_grace - s.node_timeout) * 1000)
+    # --- public state ---------------------------------------------------------------
 
     @property
     def settings(self) -> Settings:
@@ -202,14 +169,255 @@ class _BaseKit:
         """Handle sessions of ``role`` with ``policy`` (adds a role or replaces one)."""
         self._core.policies.register(role, policy)
 
-    def _track(self, effect: Effect) -> None:
-        call = port_call(effect)
-        if self._analytics is not None:
-            getattr(self._analytics, call.method)(*call.args, **call.kwargs)
+    # --- handlers -------------------------------------------------------------------
+
+    def _connect_flow(
+        self, sid: object, session: Mapping[str, Any]
+    ) -> _Flow[ConnectOutcome | None]:
+        core = self._core
+        sid, parsed, policy, request = core.prepare_connect(sid, session)
+        self._start_background()
+        strict = self.settings.strict_connect
+        pending = PendingOperation("connect", sid, parsed, policy, request)
+        outcome: ConnectOutcome | None = None
+        failure: Exception | None = None
+        if len(core.outbox) and not strict:
+            core.queue(pending)  # Redis failed lately: keep the order, don't wait
+        else:
+            try:
+                outcome = yield _Call("store", "connect", (request,))
+            except Exception as exc:
+                failure = exc
+                core.count("store_failures")
+                _log_store_failure(self._failure_logs, "connect", sid, exc)
+                if not strict:
+                    core.queue(pending)
+        core.local_sessions[sid] = session
+        yield from self._effects_flow(core.connect_effects(sid, parsed, policy, outcome))
+        if failure is not None and strict:
+            raise StoreError("presence store failed during connect") from failure
+        return outcome
+
+    def _disconnect_flow(
+        self, sid: object, session: Mapping[str, Any], reason: object
+    ) -> _Flow[DisconnectOutcome | None]:
+        core = self._core
+        sid, parsed, policy, request = core.prepare_disconnect(sid, session, reason)
+        self._start_background()
+        core.local_sessions.pop(sid, None)
+        outcome: DisconnectOutcome | None = None
+        pending = PendingOperation("disconnect", sid, parsed, policy, request)
+        if len(core.outbox):
+            # Redis failed lately and the replay has not caught up: queue behind it,
+            # in order, instead of waiting on Redis again.
+            core.queue(pending)
+        else:
+            try:
+                outcome = yield _Call("store", "disconnect", (request,))
+            except Exception as exc:
+                core.count("store_failures")
+                _log_store_failure(self._failure_logs, "disconnect", sid, exc)
+                core.queue(pending)
+        effects = core.disconnect_effects(sid, parsed, policy, outcome, request.reason)
+        yield from self._effects_flow(effects)
+        return outcome
+
+    def _effects_flow(self, effects: Sequence[Effect]) -> _Flow[None]:
+        for effect in effects:
+            call = port_call(effect)
+            if call.port == "analytics" and self._analytics is None:
+                continue
+            try:
+                yield _Call(call.port, call.method, call.args, call.kwargs)
+            except Exception as exc:
+                self._core.count("sockets_failures")
+                _log_effect_failure(effect, exc)
+
+    # --- background steps -----------------------------------------------------------
+
+    def _replay_flow(self) -> _Flow[int]:
+        core, replayed = self._core, 0
+        while (op := core.outbox.peek()) is not None:
+            method = "connect" if isinstance(op.request, ConnectRequest) else "disconnect"
+            outcome = yield _Call("store", method, (op.request,))  # a failure stops here
+            core.outbox.pop()
+            replayed += 1
+            yield from self._effects_flow(core.replayed_effects(op, outcome))
+        return replayed
+
+    def _due_leaves_flow(self, limit: int) -> _Flow[int]:
+        core, announced = self._core, 0
+        members = yield _Call("store", "due_leaves", (core.keys.leave_queue(), limit))
+        for member in members:
+            request = core.finish_request(member)
+            if request is None:
+                continue
+            finished = yield _Call("store", "finish_leave", (request,))
+            if finished.outcome is not None:
+                announced += 1
+            yield from self._effects_flow(core.finished_leave_effects(finished))
+        return announced
+
+    def _heartbeat_flow(self) -> _Flow[bool]:
+        core, live = self._core, self._core.liveness
+        try:
+            ok = yield _Call(
+                "store", "heartbeat", (core.heartbeat_call(first=not live.registered),)
+            )
+        except Exception:
+            live.failed()
+            raise
+        live.answered(time.monotonic(), self.settings.node_timeout)
+        live.registered = True
+        if not ok:
+            yield from self._register_again_flow()
+        return bool(ok)
+
+    def _register_again_flow(self) -> _Flow[None]:
+        core = self._core
+        core.count("fenced")
+        logger.warning("this node was presumed dead and swept; registering its sockets again")
+        core.new_incarnation()
+        core.liveness.registered = False
+        yield from self._heartbeat_flow()
+        live = self._local_sids()
+        for sid, session in list(core.local_sessions.items()):
+            if live is None or sid in live:
+                yield from self._connect_flow(sid, session)
+
+    def _sweep_flow(self) -> _Flow[int]:
+        core, recovered = self._core, 0
+        keys, timeout_ms, ttl_ms = core.keys, core.node_timeout_ms, core.node_timeout_ms
+        while True:
+            member = yield _Call("store", "claim_node", (keys, timeout_ms, ttl_ms))
+            if member is None:
+                return recovered
+            for buckets in _chunks(keys.node_indexes(member), _BUCKETS_PER_READ):
+                entries = yield _Call("store", "node_connections", (buckets,))
+                requests = [core.sweep_request(member, sid, e) for sid, e in entries.items()]
+                usable = [r for r in requests if r is not None]
+                for batch in _chunks(usable, self.settings.sweep_batch):
+                    recovered += yield from self._recover_flow(batch)
+                    yield _Call("store", "renew_claim", (keys, member, ttl_ms))
+            yield _Call("store", "release_node", (keys, member))
+            logger.info("swept a lost node", extra={"presence_node": member})
+
+    def _sweep_if_safe_flow(self) -> _Flow[int]:
+        # Decided after this step's heartbeat: only with Redis answering continuously.
+        if not self._core.liveness.may_sweep(time.monotonic(), self.settings.node_timeout):
+            return 0
+        return (yield from self._sweep_flow())
+
+    def _reconcile_flow(self) -> _Flow[int]:
+        core = self._core
+        if self._local_sids() is None:
+            return 0
+        entries = yield _Call("store", "node_connections", (core.keys.node_indexes(core.member),))
+        # Read the sockets after the records: a record is written after its socket
+        # joined the server, so a record whose socket is missing now really is stale.
+        live = self._local_sids() or set()
+        requests = [
+            core.sweep_request(core.member, sid, entry, reason="stale connection")
+            for sid, entry in entries.items()
+            if sid not in live
+        ]
+        return (yield from self._recover_flow([r for r in requests if r is not None]))
+
+    def _recover_flow(self, requests: Sequence[DisconnectRequest]) -> _Flow[int]:
+        if not requests:
+            return 0
+        outcomes = yield _Call("store", "disconnect_many", (requests,))
+        recovered = 0
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if outcome.status is DisconnectStatus.REMOVED:
+                recovered += 1
+                yield from self._effects_flow(
+                    self._core.recovered_effects(outcome, request.reason)
+                )
+        self._core.count("recovered", recovered)
+        return recovered
+
+    def _background_step_flow(self) -> _Flow[None]:
+        now, live, s = time.monotonic(), self._core.liveness, self.settings
+        beat = now >= live.next_beat
+        if beat:
+            live.next_beat = now + s.heartbeat_interval
+        reconcile = now >= live.next_reconcile
+        if reconcile:
+            live.next_reconcile = now + s.reconcile_interval
+        steps: list[Callable[[], _Flow[Any]]] = [self._heartbeat_flow] if beat else []
+        if len(self._core.outbox):
+            steps.append(self._replay_flow)
+        steps.append(partial(self._due_leaves_flow, 100))
+        if beat:
+            steps.append(self._sweep_if_safe_flow)
+        if reconcile:
+            steps.append(self._reconcile_flow)
+        for step in steps:
+            try:
+                yield from step()
+            except Exception as exc:
+                _log_background_failure(exc)
+
+    def _handover_flow(self) -> _Flow[None]:
+        # Hand the connections over: they are swept after shutdown_grace, unless their
+        # clients reconnect elsewhere first.
+        core, s = self._core, self.settings
+        if not core.liveness.registered:
+            return
+        offset_ms = round((s.shutdown_grace - s.node_timeout) * 1000)
+        try:
+            yield _Call(
+                "store", "heartbeat", (core.heartbeat_call(first=False, offset_ms=offset_ms),)
+            )
+        except Exception as exc:
+            _log_background_failure(exc)
+
+    # --- queries --------------------------------------------------------------------
+
+    def _online_users_flow(
+        self, org_id: Any, role: Any, lesson_id: Any
+    ) -> _Flow[list[OnlineUser]]:
+        query = self._core.org_query(org_id, role)
+        lesson = self._core.lesson_filter(lesson_id)
+        entries = yield _Call("store", "org_connections", (query,))
+        return group_online(entries, lesson)
+
+    def _presence_flow(self, org_id: Any, user_id: Any, role: Any) -> _Flow[UserPresence]:
+        alive, conns = self._core.presence_keys(org_id, user_id, role)
+        found: UserPresence = yield _Call(
+            "store", "presence", (alive, conns, self.settings.state_field)
+        )
+        return found
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _local_sids(self) -> set[str] | None:
+        local_sids = getattr(self._sockets, "local_sids", None)
+        return set(local_sids()) if callable(local_sids) else None
+
+    def _start_background(self) -> None:
+        if self._background_started or self._closed:
+            return
+        self._background_started = True
+        self._background = self._sockets.start_background_task(self._background_loop)
+
+    def _background_loop(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def _tick(self) -> float:
+        s = self.settings
+        return min(s.heartbeat_interval, s.leave_poll_interval)
 
     def _close_analytics(self, timeout: float | None) -> None:
         if self._analytics is not None:
             self._analytics.close(timeout)
+
+    def _port(self, name: str) -> Any:
+        return self._store if name == "store" else getattr(self, f"_{name}")
+
+    _store: Any
 
 
 class PresenceKit(_BaseKit):
@@ -233,37 +441,29 @@ class PresenceKit(_BaseKit):
             sockets=sockets, analytics=analytics, settings=settings, policies=policies
         )
         self._store = store if store is not None else _default_store()
-        self._sockets = sockets
+
+    def _drive(self, flow: _Flow[T]) -> T:
+        try:
+            call = next(flow)
+            while True:
+                try:
+                    result = getattr(self._port(call.port), call.method)(*call.args, **call.kwargs)
+                except Exception as exc:
+                    call = flow.throw(exc)
+                else:
+                    call = flow.send(result)
+        except StopIteration as stop:
+            return cast(T, stop.value)
 
     def handle_connect(self, sid: str, session: Mapping[str, Any]) -> ConnectOutcome | None:
         """Record connection ``sid`` and join its rooms.
 
         Raises :class:`~presence_kit.InvalidSessionError` (a ``ValueError``) before
-        anything is written or joined. On a store failure the rooms are still joined and
-        ``None`` is returned (or :class:`~presence_kit.StoreError` raised with
-        ``Settings.strict_connect``).
+        anything is written or joined. On a store failure the rooms are still joined,
+        ``None`` is returned and the connect is queued for replay (or
+        :class:`~presence_kit.StoreError` raised with ``Settings.strict_connect``).
         """
-        sid, parsed, policy, request = self._core.prepare_connect(sid, session)
-        self._start_background()
-        outcome: ConnectOutcome | None = None
-        failure: Exception | None = None
-        pending = PendingOperation("connect", sid, parsed, policy, request)
-        if len(self._core.outbox) and not self.settings.strict_connect:
-            self._core.queue(pending)  # Redis failed lately: keep the order, don't wait
-        else:
-            try:
-                outcome = self._store.connect(request)
-            except Exception as exc:
-                failure = exc
-                self._core.count("store_failures")
-                _log_store_failure(self._failure_logs, "connect", sid, exc)
-                if not self.settings.strict_connect:
-                    self._core.queue(pending)
-        self._core.local_sessions[sid] = session
-        self._run(self._core.connect_effects(sid, parsed, policy, outcome))
-        if failure is not None and self.settings.strict_connect:
-            raise StoreError("presence store failed during connect") from failure
-        return outcome
+        return self._drive(self._connect_flow(sid, session))
 
     def handle_disconnect(
         self, sid: str, session: Mapping[str, Any], reason: str | None = None
@@ -274,24 +474,7 @@ class PresenceKit(_BaseKit):
         backend failure is logged and counted, the rooms are left, ``None`` is returned,
         and the operation is queued for the background to replay once Redis answers.
         """
-        sid, parsed, policy, request = self._core.prepare_disconnect(sid, session, reason)
-        self._start_background()
-        self._core.local_sessions.pop(sid, None)
-        outcome: DisconnectOutcome | None = None
-        pending = PendingOperation("disconnect", sid, parsed, policy, request)
-        if len(self._core.outbox):
-            # Redis failed lately and the replay has not caught up: queue behind it,
-            # in order, instead of waiting on Redis again.
-            self._core.queue(pending)
-        else:
-            try:
-                outcome = self._store.disconnect(request)
-            except Exception as exc:
-                self._core.count("store_failures")
-                _log_store_failure(self._failure_logs, "disconnect", sid, exc)
-                self._core.queue(pending)
-        self._run(self._core.disconnect_effects(sid, parsed, policy, outcome, request.reason))
-        return outcome
+        return self._drive(self._disconnect_flow(sid, session, reason))
 
     def replay_outbox(self) -> int:
         """Make the store operations that failed, in order, and announce what they grant.
@@ -300,16 +483,7 @@ class PresenceKit(_BaseKit):
         many were made. The background calls it every step; idempotent scripts make a
         replay of an operation that had in fact run harmless.
         """
-        replayed, outbox = 0, self._core.outbox
-        while (op := outbox.peek()) is not None:
-            if isinstance(op.request, ConnectRequest):
-                outcome: Any = self._store.connect(op.request)
-            else:
-                outcome = self._store.disconnect(op.request)
-            outbox.pop()
-            replayed += 1
-            self._run(self._core.replayed_effects(op, outcome))
-        return replayed
+        return self._drive(self._replay_flow())
 
     def run_due_leaves(self, limit: int = 100) -> int:
         """One step of the grace scheduler: run the held-back leaves that are due.
@@ -318,16 +492,7 @@ class PresenceKit(_BaseKit):
         call announced. The background does this every ``leave_poll_interval``; tests
         call it directly instead of sleeping.
         """
-        announced = 0
-        for member in self._store.due_leaves(self._core.keys.leave_queue(), limit):
-            request = self._core.finish_request(member)
-            if request is None:
-                continue
-            finished = self._store.finish_leave(request)
-            if finished.outcome is not None:
-                announced += 1
-            self._run(self._core.finished_leave_effects(finished))
-        return announced
+        return self._drive(self._due_leaves_flow(limit))
 
     def heartbeat(self) -> bool:
         """Stamp this node alive (the background does it every ``heartbeat_interval``).
@@ -336,29 +501,7 @@ class PresenceKit(_BaseKit):
         or lost Redis for longer than ``node_timeout``): it then takes a new incarnation
         and registers the sockets it still serves again.
         """
-        live = self._core.liveness
-        try:
-            ok = self._store.heartbeat(self._core.heartbeat_call(first=not live.registered))
-        except Exception:
-            live.failed()
-            raise
-        live.answered(time.monotonic(), self.settings.node_timeout)
-        live.registered = True
-        if not ok:
-            self._register_again()
-        return ok
-
-    def _register_again(self) -> None:
-        core = self._core
-        core.count("fenced")
-        logger.warning("this node was presumed dead and swept; registering its sockets again")
-        core.new_incarnation()
-        core.liveness.registered = False
-        self.heartbeat()
-        live = self._local_sids()
-        for sid, session in list(core.local_sessions.items()):
-            if live is None or sid in live:
-                self.handle_connect(sid, session)
+        return self._drive(self._heartbeat_flow())
 
     def sweep_dead_nodes(self) -> int:
         """Claim dead nodes and run the leave of each of their connections, exactly once.
@@ -367,69 +510,24 @@ class PresenceKit(_BaseKit):
         ``heartbeat_interval``, but only while Redis has answered this node continuously
         for longer than ``node_timeout``; a direct call (an operator's) sweeps at once.
         """
-        core, recovered = self._core, 0
-        while True:
-            member = self._store.claim_node(core.keys, core.node_timeout_ms, self._claim_ttl_ms)
-            if member is None:
-                return recovered
-            for buckets in _chunks(core.keys.node_indexes(member), _BUCKETS_PER_READ):
-                entries = self._store.node_connections(buckets)
-                for batch in _chunks(self._sweep_requests(member, entries), self._batch):
-                    recovered += self._recover(batch)
-                    self._store.renew_claim(core.keys, member, self._claim_ttl_ms)
-            self._store.release_node(core.keys, member)
-            logger.info("swept a lost node", extra={"presence_node": member})
+        return self._drive(self._sweep_flow())
 
     def reconcile(self) -> int:
         """Run the leave of this node's records that have no live socket; returns how many.
 
         Needs ``local_sids()`` on the sockets port (the python-socketio adapters have it).
         """
-        if self._local_sids() is None:
-            return 0
-        entries = self._store.node_connections(self._core.keys.node_indexes(self._core.member))
-        # Read the sockets after the records: a record is written after its socket
-        # joined the server, so a record whose socket is missing now really is stale.
-        live = self._local_sids() or set()
-        return self._recover(self._stale_requests(entries, live))
+        return self._drive(self._reconcile_flow())
 
-    def _recover(self, requests: Sequence[Any]) -> int:
-        if not requests:
-            return 0
-        recovered = 0
-        for request, outcome in zip(requests, self._store.disconnect_many(requests), strict=True):
-            if outcome.status is DisconnectStatus.REMOVED:
-                recovered += 1
-                self._run(self._core.recovered_effects(outcome, request.reason))
-        self._core.count("recovered", recovered)
-        return recovered
-
-    def _start_background(self) -> None:
-        if self._needs_background:
-            self._background = self._sockets.start_background_task(self._background_loop)
+    def run_background_step(self) -> None:
+        """One pass of the background: heartbeat, replay, due leaves, sweeps and
+        reconciling when due. Failures are logged, never raised."""
+        self._drive(self._background_step_flow())
 
     def _background_loop(self) -> None:
         while not self._stopping:
             self.run_background_step()
             self._sockets.sleep(self._tick)
-
-    def run_background_step(self) -> None:
-        """One pass of the background: heartbeat, due leaves, sweeps and reconciling
-        when due. Failures are logged, never raised."""
-        beat, reconcile = self._due_steps()
-        steps: list[Callable[[], object]] = [self.heartbeat] if beat else []
-        if len(self._core.outbox):
-            steps.append(self.replay_outbox)
-        steps.append(self.run_due_leaves)
-        if beat:
-            steps.append(lambda: self._may_sweep() and self.sweep_dead_nodes())
-        if reconcile:
-            steps.append(self.reconcile)
-        for step in steps:
-            try:
-                step()
-            except Exception as exc:
-                _log_background_failure(exc)
 
     def online_users(
         self,
@@ -442,16 +540,13 @@ class PresenceKit(_BaseKit):
 
         Reads one index; the cost is proportional to the answer.
         """
-        query = self._core.org_query(org_id, role)
-        lesson = self._core.lesson_filter(lesson_id)
-        return group_online(self._store.org_connections(query), lesson)
+        return self._drive(self._online_users_flow(org_id, role, lesson_id))
 
     def presence(
         self, org_id: Any, user_id: Any, role: str | ClientRole = ClientRole.TEACHER_APP
     ) -> UserPresence:
         """A user's state, connections, since when, and last leave reason (one round trip)."""
-        alive, conns = self._core.presence_keys(org_id, user_id, role)
-        return self._store.presence(alive, conns, self.settings.state_field)
+        return self._drive(self._presence_flow(org_id, user_id, role))
 
     def connections(
         self, org_id: Any, user_id: Any, role: str | ClientRole = ClientRole.TEACHER_APP
@@ -459,20 +554,9 @@ class PresenceKit(_BaseKit):
         """A user's live connections in ``role``."""
         return self.presence(org_id, user_id, role).connections
 
-    def _run(self, effects: Sequence[Effect]) -> None:
-        for effect in effects:
-            call = port_call(effect)
-            try:
-                if call.port == "analytics":
-                    self._track(effect)
-                else:
-                    getattr(self._sockets, call.method)(*call.args, **call.kwargs)
-            except Exception as exc:
-                self._core.count("sockets_failures")
-                _log_effect_failure(effect, exc)
-
     def close(self, timeout: float | None = 5.0) -> None:
-        """Flush analytics (waiting at most ``timeout`` s) and release the store. Idempotent."""
+        """Stop the background, hand this node's connections over, flush analytics
+        (waiting at most ``timeout`` s) and release the store. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -480,15 +564,7 @@ class PresenceKit(_BaseKit):
         join = getattr(self._background, "join", None)
         if callable(join):
             join(self._tick + 1.0)
-        if self._core.liveness.registered:
-            # Hand the connections over: they are swept after shutdown_grace, unless
-            # their clients reconnect elsewhere first.
-            try:
-                self._store.heartbeat(
-                    self._core.heartbeat_call(first=False, offset_ms=self._shutdown_offset_ms())
-                )
-            except Exception as exc:
-                _log_background_failure(exc)
+        self._drive(self._handover_flow())
         self._close_analytics(timeout)
         self._store.close()
 
@@ -555,176 +631,61 @@ class AsyncPresenceKit(_BaseKit):
             sockets=sockets, analytics=analytics, settings=settings, policies=policies
         )
         self._store = _as_async_store(store)
-        self._sockets = sockets
+
+    async def _drive(self, flow: _Flow[T]) -> T:
+        try:
+            call = next(flow)
+            while True:
+                try:
+                    result = getattr(self._port(call.port), call.method)(*call.args, **call.kwargs)
+                    if call.port != "analytics":  # analytics only enqueues: never awaited
+                        result = await result
+                except Exception as exc:
+                    call = flow.throw(exc)
+                else:
+                    call = flow.send(result)
+        except StopIteration as stop:
+            return cast(T, stop.value)
 
     async def handle_connect(self, sid: str, session: Mapping[str, Any]) -> ConnectOutcome | None:
         """Record connection ``sid`` and join its rooms (as :meth:`PresenceKit.handle_connect`)."""
-        sid, parsed, policy, request = self._core.prepare_connect(sid, session)
-        self._start_background()
-        outcome: ConnectOutcome | None = None
-        failure: Exception | None = None
-        pending = PendingOperation("connect", sid, parsed, policy, request)
-        if len(self._core.outbox) and not self.settings.strict_connect:
-            self._core.queue(pending)  # Redis failed lately: keep the order, don't wait
-        else:
-            try:
-                outcome = await self._store.connect(request)
-            except Exception as exc:
-                failure = exc
-                self._core.count("store_failures")
-                _log_store_failure(self._failure_logs, "connect", sid, exc)
-                if not self.settings.strict_connect:
-                    self._core.queue(pending)
-        self._core.local_sessions[sid] = session
-        await self._run(self._core.connect_effects(sid, parsed, policy, outcome))
-        if failure is not None and self.settings.strict_connect:
-            raise StoreError("presence store failed during connect") from failure
-        return outcome
+        return await self._drive(self._connect_flow(sid, session))
 
     async def handle_disconnect(
         self, sid: str, session: Mapping[str, Any], reason: str | None = None
     ) -> DisconnectOutcome | None:
         """Remove connection ``sid`` (see :meth:`PresenceKit.handle_disconnect`)."""
-        sid, parsed, policy, request = self._core.prepare_disconnect(sid, session, reason)
-        self._start_background()
-        self._core.local_sessions.pop(sid, None)
-        outcome: DisconnectOutcome | None = None
-        pending = PendingOperation("disconnect", sid, parsed, policy, request)
-        if len(self._core.outbox):
-            # Redis failed lately and the replay has not caught up: queue behind it,
-            # in order, instead of waiting on Redis again.
-            self._core.queue(pending)
-        else:
-            try:
-                outcome = await self._store.disconnect(request)
-            except Exception as exc:
-                self._core.count("store_failures")
-                _log_store_failure(self._failure_logs, "disconnect", sid, exc)
-                self._core.queue(pending)
-        await self._run(
-            self._core.disconnect_effects(sid, parsed, policy, outcome, request.reason)
-        )
-        return outcome
+        return await self._drive(self._disconnect_flow(sid, session, reason))
 
     async def replay_outbox(self) -> int:
         """Make the queued store operations (see :meth:`PresenceKit.replay_outbox`)."""
-        replayed, outbox = 0, self._core.outbox
-        while (op := outbox.peek()) is not None:
-            if isinstance(op.request, ConnectRequest):
-                outcome: Any = await self._store.connect(op.request)
-            else:
-                outcome = await self._store.disconnect(op.request)
-            outbox.pop()
-            replayed += 1
-            await self._run(self._core.replayed_effects(op, outcome))
-        return replayed
+        return await self._drive(self._replay_flow())
 
     async def run_due_leaves(self, limit: int = 100) -> int:
         """One step of the grace scheduler (see :meth:`PresenceKit.run_due_leaves`)."""
-        announced = 0
-        for member in await self._store.due_leaves(self._core.keys.leave_queue(), limit):
-            request = self._core.finish_request(member)
-            if request is None:
-                continue
-            finished = await self._store.finish_leave(request)
-            if finished.outcome is not None:
-                announced += 1
-            await self._run(self._core.finished_leave_effects(finished))
-        return announced
+        return await self._drive(self._due_leaves_flow(limit))
 
     async def heartbeat(self) -> bool:
         """Stamp this node alive (see :meth:`PresenceKit.heartbeat`)."""
-        live = self._core.liveness
-        try:
-            ok = await self._store.heartbeat(self._core.heartbeat_call(first=not live.registered))
-        except Exception:
-            live.failed()
-            raise
-        live.answered(time.monotonic(), self.settings.node_timeout)
-        live.registered = True
-        if not ok:
-            await self._register_again()
-        return ok
-
-    async def _register_again(self) -> None:
-        core = self._core
-        core.count("fenced")
-        logger.warning("this node was presumed dead and swept; registering its sockets again")
-        core.new_incarnation()
-        core.liveness.registered = False
-        await self.heartbeat()
-        live = self._local_sids()
-        for sid, session in list(core.local_sessions.items()):
-            if live is None or sid in live:
-                await self.handle_connect(sid, session)
+        return await self._drive(self._heartbeat_flow())
 
     async def sweep_dead_nodes(self) -> int:
         """Recover dead nodes' connections (see :meth:`PresenceKit.sweep_dead_nodes`)."""
-        core, recovered = self._core, 0
-        while True:
-            member = await self._store.claim_node(
-                core.keys, core.node_timeout_ms, self._claim_ttl_ms
-            )
-            if member is None:
-                return recovered
-            for buckets in _chunks(core.keys.node_indexes(member), _BUCKETS_PER_READ):
-                entries = await self._store.node_connections(buckets)
-                for batch in _chunks(self._sweep_requests(member, entries), self._batch):
-                    recovered += await self._recover(batch)
-                    await self._store.renew_claim(core.keys, member, self._claim_ttl_ms)
-            await self._store.release_node(core.keys, member)
-            logger.info("swept a lost node", extra={"presence_node": member})
+        return await self._drive(self._sweep_flow())
 
     async def reconcile(self) -> int:
         """Leave this node's records that have no live socket (see
         :meth:`PresenceKit.reconcile`)."""
-        if self._local_sids() is None:
-            return 0
-        indexes = self._core.keys.node_indexes(self._core.member)
-        entries = await self._store.node_connections(indexes)
-        live = self._local_sids() or set()  # after the records (see PresenceKit.reconcile)
-        return await self._recover(self._stale_requests(entries, live))
+        return await self._drive(self._reconcile_flow())
 
-    async def _recover(self, requests: Sequence[Any]) -> int:
-        if not requests:
-            return 0
-        recovered = 0
-        outcomes = await self._store.disconnect_many(requests)
-        for request, outcome in zip(requests, outcomes, strict=True):
-            if outcome.status is DisconnectStatus.REMOVED:
-                recovered += 1
-                await self._run(self._core.recovered_effects(outcome, request.reason))
-        self._core.count("recovered", recovered)
-        return recovered
-
-    def _start_background(self) -> None:
-        if self._needs_background:
-            self._background = self._sockets.start_background_task(self._background_loop)
+    async def run_background_step(self) -> None:
+        """One pass of the background (see :meth:`PresenceKit.run_background_step`)."""
+        await self._drive(self._background_step_flow())
 
     async def _background_loop(self) -> None:
         while not self._stopping:
             await self.run_background_step()
             await self._sockets.sleep(self._tick)
-
-    async def _sweep_if_safe(self) -> int:
-        return await self.sweep_dead_nodes() if self._may_sweep() else 0
-
-    async def run_background_step(self) -> None:
-        """One pass of the background (see :meth:`PresenceKit.run_background_step`)."""
-        beat, reconcile = self._due_steps()
-        steps: list[Callable[[], Awaitable[object]]] = [self.heartbeat] if beat else []
-        if len(self._core.outbox):
-            steps.append(self.replay_outbox)
-        steps.append(self.run_due_leaves)
-        if beat:
-            steps.append(self._sweep_if_safe)
-        if reconcile:
-            steps.append(self.reconcile)
-        for step in steps:
-            try:
-                await step()
-            except Exception as exc:
-                _log_background_failure(exc)
 
     async def online_users(
         self,
@@ -734,16 +695,13 @@ class AsyncPresenceKit(_BaseKit):
         lesson_id: Any = None,
     ) -> list[OnlineUser]:
         """Users with live connections (see :meth:`PresenceKit.online_users`)."""
-        query = self._core.org_query(org_id, role)
-        lesson = self._core.lesson_filter(lesson_id)
-        return group_online(await self._store.org_connections(query), lesson)
+        return await self._drive(self._online_users_flow(org_id, role, lesson_id))
 
     async def presence(
         self, org_id: Any, user_id: Any, role: str | ClientRole = ClientRole.TEACHER_APP
     ) -> UserPresence:
         """A user's presence (see :meth:`PresenceKit.presence`)."""
-        alive, conns = self._core.presence_keys(org_id, user_id, role)
-        return await self._store.presence(alive, conns, self.settings.state_field)
+        return await self._drive(self._presence_flow(org_id, user_id, role))
 
     async def connections(
         self, org_id: Any, user_id: Any, role: str | ClientRole = ClientRole.TEACHER_APP
@@ -751,20 +709,9 @@ class AsyncPresenceKit(_BaseKit):
         """A user's live connections in ``role``."""
         return (await self.presence(org_id, user_id, role)).connections
 
-    async def _run(self, effects: Sequence[Effect]) -> None:
-        for effect in effects:
-            call = port_call(effect)
-            try:
-                if call.port == "analytics":
-                    self._track(effect)
-                else:
-                    await getattr(self._sockets, call.method)(*call.args, **call.kwargs)
-            except Exception as exc:
-                self._core.count("sockets_failures")
-                _log_effect_failure(effect, exc)
-
     async def aclose(self, timeout: float | None = 5.0) -> None:
-        """Flush analytics (in a thread, at most ``timeout`` s) and release the store."""
+        """Stop the background, hand this node's connections over, flush analytics (in
+        a thread, at most ``timeout`` s) and release the store. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -774,13 +721,7 @@ class AsyncPresenceKit(_BaseKit):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._core.liveness.registered:
-            try:
-                await self._store.heartbeat(
-                    self._core.heartbeat_call(first=False, offset_ms=self._shutdown_offset_ms())
-                )
-            except Exception as exc:
-                _log_background_failure(exc)
+        await self._drive(self._handover_flow())
         await asyncio.to_thread(self._close_analytics, timeout)
         await self._store.aclose()
 
