@@ -28,7 +28,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from ._errors import StoreError
@@ -518,6 +518,9 @@ class AsyncRedisStore:
         pool: Any = getattr(self._client, "connection_pool", None)
         # Calls in flight at once: never more than the pool holds (a burst waits).
         self._slots = asyncio.Semaphore(getattr(pool, "max_connections", None) or 100)
+        self._in_flight = 0
+        self._waiting: list[tuple[Any, list[str], list[str | int], Any]] = []
+        self._batches: set[asyncio.Future[None]] = set()
         register = self._client.register_script
         self._connect, self._disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
         self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
@@ -535,7 +538,7 @@ class AsyncRedisStore:
     async def _do_connect(self, request: ConnectRequest) -> ConnectOutcome:
         keys, args = _connect_call(request, local_index=not self._cluster)
         if not self._cluster:
-            return _connect_outcome(await self._connect(keys=keys, args=args))
+            return _connect_outcome(await self._script(self._connect, keys, args))
         await self._client.hset(request.org_index_key, request.sid, request.index_entry)
         await self._client.hset(request.node_index_key, request.sid, request.node_entry)
         outcome = _connect_outcome(await self._connect(keys=keys, args=args))
@@ -553,7 +556,8 @@ class AsyncRedisStore:
 
     async def _do_disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
         keys, args = _disconnect_call(request, local_index=not self._cluster)
-        outcome = _disconnect_outcome(request.sid, await self._disconnect(keys=keys, args=args))
+        reply = await self._script(self._disconnect, keys, args)
+        outcome = _disconnect_outcome(request.sid, reply)
         if self._cluster:
             await self._client.hdel(request.node_index_key, request.sid)
             if outcome.deferred:
@@ -687,6 +691,64 @@ class AsyncRedisStore:
             await self._client.delete(*keys.node_indexes(member))
 
         await self._bounded("release_node", run())
+
+    async def _script(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
+        """Run a script; calls made while others are in flight share one pipeline.
+
+        Alone, a call goes straight to Redis. Under a burst (a disconnect storm), the
+        calls that arrive while one is in flight are sent together, as one pipelined
+        round trip of EVALSHAs, when the event loop next runs. Not on a cluster, where
+        a pipeline cannot run scripts.
+        """
+        if self._cluster or not self._in_flight:
+            self._in_flight += 1
+            try:
+                return await script(keys=keys, args=args)
+            finally:
+                self._in_flight -= 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append((script, keys, args, future))
+        if len(self._waiting) == 1:
+            asyncio.get_running_loop().call_soon(self._send_waiting)
+        return await future
+
+    def _send_waiting(self) -> None:
+        batch, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._send_batch(batch))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _send_batch(self, batch: list[tuple[Any, list[str], list[str | int], Any]]) -> None:
+        self._in_flight += 1
+        try:
+            replies = await self._pipelined(batch)
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:  # e.g. after a failover: load the scripts, send those again
+                for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
+                    await self._client.script_load(script.script)
+                again = await self._pipelined([batch[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+            for (*_call, future), reply in zip(batch, replies, strict=True):
+                if not future.done():
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+        except Exception as exc:
+            for *_call, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            self._in_flight -= 1
+
+    async def _pipelined(
+        self, batch: list[tuple[Any, list[str], list[str | int], Any]]
+    ) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for script, keys, args, _future in batch:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def _limited(self, call: Awaitable[T]) -> T:
         try:

@@ -232,3 +232,30 @@ def test_participants_are_not_held_back(make_node: Any) -> None:
     a.kit.handle_connect("p1", PARTICIPANT)
     a.kit.handle_disconnect("p1", PARTICIPANT)
     assert [e.distinct_id for e in a.analytics.events] == ["42"]
+
+
+@pytest.mark.cluster
+async def test_a_stale_cluster_index_entry_is_verified_away(redis_cluster: Any) -> None:
+    """On a cluster the org index is written in its own command: a process that dies
+    between it and the script leaves an entry with no connection. Reads drop it and
+    delete it (sync and asyncio stores)."""
+    from presence_kit import AsyncPresenceKit
+    from presence_kit.redis import AsyncRedisStore
+    from presence_kit.testing import AsyncRecordingSockets
+
+    redis_cluster.flush()
+    sync_kit = PresenceKit(store=RedisStore(redis_cluster.client()), sockets=RecordingSockets())
+    sync_kit.handle_connect("live", TEACHER)
+    index = "presence:{presence:org:1}:online:TeacherAPP"
+    raw = redis_cluster.client()
+    raw.hset(index, "ghost-1", "[8,5]")
+    assert [u.user_id for u in sync_kit.online_users(1)] == [7]
+    assert raw.hexists(index, "ghost-1") == 0
+    raw.hset(index, "ghost-2", '["t-9",5]')
+    client = redis_cluster.async_client()
+    async_kit = AsyncPresenceKit(store=AsyncRedisStore(client), sockets=AsyncRecordingSockets())
+    assert [u.user_id for u in await async_kit.online_users(1)] == [7]
+    assert raw.hexists(index, "ghost-2") == 0
+    await async_kit.aclose()
+    await client.aclose()
+    sync_kit.close()

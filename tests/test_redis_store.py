@@ -4,6 +4,7 @@ that the integrator's client is left as it was."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -156,4 +157,38 @@ async def test_a_burst_beyond_the_pool_waits_for_a_connection(redis_server: Redi
     await asyncio.gather(*(one(n) for n in range(300)))
     assert (kit.stats.store_failures, kit.stats.announced_offline) == (0, 300)
     await kit.aclose()
+    await client.aclose()
+
+
+async def test_concurrent_calls_share_a_pipeline_and_survive_noscript(
+    redis_server: RedisServer,
+) -> None:
+    """Calls made while another is in flight go out together as one pipeline; when the
+    script cache was emptied (a failover), the batch loads the scripts and resends."""
+    import asyncio
+
+    client = redis_server.async_client()
+    store = AsyncRedisStore(client)
+    sessions = [{**TEACHER, "user_id": n} for n in range(50)]
+    connects = [CORE.prepare_connect(f"s{n}", s)[3] for n, s in enumerate(sessions)]
+    outcomes = await asyncio.gather(*(store.connect(r) for r in connects))
+    assert all(o.first for o in outcomes)
+    redis_server.client().script_flush()
+    batches: list[int] = []
+    send = store._pipelined  # type: ignore[attr-defined]
+
+    async def spy(batch: list[Any]) -> list[Any]:
+        batches.append(len(batch))
+        return await send(batch)  # type: ignore[no-any-return]
+
+    store._pipelined = spy  # type: ignore[attr-defined]
+    disconnects = [
+        CORE.prepare_disconnect(f"s{n}", s, "transport close")[3] for n, s in enumerate(sessions)
+    ]
+    outcomes = await asyncio.gather(*(store.disconnect(r) for r in disconnects))
+    assert all(o.last for o in outcomes)
+    assert max(batches) > 1  # they shared round trips
+    # The first batch met NOSCRIPT and was sent again after loading the scripts.
+    assert sum(batches) > 49
+    await store.aclose()
     await client.aclose()
