@@ -69,6 +69,7 @@ def _lua(name: str) -> str:
 _CONNECT_LUA, _DISCONNECT_LUA = _lua("connect"), _lua("disconnect")
 _FINISH_LUA, _DUE_LUA = _lua("finish_leave"), _lua("due_leaves")
 _HEARTBEAT_LUA, _CLAIM_LUA = _lua("heartbeat"), _lua("claim_node")
+_RENEW_LUA = _lua("renew_claim")
 T = TypeVar("T")
 _timeout_block: Any = getattr(asyncio, "timeout", None)  # asyncio.timeout: Python 3.11+
 
@@ -234,8 +235,13 @@ def _heartbeat_ok(reply: Sequence[Any]) -> bool:
     return _text(reply[0]) == "ok"
 
 
-def _renew(zadd: Any, keys: KeySchema, member: str, ttl_ms: int, now_ms: int) -> None:
-    zadd(keys.claimed_nodes(), {member: now_ms + ttl_ms}, xx=True)
+def _release_commands(pipe: Any, keys: KeySchema, member: str) -> Any:
+    """Queue the commands that forget a swept node incarnation (one round trip)."""
+    pipe.zrem(keys.claimed_nodes(), member)
+    pipe.zrem(keys.live_nodes(), member)
+    pipe.hdel(keys.node_info(), member)
+    pipe.delete(*keys.node_indexes(member))  # one hash tag: one slot, one command
+    return pipe
 
 
 def _node_infos(
@@ -344,6 +350,7 @@ class RedisStore:
         self._connect, self._disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
         self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
         self._heartbeat, self._claim = register(_HEARTBEAT_LUA), register(_CLAIM_LUA)
+        self._renew = register(_RENEW_LUA)
 
     @property
     def client(self) -> SyncClient:
@@ -469,15 +476,12 @@ class RedisStore:
     def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
         """Extend this sweeper's claim on ``member`` (between batches)."""
         with _store_errors("renew_claim"):
-            _renew(self._client.zadd, keys, member, claim_ttl_ms, self._now_ms())
+            self._renew(keys=[keys.claimed_nodes()], args=[member, claim_ttl_ms])
 
     def release_node(self, keys: KeySchema, member: str) -> None:
         """Forget a swept node incarnation (its index must be empty)."""
         with _store_errors("release_node"):
-            self._client.zrem(keys.claimed_nodes(), member)
-            self._client.zrem(keys.live_nodes(), member)
-            self._client.hdel(keys.node_info(), member)
-            self._client.delete(*keys.node_indexes(member))  # one slot: one command
+            _release_commands(self._client.pipeline(transaction=False), keys, member).execute()
 
     def nodes(self, keys: KeySchema) -> list[NodeInfo]:
         """Every registered node incarnation, for operators."""
@@ -494,10 +498,6 @@ class RedisStore:
                     pipe.hlen(index)
                 counts[member] = sum(int(n) for n in pipe.execute())
             return _node_infos(live, info, counts)
-
-    def _now_ms(self) -> int:
-        seconds, micros = self._client.time()
-        return int(seconds) * 1000 + int(micros) // 1000
 
     def close(self) -> None:
         """Close the store's own connection pool (never the integrator's client)."""
@@ -525,6 +525,7 @@ class AsyncRedisStore:
         self._connect, self._disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
         self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
         self._heartbeat, self._claim = register(_HEARTBEAT_LUA), register(_CLAIM_LUA)
+        self._renew = register(_RENEW_LUA)
 
     @property
     def client(self) -> AsyncClient:
@@ -674,23 +675,14 @@ class AsyncRedisStore:
     async def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
         """Extend this sweeper's claim on ``member`` (between batches)."""
 
-        async def run() -> None:
-            seconds, micros = await self._client.time()
-            now_ms = int(seconds) * 1000 + int(micros) // 1000
-            await self._client.zadd(keys.claimed_nodes(), {member: now_ms + claim_ttl_ms}, xx=True)
-
-        await self._bounded("renew_claim", run())
+        renewal = self._renew(keys=[keys.claimed_nodes()], args=[member, claim_ttl_ms])
+        await self._bounded("renew_claim", renewal)
 
     async def release_node(self, keys: KeySchema, member: str) -> None:
         """Forget a swept node incarnation (its index must be empty)."""
 
-        async def run() -> None:
-            await self._client.zrem(keys.claimed_nodes(), member)
-            await self._client.zrem(keys.live_nodes(), member)
-            await self._client.hdel(keys.node_info(), member)
-            await self._client.delete(*keys.node_indexes(member))
-
-        await self._bounded("release_node", run())
+        pipe = _release_commands(self._client.pipeline(transaction=False), keys, member)
+        await self._bounded("release_node", pipe.execute())
 
     async def _script(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
         """Run a script; calls made while others are in flight share one pipeline.
