@@ -192,3 +192,95 @@ async def test_concurrent_calls_share_a_pipeline_and_survive_noscript(
     assert sum(batches) > 49
     await store.aclose()
     await client.aclose()
+
+
+async def _coalesced(store: AsyncRedisStore, calls: list[Any]) -> list[Any]:
+    """Run ``calls`` (coroutines) while another call is in flight, so they are batched."""
+    import asyncio
+
+    first = asyncio.ensure_future(store.connect(connect_request("warm")))
+    await asyncio.sleep(0)  # the first call is in flight: the rest wait for one batch
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    await first
+    return results
+
+
+async def test_a_failing_call_in_a_batch_fails_alone(redis_server: RedisServer) -> None:
+    """A batched EVALSHA runs every call; one that Redis rejects fails by itself."""
+    client = redis_server.async_client()
+    store = AsyncRedisStore(client)
+    sessions = [{**TEACHER, "user_id": n} for n in range(10, 20)]
+    for n, session in enumerate(sessions):
+        await store.connect(CORE.prepare_connect(f"s{n}", session)[3])
+    redis_server.client().delete("alive:org_1_user_13")
+    redis_server.client().set("alive:org_1_user_13", "not a hash")  # WRONGTYPE for its call
+    requests = [
+        CORE.prepare_disconnect(f"s{n}", s, "transport close")[3] for n, s in enumerate(sessions)
+    ]
+    results = await _coalesced(store, [store.disconnect(r) for r in requests])
+    failed = [n for n, r in enumerate(results) if isinstance(r, Exception)]
+    assert failed == [3]
+    assert isinstance(results[3], StoreError) and "WRONGTYPE" in str(results[3])
+    assert all(r.last for n, r in enumerate(results) if n != 3)
+    assert redis_server.client().get("alive:org_1_user_13") == b"not a hash"
+    await store.aclose()
+    await client.aclose()
+
+
+async def test_a_batch_keeps_the_order_of_its_calls(redis_server: RedisServer) -> None:
+    """A connect and the disconnect of the same sid, batched together, run in order."""
+    client = redis_server.async_client()
+    store = AsyncRedisStore(client)
+    session = {**TEACHER, "user_id": 42}
+    connect = CORE.prepare_connect("s42", session)[3]
+    disconnect = CORE.prepare_disconnect("s42", session, "transport close")[3]
+    connected, left = await _coalesced(
+        store, [store.connect(connect), store.disconnect(disconnect)]
+    )
+    assert connected.first and left.last
+    assert redis_server.client().hget("alive:org_1_user_42", "state") == b"disconnect"
+    await store.aclose()
+    await client.aclose()
+
+
+def test_disconnect_many_sends_batched_scripts(redis_server: RedisServer) -> None:
+    """A sweep's disconnects go as one EVALSHA per 50 calls; a rejected call fails it."""
+    store = RedisStore(redis_server.client())
+    admin = redis_server.client()
+    sessions = [{**TEACHER, "user_id": n} for n in range(100, 220)]
+    for n, session in enumerate(sessions):
+        store.connect(CORE.prepare_connect(f"s{n}", session)[3])
+    requests = [
+        CORE.prepare_disconnect(f"s{n}", s, "transport close")[3] for n, s in enumerate(sessions)
+    ]
+    admin.config_resetstat()
+    outcomes = store.disconnect_many(requests)
+    assert [o.last for o in outcomes] == [True] * 120
+    assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == 3  # 50 + 50 + 20
+    admin.set("alive:org_1_user_999", "not a hash")
+    poisoned = CORE.prepare_disconnect("s999", {**TEACHER, "user_id": 999}, "transport close")[3]
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        store.disconnect_many([poisoned])
+
+
+async def test_the_async_store_packs_commands_with_hiredis(redis_server: RedisServer) -> None:
+    """redis-py's asyncio connections pack in Python; the store's own pool uses hiredis's
+    packer (as redis-py's blocking connections do), with the same bytes on the wire."""
+    client = redis_server.async_client()
+    store = AsyncRedisStore(client)
+    connection_class = store.client.connection_pool.connection_class
+    assert connection_class is not redis.asyncio.Connection
+    assert issubclass(connection_class, redis.asyncio.Connection)
+    args = ("EVALSHA", "f" * 40, 2, "k1", "k2", "é sid", 3600, b"\x00raw")
+    ours = b"".join(connection_class().pack_command(*args))
+    assert ours == b"".join(redis.asyncio.Connection().pack_command(*args))
+    assert b"".join(connection_class().pack_command("SCRIPT LOAD", "return 1")) == b"".join(
+        redis.asyncio.Connection().pack_command("SCRIPT LOAD", "return 1")
+    )
+    await store.aclose()
+    latin = redis_server.async_client(encoding="latin-1")
+    assert (
+        AsyncRedisStore(latin).client.connection_pool.connection_class is redis.asyncio.Connection
+    )
+    await client.aclose()
+    await latin.aclose()
