@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
+from ._effects import Effect, Emit, Track
 from ._errors import InvalidSessionError
 from ._model import (
     ConnectionRecord,
@@ -60,7 +60,7 @@ from ._session import (
 )
 from ._settings import Settings
 
-__all__ = ["KitCore", "KitStats", "NodeLiveness", "Outbox", "PendingOperation", "PortCall"]
+__all__ = ["KitCore", "KitStats", "NodeLiveness", "Outbox", "PendingOperation"]
 
 logger = logging.getLogger("presence_kit")
 
@@ -105,29 +105,6 @@ class KitStats:
     """Queued operations made once the store answered again."""
     outbox_dropped: int = 0
     """Queued operations forced out by the outbox's bound (left to reconcile/sweep)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PortCall:
-    """An effect translated to a port method: ``port.method(*args, **kwargs)``."""
-
-    port: str  # "sockets" or "analytics"
-    method: str
-    args: tuple[Any, ...]
-    kwargs: Mapping[str, Any]
-
-
-def port_call(effect: Effect) -> PortCall:
-    """Which port method runs ``effect``."""
-    if isinstance(effect, JoinRoom):
-        return PortCall("sockets", "enter_room", (effect.sid, effect.room), {})
-    if isinstance(effect, LeaveRoom):
-        return PortCall("sockets", "leave_room", (effect.sid, effect.room), {})
-    if isinstance(effect, Emit):
-        return PortCall("sockets", "emit", (effect.event, effect.data), {"to": effect.to})
-    if isinstance(effect, Track):
-        return PortCall("analytics", "track", (effect,), {})
-    raise TypeError(f"not an effect: {effect!r}")
 
 
 class KitCore:
@@ -458,11 +435,13 @@ class KitCore:
         return None if lesson_id is None else self.validated_id("lesson_id", lesson_id)
 
     def _parse(self, raw_session: object, *, connect: bool) -> tuple[Session, DisconnectPolicy]:
-        policy = self.policies.for_role(read_role(raw_session))
+        role = read_role(raw_session)
+        policy = self.policies.for_role(role)
         session = parse_session(
             raw_session,
             id_pattern=self._id_pattern,
             required=policy.connect_requires if connect else frozenset(),
+            role=role,
         )
         return session, policy
 

@@ -22,13 +22,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar, cast
 
-from ._core import KitCore, KitStats, PendingOperation, group_online, port_call
-from ._effects import Effect
+from ._core import KitCore, KitStats, PendingOperation, group_online
+from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
 from ._errors import StoreError
 from ._model import (
     ConnectionRecord,
@@ -51,18 +50,26 @@ logger = logging.getLogger("presence_kit")
 
 T = TypeVar("T")
 
+_NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
+
 _BUCKETS_PER_READ = 32
 """Node-index buckets read per round trip during a sweep."""
 
 
-@dataclass(frozen=True, slots=True)
 class _Call:
-    """One I/O a flow needs: ``<port>.<method>(*args, **kwargs)``."""
+    """One I/O a flow needs: ``fn(*args, **kwargs)``, a method of a port (the store, the
+    sockets, analytics). ``awaited`` is false for analytics, which only enqueues."""
 
-    port: str  # "store", "sockets" or "analytics"
-    method: str
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    __slots__ = ("args", "awaited", "fn", "kwargs")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] = _NO_KWARGS,
+        awaited: bool = True,
+    ) -> None:
+        self.fn, self.args, self.kwargs, self.awaited = fn, args, kwargs, awaited
 
 
 _Flow = Generator[_Call, Any, T]
@@ -185,7 +192,7 @@ class _BaseKit:
             core.queue(pending)  # Redis failed lately: keep the order, don't wait
         else:
             try:
-                outcome = yield _Call("store", "connect", (request,))
+                outcome = yield _Call(self._store.connect, (request,))
             except Exception as exc:
                 failure = exc
                 core.count("store_failures")
@@ -213,7 +220,7 @@ class _BaseKit:
             core.queue(pending)
         else:
             try:
-                outcome = yield _Call("store", "disconnect", (request,))
+                outcome = yield _Call(self._store.disconnect, (request,))
             except Exception as exc:
                 core.count("store_failures")
                 _log_store_failure(self._failure_logs, "disconnect", sid, exc)
@@ -224,22 +231,37 @@ class _BaseKit:
 
     def _effects_flow(self, effects: Sequence[Effect]) -> _Flow[None]:
         for effect in effects:
-            call = port_call(effect)
-            if call.port == "analytics" and self._analytics is None:
+            call = self._effect_call(effect)
+            if call is None:
                 continue
             try:
-                yield _Call(call.port, call.method, call.args, call.kwargs)
+                yield call
             except Exception as exc:
                 self._core.count("sockets_failures")
                 _log_effect_failure(effect, exc)
+
+    def _effect_call(self, effect: Effect) -> _Call | None:
+        """The port call that runs ``effect`` (``None``: tracking with no analytics)."""
+        sockets = self._sockets
+        if isinstance(effect, Emit):
+            return _Call(sockets.emit, (effect.event, effect.data), {"to": effect.to})
+        if isinstance(effect, LeaveRoom):
+            return _Call(sockets.leave_room, (effect.sid, effect.room))
+        if isinstance(effect, JoinRoom):
+            return _Call(sockets.enter_room, (effect.sid, effect.room))
+        if isinstance(effect, Track):
+            analytics = self._analytics
+            return None if analytics is None else _Call(analytics.track, (effect,), awaited=False)
+        raise TypeError(f"not an effect: {effect!r}")
 
     # --- background steps -----------------------------------------------------------
 
     def _replay_flow(self) -> _Flow[int]:
         core, replayed = self._core, 0
         while (op := core.outbox.peek()) is not None:
-            method = "connect" if isinstance(op.request, ConnectRequest) else "disconnect"
-            outcome = yield _Call("store", method, (op.request,))  # a failure stops here
+            store = self._store
+            method = store.connect if isinstance(op.request, ConnectRequest) else store.disconnect
+            outcome = yield _Call(method, (op.request,))  # a failure stops here
             core.outbox.pop()
             replayed += 1
             yield from self._effects_flow(core.replayed_effects(op, outcome))
@@ -247,12 +269,12 @@ class _BaseKit:
 
     def _due_leaves_flow(self, limit: int) -> _Flow[int]:
         core, announced = self._core, 0
-        members = yield _Call("store", "due_leaves", (core.keys.leave_queue(), limit))
+        members = yield _Call(self._store.due_leaves, (core.keys.leave_queue(), limit))
         for member in members:
             request = core.finish_request(member)
             if request is None:
                 continue
-            finished = yield _Call("store", "finish_leave", (request,))
+            finished = yield _Call(self._store.finish_leave, (request,))
             if finished.outcome is not None:
                 announced += 1
             yield from self._effects_flow(core.finished_leave_effects(finished))
@@ -262,7 +284,7 @@ class _BaseKit:
         core, live = self._core, self._core.liveness
         try:
             ok = yield _Call(
-                "store", "heartbeat", (core.heartbeat_call(first=not live.registered),)
+                self._store.heartbeat, (core.heartbeat_call(first=not live.registered),)
             )
         except Exception:
             live.failed()
@@ -289,17 +311,17 @@ class _BaseKit:
         core, recovered = self._core, 0
         keys, timeout_ms, ttl_ms = core.keys, core.node_timeout_ms, core.node_timeout_ms
         while True:
-            member = yield _Call("store", "claim_node", (keys, timeout_ms, ttl_ms))
+            member = yield _Call(self._store.claim_node, (keys, timeout_ms, ttl_ms))
             if member is None:
                 return recovered
             for buckets in _chunks(keys.node_indexes(member), _BUCKETS_PER_READ):
-                entries = yield _Call("store", "node_connections", (buckets,))
+                entries = yield _Call(self._store.node_connections, (buckets,))
                 requests = [core.sweep_request(member, sid, e) for sid, e in entries.items()]
                 usable = [r for r in requests if r is not None]
                 for batch in _chunks(usable, self.settings.sweep_batch):
                     recovered += yield from self._recover_flow(batch)
-                    yield _Call("store", "renew_claim", (keys, member, ttl_ms))
-            yield _Call("store", "release_node", (keys, member))
+                    yield _Call(self._store.renew_claim, (keys, member, ttl_ms))
+            yield _Call(self._store.release_node, (keys, member))
             logger.info("swept a lost node", extra={"presence_node": member})
 
     def _sweep_if_safe_flow(self) -> _Flow[int]:
@@ -312,7 +334,7 @@ class _BaseKit:
         core = self._core
         if self._local_sids() is None:
             return 0
-        entries = yield _Call("store", "node_connections", (core.keys.node_indexes(core.member),))
+        entries = yield _Call(self._store.node_connections, (core.keys.node_indexes(core.member),))
         # Read the sockets after the records: a record is written after its socket
         # joined the server, so a record whose socket is missing now really is stale.
         live = self._local_sids() or set()
@@ -326,7 +348,7 @@ class _BaseKit:
     def _recover_flow(self, requests: Sequence[DisconnectRequest]) -> _Flow[int]:
         if not requests:
             return 0
-        outcomes = yield _Call("store", "disconnect_many", (requests,))
+        outcomes = yield _Call(self._store.disconnect_many, (requests,))
         recovered = 0
         for request, outcome in zip(requests, outcomes, strict=True):
             if outcome.status is DisconnectStatus.REMOVED:
@@ -368,7 +390,7 @@ class _BaseKit:
         offset_ms = round((s.shutdown_grace - s.node_timeout) * 1000)
         try:
             yield _Call(
-                "store", "heartbeat", (core.heartbeat_call(first=False, offset_ms=offset_ms),)
+                self._store.heartbeat, (core.heartbeat_call(first=False, offset_ms=offset_ms),)
             )
         except Exception as exc:
             _log_background_failure(exc)
@@ -380,13 +402,13 @@ class _BaseKit:
     ) -> _Flow[list[OnlineUser]]:
         query = self._core.org_query(org_id, role)
         lesson = self._core.lesson_filter(lesson_id)
-        entries = yield _Call("store", "org_connections", (query,))
+        entries = yield _Call(self._store.org_connections, (query,))
         return group_online(entries, lesson)
 
     def _presence_flow(self, org_id: Any, user_id: Any, role: Any) -> _Flow[UserPresence]:
         alive, conns = self._core.presence_keys(org_id, user_id, role)
         found: UserPresence = yield _Call(
-            "store", "presence", (alive, conns, self.settings.state_field)
+            self._store.presence, (alive, conns, self.settings.state_field)
         )
         return found
 
@@ -413,9 +435,6 @@ class _BaseKit:
     def _close_analytics(self, timeout: float | None) -> None:
         if self._analytics is not None:
             self._analytics.close(timeout)
-
-    def _port(self, name: str) -> Any:
-        return self._store if name == "store" else getattr(self, f"_{name}")
 
     _store: Any
 
@@ -447,7 +466,7 @@ class PresenceKit(_BaseKit):
             call = next(flow)
             while True:
                 try:
-                    result = getattr(self._port(call.port), call.method)(*call.args, **call.kwargs)
+                    result = call.fn(*call.args, **call.kwargs)
                 except Exception as exc:
                     call = flow.throw(exc)
                 else:
@@ -637,8 +656,8 @@ class AsyncPresenceKit(_BaseKit):
             call = next(flow)
             while True:
                 try:
-                    result = getattr(self._port(call.port), call.method)(*call.args, **call.kwargs)
-                    if call.port != "analytics":  # analytics only enqueues: never awaited
+                    result = call.fn(*call.args, **call.kwargs)
+                    if call.awaited:
                         result = await result
                 except Exception as exc:
                     call = flow.throw(exc)

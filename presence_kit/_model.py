@@ -11,6 +11,7 @@ import json
 import zlib
 from dataclasses import dataclass
 from enum import Enum
+from json.encoder import encode_basestring_ascii as _json_str
 
 from ._errors import StoreError
 from ._session import Id, Session
@@ -147,6 +148,21 @@ def node_bucket(sid: str) -> int:
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 """Compact JSON, with one shared encoder (``json.dumps`` with options builds one per call)."""
 
+
+def _id_list(*values: object) -> str:
+    """``_compact(list(values))`` for ids and role names, without the encoder's overhead
+    (these are built on every connect and disconnect): the same text, byte for byte."""
+    parts = []
+    for value in values:
+        if type(value) is str:
+            parts.append(_json_str(value))
+        elif type(value) is int:
+            parts.append(int.__repr__(value))
+        else:  # an int or str subclass (an IntEnum, say), None: as json would write it
+            parts.append(_compact(value))
+    return "[" + ",".join(parts) + "]"
+
+
 RECORD_FIELD = "c:"
 """Prefix of the hash fields that hold connection records (``c:<sid>``)."""
 
@@ -159,7 +175,7 @@ def records_of(fields: dict[str, str]) -> dict[str, str]:
 
 def node_entry(org_id: Id, user_id: Id, role: str) -> str:
     """The node index value of a connection: enough to rebuild its keys."""
-    return _compact([org_id, user_id, role])
+    return _id_list(org_id, user_id, role)
 
 
 def parse_node_entry(text: str | bytes) -> tuple[Id, Id, str]:
@@ -170,7 +186,7 @@ def parse_node_entry(text: str | bytes) -> tuple[Id, Id, str]:
 
 def index_entry(user_id: Id, lesson_id: Id) -> str:
     """The org index value of a connection."""
-    return _compact([user_id, lesson_id])
+    return _id_list(user_id, lesson_id)
 
 
 def parse_index_entry(text: str | bytes) -> tuple[Id, Id]:
@@ -181,7 +197,7 @@ def parse_index_entry(text: str | bytes) -> tuple[Id, Id]:
 
 def queue_member(org_id: Id, user_id: Id, role: str) -> str:
     """The leave-queue member of a (user, role): enough to rebuild every key."""
-    return _compact([org_id, user_id, role])
+    return _id_list(org_id, user_id, role)
 
 
 def parse_queue_member(text: str | bytes) -> tuple[Id, Id, str]:
@@ -220,7 +236,7 @@ class ConnectionRecord:
             fields.append(s.room_id)
         if self.namespace != "/":
             fields.append(self.namespace)
-        return _compact(fields)
+        return _id_list(*fields)
 
     @classmethod
     def from_json(cls, sid: str, text: str | bytes) -> ConnectionRecord:

@@ -81,6 +81,16 @@ def validate_role(role: object) -> str:
 
 def validate_id(field: str, value: object, pattern: re.Pattern[str]) -> Id:
     """Return ``value`` if it is a valid id (int or str matching ``pattern``), else raise."""
+    # The common cases first: this runs three times per event.
+    if type(value) is int:
+        if 0 <= value < _MAX_INT and pattern.fullmatch(int.__repr__(value)):
+            return value
+    elif type(value) is str and not _FORBIDDEN.search(value) and pattern.fullmatch(value):
+        return value
+    return _checked_id(field, value, pattern)
+
+
+def _checked_id(field: str, value: object, pattern: re.Pattern[str]) -> Id:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InvalidSessionError(field, f"must be an int or a str, got {type(value).__name__}")
     if isinstance(value, int):
@@ -123,22 +133,24 @@ def parse_session(
     *,
     id_pattern: re.Pattern[str],
     required: frozenset[str] = frozenset(),
+    role: str | None = None,
 ) -> Session:
     """Validate a session mapping into a :class:`Session`.
 
-    ``required`` names optional fields (``room_id``) that the role needs here.
-    Extra keys are ignored.
+    ``required`` names optional fields (``room_id``) that the role needs here;
+    ``role`` is the mapping's role when the caller has already read it
+    (:func:`read_role`). Extra keys are ignored.
     """
     mapping = _check_mapping(raw)
-
-    def get(field: str) -> object:
-        return _read(mapping, field)
-
-    room_id = validate_id("room_id", get("room_id"), id_pattern) if "room_id" in required else None
+    room_id = (
+        validate_id("room_id", _read(mapping, "room_id"), id_pattern)
+        if "room_id" in required
+        else None
+    )
     return Session(
-        role=validate_role(get("role")),
-        org_id=validate_id("org_id", get("org_id"), id_pattern),
-        user_id=validate_id("user_id", get("user_id"), id_pattern),
-        lesson_id=validate_id("lesson_id", get("lesson_id"), id_pattern),
+        role=read_role(mapping) if role is None else role,
+        org_id=validate_id("org_id", _read(mapping, "org_id"), id_pattern),
+        user_id=validate_id("user_id", _read(mapping, "user_id"), id_pattern),
+        lesson_id=validate_id("lesson_id", _read(mapping, "lesson_id"), id_pattern),
         room_id=room_id,
     )
