@@ -8,12 +8,13 @@ Design
     *Why a thread.* ``mixpanel.Consumer`` sends each call as a blocking HTTP request
     (with no timeout by default), which a Socket.IO handler or an event loop must never
     wait for. :meth:`MixpanelAnalytics.track` therefore only builds and serialises the
-    event message, then puts it on a bounded in-memory queue; one daemon thread
-    (``presence-kit-mixpanel``) owns all I/O: it batches up to ``batch_size`` events
+    event message, then puts it on a bounded in-memory queue; ``senders`` daemon threads
+    (``presence-kit-mixpanel``) own all I/O: each batches up to ``batch_size`` events
     (waiting at most ``flush_interval`` after the first one), posts each batch as one
     JSON array to the ``events`` endpoint and retries transient failures with
-    exponential backoff. The thread works the same under the blocking and the asyncio
-    facade.
+    exponential backoff. Several senders keep a slow endpoint from capping delivery (one
+    sender against a 500 ms endpoint posts at most 100 events/s; four, 400). The
+    threads work the same under the blocking and the asyncio facade.
 
     *Drop policy.* The queue holds at most ``queue_size`` events. When it is full the
     *new* event is dropped (the queued, older ones are kept), counted in
@@ -27,9 +28,10 @@ Design
     batch is sent with the very same bytes; Mixpanel drops events whose ``$insert_id``
     it has already seen, so a retry after a lost response does not double-count.
 
-    *Delivery.* The adapter builds its own ``mixpanel.Consumer`` aimed at the client's
-    events URL (and TLS setting), with a request timeout and no urllib3 retries (it
-    retries itself). A custom consumer of another type is used as-is. See
+    *Delivery.* The adapter builds its own ``mixpanel.Consumer`` per sender thread,
+    aimed at the client's events URL (and TLS setting), with a request timeout and no
+    urllib3 retries (it retries itself). A custom consumer of another type is used
+    as-is, by one sender at a time (its thread safety is unknown). See
     ``_delivery_for`` for the (private) parts of the client this reads.
 
 Retries (see ``_classify``)
@@ -63,6 +65,7 @@ logger = logging.getLogger("presence_kit.mixpanel")
 
 _THREAD_NAME = "presence-kit-mixpanel"
 _MAX_BATCH = 50  # Mixpanel's /track accepts at most 50 events per request.
+_MAX_SENDERS = 32
 _IDLE_POLL = 1.0  # the idle worker re-checks for close() this often (a backstop).
 _DROP_LOG_INTERVAL = 10.0  # at most one warning per reason per this many seconds.
 _MAX_CAUSE_DEPTH = 5
@@ -128,22 +131,29 @@ def _delivery_for(
     endpoints = getattr(inner, "_endpoints", None)
     events_url = endpoints.get("events") if isinstance(endpoints, dict) else None
     if isinstance(inner, mixpanel.Consumer) and isinstance(events_url, str):
-        own = mixpanel.Consumer(
-            events_url=events_url,
-            request_timeout=request_timeout,
-            retry_limit=0,
-            verify_cert=getattr(inner, "_verify_cert", True),
-        )
-        session = getattr(own, "_session", None)
-        hooks = getattr(session, "hooks", None)
-        if isinstance(hooks, dict) and isinstance(hooks.get("response"), list):
+        verify_cert = getattr(inner, "_verify_cert", True)
 
-            def record_status(response: Any, *args: Any, **kwargs: Any) -> None:
-                on_status(response.status_code)
+        def record_status(response: Any, *args: Any, **kwargs: Any) -> None:
+            on_status(response.status_code)
 
-            hooks["response"].append(record_status)
+        def build() -> mixpanel.Consumer:
+            own = mixpanel.Consumer(
+                events_url=events_url,
+                request_timeout=request_timeout,
+                retry_limit=0,
+                verify_cert=verify_cert,
+            )
+            hooks = getattr(getattr(own, "_session", None), "hooks", None)
+            if isinstance(hooks, dict) and isinstance(hooks.get("response"), list):
+                hooks["response"].append(record_status)
+            return own
+
+        consumers = threading.local()  # one Consumer (one HTTP session) per sender thread
 
         def send_own(messages: Sequence[str]) -> None:
+            own = getattr(consumers, "consumer", None)
+            if own is None:
+                own = consumers.consumer = build()
             own.send("events", _json_array(messages))
 
         return _Delivery(token, serializer, send_own, "own-consumer")
@@ -155,8 +165,11 @@ def _delivery_for(
     if not callable(getattr(inner, "send", None)):
         raise InvalidInputError("client", "the Mixpanel client's BufferedConsumer has no consumer")
 
+    one_at_a_time = threading.Lock()
+
     def send_custom(messages: Sequence[str]) -> None:
-        inner.send("events", _json_array(messages))
+        with one_at_a_time:
+            inner.send("events", _json_array(messages))
 
     return _Delivery(token, serializer, send_custom, "client-consumer")
 
@@ -245,7 +258,8 @@ class MixpanelAnalytics:
     other than URL and ``verify_cert`` are not). ``queue_size`` bounds the memory:
     when the queue is full, new events are dropped (drop-newest) and counted.
     ``batch_size`` (at most 50) events are posted per request, waiting at most
-    ``flush_interval`` seconds to fill a batch. Each request times out after
+    ``flush_interval`` seconds to fill a batch, by up to ``senders`` threads at once
+    (started with the first event). Each request times out after
     ``request_timeout`` seconds; a transient failure is retried up to ``max_retries``
     times after ``backoff * 2**n`` seconds (at most ``max_backoff``).
 
@@ -263,8 +277,10 @@ class MixpanelAnalytics:
         max_retries: int = 5,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
+        senders: int = 4,
     ) -> None:
         _check_int("queue_size", queue_size, 1, None)
+        _check_int("senders", senders, 1, _MAX_SENDERS)
         _check_int("batch_size", batch_size, 1, _MAX_BATCH)
         _check_int("max_retries", max_retries, 0, None)
         _check_seconds("flush_interval", flush_interval, allow_zero=True)
@@ -272,11 +288,12 @@ class MixpanelAnalytics:
         _check_seconds("backoff", backoff, allow_zero=True)
         _check_seconds("max_backoff", max_backoff, allow_zero=True)
         self._batch_size = batch_size
+        self._senders = senders
         self._flush_interval = float(flush_interval)
         self._max_retries = max_retries
         self._backoff = float(backoff)
         self._max_backoff = float(max_backoff)
-        self._last_status: int | None = None  # only touched by the worker thread
+        self._status = threading.local()  # each sender's last HTTP status
         self._delivery = _delivery_for(
             client, request_timeout=float(request_timeout), on_status=self._record_status
         )
@@ -285,7 +302,7 @@ class MixpanelAnalytics:
         self._closing = threading.Event()
         self._deadline: float | None = None  # monotonic; set once, before _closing
         self._finalized = False  # close() wrote off the rest; counters are final
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._enqueued = 0
         self._sent = 0
         self._retried = 0
@@ -318,8 +335,8 @@ class MixpanelAnalytics:
                         reason = "queue-full"
                     else:
                         self._enqueued += 1
-                        if self._thread is None:
-                            self._start_worker()
+                        if len(self._threads) < self._senders:
+                            self._start_workers()
                         return
             self._warn_drop(reason, 1)
         except Exception as exc:  # pragma: no cover - defensive: never raise into handlers
@@ -338,10 +355,11 @@ class MixpanelAnalytics:
                 if timeout is not None:
                     self._deadline = started + max(0.0, timeout)
                 self._closing.set()
-            thread = self._thread
-        with contextlib.suppress(queue.Full):  # a full queue: the worker is not idle
-            self._queue.put_nowait(None)  # wake an idle worker at once
-        if thread is not None:
+            threads = list(self._threads)
+        with contextlib.suppress(queue.Full):  # a full queue: the workers are not idle
+            for _ in threads:
+                self._queue.put_nowait(None)  # wake an idle worker at once
+        for thread in threads:
             remaining = None if timeout is None else max(0.0, started + timeout - time.monotonic())
             thread.join(remaining)
         with self._lock:
@@ -350,7 +368,7 @@ class MixpanelAnalytics:
             self._finalized = True
             abandoned = self._enqueued - self._sent - self._dropped_queued
             self._dropped_queued += abandoned
-            alive = thread is not None and thread.is_alive()
+            alive = any(thread.is_alive() for thread in threads)
         if abandoned:
             logger.warning(
                 "Mixpanel analytics closed with %d undelivered event(s); dropped them",
@@ -451,22 +469,23 @@ class MixpanelAnalytics:
 
     # --- worker side --------------------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        """Start the delivery thread (called under the lock, on the first event)."""
-        thread = threading.Thread(target=self._run, name=_THREAD_NAME, daemon=True)
-        try:
-            thread.start()
-        except RuntimeError as exc:  # e.g. "can't start new thread": try again next time
-            logger.warning(
-                "Mixpanel worker thread could not start (%s); will retry on the next event",
-                type(exc).__name__,
-                extra={"presence_reason": "no-worker-thread"},
-            )
-            return
-        self._thread = thread
+    def _start_workers(self) -> None:
+        """Start the sender threads (called under the lock, on the first event)."""
+        while len(self._threads) < self._senders:
+            thread = threading.Thread(target=self._run, name=_THREAD_NAME, daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread": try again next time
+                logger.warning(
+                    "Mixpanel worker thread could not start (%s); will retry on the next event",
+                    type(exc).__name__,
+                    extra={"presence_reason": "no-worker-thread"},
+                )
+                return
+            self._threads.append(thread)
 
     def _record_status(self, status: int) -> None:
-        self._last_status = status
+        self._status.last = status  # called in the sender thread that made the request
 
     def _expired(self) -> bool:
         deadline = self._deadline
@@ -475,10 +494,10 @@ class MixpanelAnalytics:
     def _run(self) -> None:
         while True:
             try:
-                batch = self._collect()
+                batch, stop = self._collect()
                 if batch:
                     self._deliver(batch)
-                elif self._closing.is_set() and self._queue.empty():
+                if stop or (not batch and self._closing.is_set() and self._queue.empty()):
                     return
                 if self._expired():
                     return  # close() writes off whatever is left
@@ -486,17 +505,20 @@ class MixpanelAnalytics:
                 logger.exception("Mixpanel worker error", extra={"presence_reason": "bug"})
                 time.sleep(0.1)
 
-    def _collect(self) -> list[str]:
+    def _collect(self) -> tuple[list[str], bool]:
         """Up to ``batch_size`` messages, waiting at most ``flush_interval`` after the
-        first (not at all once closing)."""
+        first (not at all once closing); and whether close()'s wake-up came (each
+        sender takes one and then stops, so none is left waiting on an empty queue)."""
         try:
             if self._closing.is_set():
                 first = self._queue.get_nowait()
             else:
                 first = self._queue.get(timeout=_IDLE_POLL)
         except queue.Empty:
-            return []
-        batch = [first] if first is not None else []
+            return [], False
+        if first is None:
+            return [], True
+        batch = [first]
         window_end = time.monotonic() + self._flush_interval
         while len(batch) < self._batch_size:
             try:
@@ -509,9 +531,10 @@ class MixpanelAnalytics:
                     item = self._queue.get(timeout=remaining)
             except queue.Empty:
                 break
-            if item is not None:
-                batch.append(item)
-        return batch
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
 
     def _deliver(self, batch: list[str]) -> None:
         """Send one batch, retrying transient failures with the same bytes."""
@@ -519,16 +542,17 @@ class MixpanelAnalytics:
         while True:
             if self._expired():
                 return  # close() counts the batch as dropped
-            self._last_status = None
+            self._status.last = None
             try:
                 self._delivery.send(batch)
             except Exception as exc:
-                retryable, reason = _classify(exc, self._last_status)
+                status: int | None = self._status.last
+                retryable, reason = _classify(exc, status)
                 extra = {
                     "presence_reason": reason,
                     "presence_events": len(batch),
                     "presence_attempt": attempt + 1,
-                    "presence_status": self._last_status,
+                    "presence_status": status,
                     "presence_error": type(exc).__name__,
                 }
                 logger.debug("Mixpanel send failed: %s", self._scrub(str(exc)), extra=extra)

@@ -22,7 +22,9 @@ from presence_kit.mixpanel import MixpanelAnalytics, MixpanelStats
 from tests.support.mixpanel_endpoint import MixpanelEndpoint, eventually, refused_url
 
 TOKEN = "tok-secret-0123456789"
-FAST: dict[str, Any] = {"backoff": 0.05, "max_backoff": 0.2, "flush_interval": 0.05}
+FAST: dict[str, Any] = {"backoff": 0.05, "max_backoff": 0.2, "flush_interval": 0.05, "senders": 1}
+"""Quick retries and one sender, whose batches and requests a test can predict; the
+tests of several senders say ``senders=`` themselves."""
 
 
 def make_track(n: int = 0, *, distinct_id: str = "user-42", **props: Any) -> Track:
@@ -330,6 +332,9 @@ def test_logs_never_carry_token_or_user_ids_above_debug(
         {"flush_interval": "0.5"},
         {"backoff": float("nan")},
         {"max_backoff": -1.0},
+        {"senders": 0},
+        {"senders": 33},
+        {"senders": 2.0},
     ],
 )
 def test_rejects_bad_configuration(kwargs: dict[str, Any]) -> None:
@@ -661,3 +666,68 @@ def test_failure_after_close_deadline_leaves_the_counters_final(
     assert [r.presence_reason for r in failures] == ["ReadTimeout"]  # type: ignore[attr-defined]
     assert a.stats == final  # not counted twice
     assert reasons(caplog) == ["close-deadline"]  # no "retries exhausted" warning
+
+
+# --- several senders -------------------------------------------------------------------
+
+
+def test_several_senders_post_to_a_slow_endpoint_at_once(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    """One sender against a slow endpoint would post one batch per second; four post
+    four batches at once, each over its own HTTP session."""
+    mixpanel_endpoint.set_mode("slow", delay=1.0)
+    before = set(threading.enumerate())
+    a = adapter(opened, client_for(mixpanel_endpoint.url), senders=4, batch_size=10)
+    tracks = [make_track(i) for i in range(40)]
+    for t in tracks:
+        a.track(t)
+    assert len(workers_since(before)) == 4
+    # Four requests arrive while the first is still being answered (1 s).
+    assert len(mixpanel_endpoint.wait_for_requests(4, timeout=0.9)) >= 4
+    mixpanel_endpoint.wait_for(40)
+    a.close(timeout=3.0)
+    ids = [e["properties"]["$insert_id"] for e in mixpanel_endpoint.events]
+    assert sorted(ids) == sorted(t.insert_id for t in tracks)  # each once
+    assert a.stats == MixpanelStats(enqueued=40, sent=40, retried=0, dropped=0)
+    assert not any(t.is_alive() for t in workers_since(before))
+
+
+def test_close_joins_every_sender_and_delivers_the_rest(
+    mixpanel_endpoint: MixpanelEndpoint, opened: list[MixpanelAnalytics]
+) -> None:
+    before = set(threading.enumerate())
+    a = adapter(opened, client_for(mixpanel_endpoint.url), senders=3, flush_interval=30.0)
+    for i in range(120):
+        a.track(make_track(i))
+    workers = workers_since(before)
+    assert len(workers) == 3
+    a.close(timeout=5.0)
+    assert len(mixpanel_endpoint.events) == 120
+    assert a.stats == MixpanelStats(enqueued=120, sent=120, retried=0, dropped=0)
+    assert not any(w.is_alive() for w in workers)
+
+
+def test_a_custom_consumer_is_called_by_one_sender_at_a_time(
+    opened: list[MixpanelAnalytics],
+) -> None:
+    """Its thread safety is unknown: the senders take turns."""
+    lock = threading.Lock()
+    inside, most, posted = [0], [0], []
+
+    class SlowConsumer:
+        def send(self, endpoint: str, json_message: str) -> None:
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.02)
+            with lock:
+                inside[0] -= 1
+                posted.extend(json.loads(json_message))
+
+    a = adapter(opened, mixpanel.Mixpanel(TOKEN, consumer=SlowConsumer()), senders=4, batch_size=5)
+    for i in range(40):
+        a.track(make_track(i))
+    a.close(timeout=5.0)
+    assert len(posted) == 40
+    assert most[0] == 1
