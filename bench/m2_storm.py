@@ -29,7 +29,7 @@ from typing import Any
 
 import redis.asyncio
 
-from presence_kit import AsyncPresenceKit, DisconnectOutcome, DisconnectRequest
+from presence_kit import AsyncPresenceKit, DisconnectOutcome, DisconnectRequest, Settings
 from presence_kit.redis import AsyncRedisStore
 from presence_kit.testing import AsyncRecordingSockets
 from tests.support.redis_servers import RedisServer
@@ -58,6 +58,8 @@ from .config import Config
 from .m1_per_event import BenchError
 
 CHUNK = 10_000
+SWEEP = "presence_kit: a dead node's sweep"
+SWEEP_SETTINGS = Settings(node_timeout=0.3, heartbeat_interval=0.1)
 
 
 class StampedStore(AsyncRedisStore):
@@ -69,6 +71,13 @@ class StampedStore(AsyncRedisStore):
         outcome = await super().disconnect(request)
         self.last_done = time.perf_counter()
         return outcome
+
+    async def disconnect_many(
+        self, requests: Sequence[DisconnectRequest]
+    ) -> list[DisconnectOutcome]:
+        outcomes = await super().disconnect_many(requests)
+        self.last_done = time.perf_counter()
+        return outcomes
 
 
 class StampedSockets(AsyncRecordingSockets):
@@ -191,6 +200,58 @@ async def ours_storm(
     return result
 
 
+async def sweep_storm(
+    server: RedisServer, probe: RedisProbe, n: int, concurrency: int, max_connections: int
+) -> dict[str, Any]:
+    """Node A records ``n`` teachers' connections and dies (stops heartbeating); node B
+    sweeps it with ``sweep_dead_nodes``: every leave run once and announced by B."""
+    probe.flush()
+    counter = Counter()
+    lost_client = async_client(server, Counter(), max_connections=max_connections)
+    lost_store = AsyncRedisStore(lost_client)
+    lost = AsyncPresenceKit(
+        sockets=AsyncRecordingSockets(), store=lost_store, settings=SWEEP_SETTINGS
+    )
+    client = async_client(server, counter, max_connections=max_connections)
+    store = StampedStore(client)
+    sockets = StampedSockets()
+    sweeper = AsyncPresenceKit(sockets=sockets, store=store, settings=SWEEP_SETTINGS)
+    conns = connections(TEACHER_APP, n, 0)
+    try:
+        await prewarm_async(store.client, 4)
+        await lost.heartbeat()
+        connect_s = await burst(
+            lambda c: lost.handle_connect(c.sid, c.session), conns, concurrency
+        )
+        await asyncio.sleep(SWEEP_SETTINGS.node_timeout + 0.1)  # node A is now dead
+        s0, rt0 = probe.sample(), counter.value
+        t0 = time.perf_counter()
+        recovered = await sweeper.sweep_dead_nodes()
+        total_s = time.perf_counter() - t0
+        s1, rt1 = probe.sample(), counter.value
+        wrong = await wrong_alive_keys(client, conns)
+    finally:
+        await sweeper.aclose()
+        await lost_store.aclose()
+        await lost_client.aclose()
+        await client.aclose()
+    result: dict[str, Any] = dict(_rates(n, store.last_done - t0, sockets.last_announced - t0))
+    result.update(
+        {
+            "handlers_done_s": round(total_s, 3),
+            "recovered": recovered,
+            "announced": sockets.announced,
+            "alive_keys_wrong": wrong,
+            "round_trips_per_event": round((rt1 - rt0) / n, 4),
+            "redis_commands_per_event": round((s1.commands - s0.commands) / n, 2),
+            "redis_cpu_us_per_event": round((s1.cpu - s0.cpu) / n * 1e6, 1),
+            "connect_burst_s": round(connect_s, 3),
+            "connect_burst_per_s": round(n / connect_s),
+        }
+    )
+    return result
+
+
 async def floor_storm(server: RedisServer, probe: RedisProbe, n: int) -> dict[str, Any]:
     """The same writes for all ``n`` users in one pipeline, then the same emits."""
     probe.flush()
@@ -273,7 +334,12 @@ async def hand_written_storm(
 
 
 def _check(name: str, n: int, result: dict[str, Any]) -> None:
-    if result["announced"] != n or result["alive_keys_wrong"] or result.get("store_failures"):
+    if (
+        result["announced"] != n
+        or result.get("recovered", n) != n
+        or result["alive_keys_wrong"]
+        or result.get("store_failures")
+    ):
         raise BenchError(f"storm {name} n={n}: {result}")
 
 
@@ -298,12 +364,14 @@ async def _run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
         for index, n in enumerate(cfg.storm_sizes):
             t_size = time.perf_counter()
             rounds = cfg.storm_rounds if index == 0 else 1
-            variants = [OURS, FLOOR, HAND_WRITTEN] if index == 0 else [OURS, FLOOR]
+            variants = [OURS, SWEEP, FLOOR, HAND_WRITTEN] if index == 0 else [OURS, SWEEP, FLOOR]
             runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
             for r in range(rounds):
                 for name in rotated(variants, r):
                     if name == OURS:
                         result = await ours_storm(server, probe, n, concurrency, pool)
+                    elif name == SWEEP:
+                        result = await sweep_storm(server, probe, n, concurrency, pool)
                     elif name == FLOOR:
                         result = await floor_storm(server, probe, n)
                     else:
@@ -313,6 +381,8 @@ async def _run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
             ours_rate = [x["events_per_s"] for x in runs[OURS]]
             floor_rate = [x["events_per_s"] for x in runs[FLOOR]]
             throughput = paired_ratios(ours_rate, floor_rate)
+            sweep_rate = [x["events_per_s"] for x in runs[SWEEP]]
+            sweep_throughput = paired_ratios(sweep_rate, floor_rate)
             announced = Spread.of([x["all_announced_s"] for x in runs[OURS]])
             entry: dict[str, Any] = {
                 "n": n,
@@ -322,6 +392,8 @@ async def _run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
                 "throughput_ratio_vs_floor": throughput.as_dict(3),
                 "ours_all_announced_s": announced.as_dict(3),
                 "target_half_floor_throughput": throughput.median >= 0.5,
+                "sweep_throughput_ratio_vs_floor": sweep_throughput.as_dict(3),
+                "sweep_target_half_floor_throughput": sweep_throughput.median >= 0.5,
             }
             if HAND_WRITTEN in runs:
                 hand_rate = [x["events_per_s"] for x in runs[HAND_WRITTEN]]
@@ -338,10 +410,6 @@ async def _run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     return {
         "sizes": sizes,
         "default_pool": {"n": n, "concurrency": concurrency, **default_pool},
-        "node_crash_sweep": (
-            "not measured yet (pending): the time for a surviving node to recover the "
-            "connections of a killed one is the next measurement to add here"
-        ),
     }
 
 
