@@ -19,6 +19,7 @@ import codecs
 import inspect
 import itertools
 import json
+import threading
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -110,6 +111,17 @@ def _queue_batched(pipe: Any, batch_script: Any, calls: Sequence[Invocation]) ->
             args += call_args
         pipe.evalsha(batch_script.sha, len(keys), *keys, *args)
         sizes.append(len(part))
+    return sizes
+
+
+def _queue_runs(
+    pipe: Any, batched: dict[str, Any], calls: Sequence[tuple[Any, Invocation]]
+) -> list[int]:
+    """Queue ``(script, call)`` pairs in order: each run of calls of the same script as
+    batched EVALSHAs (``batched``: script sha -> its batch script)."""
+    sizes: list[int] = []
+    for script, run in itertools.groupby(calls, key=lambda pair: pair[0]):
+        sizes += _queue_batched(pipe, batched[script.sha], [call for _script, call in run])
     return sizes
 
 
@@ -423,6 +435,18 @@ def _hiredis_packing(connection_class: Any, kwargs: dict[str, Any]) -> Any:
     return type(connection_class.__name__, (connection_class,), {"pack_command": pack_command})
 
 
+class _Turn:
+    """A script call of a thread, queued while another thread sends (RedisStore)."""
+
+    __slots__ = ("call", "done", "promoted", "reply", "script")
+
+    def __init__(self, script: Any, call: Invocation) -> None:
+        self.script, self.call = script, call
+        self.done = threading.Event()  # sent by another thread, or our turn to send
+        self.promoted = False  # our turn: send this call and those queued since
+        self.reply: Any = None
+
+
 class RedisStore:
     """Presence in Redis through a blocking redis-py client (``Redis`` or ``RedisCluster``).
 
@@ -435,12 +459,20 @@ class RedisStore:
     def __init__(self, client: SyncClient, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         self._client, self._owned = _sync_handler_client(client, timeout)
         self._cluster = isinstance(self._client, redis.cluster.RedisCluster)
+        self._timeout = timeout
         register = self._client.register_script
         self._connect, self._disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
-        self._disconnect_batch = register(_batched(_DISCONNECT_LUA))
+        self._batched = {
+            self._connect.sha: register(_batched(_CONNECT_LUA)),
+            self._disconnect.sha: register(_batched(_DISCONNECT_LUA)),
+        }
+        self._disconnect_batch = self._batched[self._disconnect.sha]
         self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
         self._heartbeat, self._claim = register(_HEARTBEAT_LUA), register(_CLAIM_LUA)
         self._renew = register(_RENEW_LUA)
+        self._turns = threading.Lock()
+        self._busy = False  # a thread is sending script calls
+        self._waiting: list[_Turn] = []
 
     @property
     def client(self) -> SyncClient:
@@ -450,9 +482,9 @@ class RedisStore:
     def connect(self, request: ConnectRequest) -> ConnectOutcome:
         """Record a connection: one atomic script call."""
         keys, args = _connect_call(request, local_index=not self._cluster)
+        if not self._cluster:
+            return _connect_outcome(self._script("connect", self._connect, keys, args))
         with _store_errors("connect"):
-            if not self._cluster:
-                return _connect_outcome(self._connect(keys=keys, args=args))
             self._client.hset(request.org_index_key, request.sid, request.index_entry)
             self._client.hset(request.node_index_key, request.sid, request.node_entry)
             outcome = _connect_outcome(self._connect(keys=keys, args=args))
@@ -467,16 +499,94 @@ class RedisStore:
     def disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
         """Remove a connection: one atomic script call, idempotent per sid."""
         keys, args = _disconnect_call(request, local_index=not self._cluster)
+        if not self._cluster:
+            reply = self._script("disconnect", self._disconnect, keys, args)
+            return _disconnect_outcome(request.sid, reply)
         with _store_errors("disconnect"):
             outcome = _disconnect_outcome(request.sid, self._disconnect(keys=keys, args=args))
-            if self._cluster:
-                self._client.hdel(request.node_index_key, request.sid)
-                if outcome.deferred:
-                    due = outcome.at * 1000 + request.layout.leave_grace_ms
-                    self._client.zadd(request.leave_queue_key, {request.queue_member: due})
-                else:
-                    self._client.hdel(request.org_index_key, request.sid)
+            self._client.hdel(request.node_index_key, request.sid)
+            if outcome.deferred:
+                due = outcome.at * 1000 + request.layout.leave_grace_ms
+                self._client.zadd(request.leave_queue_key, {request.queue_member: due})
+            else:
+                self._client.hdel(request.org_index_key, request.sid)
             return outcome
+
+    def _script(self, operation: str, script: Any, keys: list[str], args: list[str | int]) -> Any:
+        """Run a script on a standalone Redis; calls made by other threads while one is
+        in flight share one round trip.
+
+        One thread at a time sends: alone, its own call; otherwise its call and every
+        call that queued meanwhile, as batched EVALSHAs in one pipeline (as
+        :class:`AsyncRedisStore` does). Then it hands the turn to the first thread that
+        queued since, so no thread sends more than one round trip for the others.
+        """
+        mine = _Turn(script, (keys, args))
+        with self._turns:
+            leads = not self._busy
+            if leads:
+                self._busy = True
+            else:
+                self._waiting.append(mine)
+        if leads or self._await_turn(mine, operation):
+            try:
+                with self._turns:
+                    others, self._waiting = self._waiting, []
+                if others:
+                    self._send_turns([mine, *others])
+                else:
+                    try:
+                        mine.reply = script(keys=keys, args=args)
+                    except Exception as exc:
+                        mine.reply = exc
+            finally:
+                self._hand_over()
+        if isinstance(mine.reply, Exception):
+            raise _store_error(operation, mine.reply) from mine.reply
+        return mine.reply
+
+    def _await_turn(self, mine: _Turn, operation: str) -> bool:
+        """Wait until another thread sent this call (``False``) or handed us the turn."""
+        deadline = None if self._timeout is None else self._timeout * 2
+        if mine.done.wait(deadline):
+            return mine.promoted
+        with self._turns:
+            if mine.promoted:
+                return True
+            if mine in self._waiting:
+                self._waiting.remove(mine)  # never sent
+        raise _store_error(operation, TimeoutError("no turn to send within the deadline"))
+
+    def _send_turns(self, turns: list[_Turn]) -> None:
+        calls = [(turn.script, turn.call) for turn in turns]
+        try:
+            replies = self._pipelined(calls)
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:  # e.g. after a failover: load the scripts, send those again
+                for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                    self._client.script_load(self._batched[script.sha].script)
+                again = self._pipelined([calls[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except Exception as exc:
+            replies = [exc] * len(turns)
+        for turn, reply in zip(turns, replies, strict=True):
+            turn.reply = reply
+            turn.done.set()
+
+    def _pipelined(self, calls: list[tuple[Any, Invocation]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        sizes = _queue_runs(pipe, self._batched, calls)
+        return _unbatched(pipe.execute(raise_on_error=False), sizes)
+
+    def _hand_over(self) -> None:
+        with self._turns:
+            if self._waiting:
+                successor = self._waiting.pop(0)
+                successor.promoted = True
+                successor.done.set()
+            else:
+                self._busy = False
 
     def due_leaves(self, queue_key: str, limit: int) -> list[str]:
         """Members of the leave queue whose grace has ended (by the Redis clock)."""
@@ -864,10 +974,7 @@ class AsyncRedisStore:
 
     async def _pipelined(self, batch: list[_Waiting]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        sizes: list[int] = []
-        for script, run in itertools.groupby(batch, key=lambda waiting: waiting[0]):
-            calls = [call for _script, call, _future in run]
-            sizes += _queue_batched(pipe, self._batched[script.sha], calls)
+        sizes = _queue_runs(pipe, self._batched, [(script, call) for script, call, _f in batch])
         return _unbatched(await pipe.execute(raise_on_error=False), sizes)
 
     async def _limited(self, call: Awaitable[T]) -> T:

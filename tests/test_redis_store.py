@@ -3,6 +3,7 @@ that the integrator's client is left as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -284,3 +285,94 @@ async def test_the_async_store_packs_commands_with_hiredis(redis_server: RedisSe
     )
     await client.aclose()
     await latin.aclose()
+
+
+def _threads_while_paused(
+    server: RedisServer, store: RedisStore, calls: list[Any], *, pause: float = 0.3
+) -> list[Any]:
+    """Run ``calls`` (callables) on threads while one call is in flight on a paused
+    Redis, so they queue behind it; their results (or exceptions), in order."""
+    import threading
+
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int, call: Any) -> None:
+        try:
+            results[i] = call()
+        except Exception as exc:
+            results[i] = exc
+
+    def in_flight() -> None:
+        with contextlib.suppress(StoreError):  # it fails too when the pause outlasts it
+            store.connect(connect_request("warm"))
+
+    server.pause()
+    first = threading.Thread(target=in_flight)
+    first.start()
+    deadline = time.monotonic() + 5
+    while not store._busy and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.001)
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    while len(store._waiting) < len(calls) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.001)
+    time.sleep(pause)
+    server.resume()
+    for t in [first, *threads]:
+        t.join(10)
+    return results
+
+
+def test_threads_queued_behind_a_call_share_one_round_trip(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """Calls made on other threads while one is in flight go out together: one
+    pipeline of batched EVALSHAs, sent by the first of them to queue."""
+    store = RedisStore(fresh_redis_server.client(), timeout=2.0)
+    admin = fresh_redis_server.client()
+    store.connect(connect_request("warm"))  # scripts loaded
+    store.disconnect(disconnect_request("warm"))
+    sessions = [{**TEACHER, "user_id": n} for n in range(300, 330)]
+    requests = [CORE.prepare_connect(f"t{n}", s)[3] for n, s in enumerate(sessions)]
+    admin.config_resetstat()
+    results = _threads_while_paused(
+        fresh_redis_server, store, [lambda r=r: store.connect(r) for r in requests]
+    )
+    assert all(r.first for r in results)
+    stats = admin.info("commandstats")["cmdstat_evalsha"]
+    # Alone, then the 30 in one batch; the first batch met NOSCRIPT and was sent again.
+    assert (stats["calls"], stats["failed_calls"]) == (3, 1), stats
+    assert store._busy is False  # type: ignore[attr-defined]
+    assert store.disconnect(disconnect_request("t0")).status.value == "unknown"  # not s0
+
+
+def test_a_queued_thread_gives_up_at_its_deadline(fresh_redis_server: RedisServer) -> None:
+    """A paused Redis: the call in flight and the calls queued behind it all fail
+    within their deadlines (StoreError); afterwards the store works again."""
+    store = RedisStore(fresh_redis_server.client(), timeout=0.2)
+    store.connect(connect_request("warm"))
+    requests = [CORE.prepare_connect(f"q{n}", {**TEACHER, "user_id": n})[3] for n in range(5)]
+    started = time.monotonic()
+    results = _threads_while_paused(
+        fresh_redis_server, store, [lambda r=r: store.connect(r) for r in requests], pause=1.0
+    )
+    assert all(isinstance(r, StoreError) for r in results)
+    assert time.monotonic() - started < 3.0
+    assert store._busy is False  # type: ignore[attr-defined]
+    assert store.connect(connect_request("after")).first in (True, False)
+
+
+def test_a_failing_call_among_threads_fails_alone(fresh_redis_server: RedisServer) -> None:
+    store = RedisStore(fresh_redis_server.client(), timeout=2.0)
+    store.connect(connect_request("warm"))
+    fresh_redis_server.client().set("alive:org_1_user_503", "not a hash")
+    requests = [
+        CORE.prepare_connect(f"f{n}", {**TEACHER, "user_id": n})[3] for n in range(500, 506)
+    ]
+    results = _threads_while_paused(
+        fresh_redis_server, store, [lambda r=r: store.connect(r) for r in requests]
+    )
+    failed = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+    assert failed == [3]
+    assert isinstance(results[3], StoreError) and "WRONGTYPE" in str(results[3])
