@@ -3,7 +3,11 @@
 Each connect and each disconnect is ONE round trip: an atomic Lua script (EVALSHA,
 reloaded on NOSCRIPT, e.g. after a failover) over the keys of one user, which all
 hash to one cluster slot. The scripts return only integers and strings, so RESP2 and
-RESP3 and ``decode_responses`` on or off give the same results.
+RESP3 and ``decode_responses`` on or off give the same results. Under a burst, the
+calls made while another is in flight (by other tasks, or other threads) go out
+together: batched EVALSHAs (``lua/batch.lua``, up to ``_BATCH_CALLS`` calls each) in
+one pipeline, each call still atomic and failing on its own. Sweeps send their
+disconnects the same way. Not on a cluster, where the calls' keys are in other slots.
 
 Handler calls must not stall a server: by default the store talks to Redis over a
 connection pool of its own, built from the integrator's client (same server,

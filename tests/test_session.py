@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from presence_kit import (
     ClientRole,
@@ -15,6 +18,7 @@ from presence_kit import (
     Settings,
 )
 from presence_kit._core import validate_reason
+from presence_kit._model import _compact, _id_list
 from presence_kit._session import parse_session, read_role, validate_sid
 
 DEFAULT = re.compile(Settings().id_pattern)
@@ -188,3 +192,32 @@ def test_settings_spec_defaults() -> None:
     assert s.teacher_disconnect_event == "teacher_disconnect"
     assert s.analytics_disconnect_event == "disconnect"
     assert s.as_dict()["offline_ttl"] == 3600
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(min_value=0, max_value=10**40),
+            st.text(max_size=20),
+            st.sampled_from([ClientRole.TEACHER_APP, None]),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_compact_id_lists_match_the_json_encoder_byte_for_byte(values: list[object]) -> None:
+    """Queue members, index entries and records are written by a fast path; they must
+    stay the exact text the JSON encoder gives (what older records in Redis hold)."""
+    assert _id_list(*values) == _compact(values)
+    assert json.loads(_id_list(*values)) == json.loads(_compact(values))
+
+
+def test_int_and_str_ids_take_the_fast_path_and_others_the_checks() -> None:
+    pattern = re.compile("[a-z0-9]{1,8}")
+    assert parse_session({**TEACHER, "user_id": 12345678}, id_pattern=pattern).user_id == 12345678
+    with pytest.raises(InvalidSessionError, match="user_id"):
+        parse_session({**TEACHER, "user_id": 123456789}, id_pattern=pattern)  # 9 digits
+    with pytest.raises(InvalidSessionError, match="user_id"):
+        parse_session({**TEACHER, "user_id": True}, id_pattern=pattern)
+    with pytest.raises(InvalidSessionError, match="user_id"):
+        parse_session({**TEACHER, "user_id": "a{b}"}, id_pattern=re.compile(".*"))
