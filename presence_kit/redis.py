@@ -563,6 +563,8 @@ class RedisStore:
 
     def _send_turns(self, turns: list[_Turn]) -> None:
         calls = [(turn.script, turn.call) for turn in turns]
+        # Every queued thread gets a reply, even if this one is interrupted (GreenletExit).
+        replies: list[Any] = [RedisError("the sending thread was interrupted")] * len(turns)
         try:
             replies = self._pipelined(calls)
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -574,9 +576,10 @@ class RedisStore:
                     replies[i] = reply
         except Exception as exc:
             replies = [exc] * len(turns)
-        for turn, reply in zip(turns, replies, strict=True):
-            turn.reply = reply
-            turn.done.set()
+        finally:
+            for turn, reply in zip(turns, replies, strict=True):
+                turn.reply = reply
+                turn.done.set()
 
     def _pipelined(self, calls: list[tuple[Any, Invocation]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)

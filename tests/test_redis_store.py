@@ -299,7 +299,7 @@ def _threads_while_paused(
     def run(i: int, call: Any) -> None:
         try:
             results[i] = call()
-        except Exception as exc:
+        except BaseException as exc:  # a test records what each thread got
             results[i] = exc
 
     def in_flight() -> None:
@@ -376,3 +376,31 @@ def test_a_failing_call_among_threads_fails_alone(fresh_redis_server: RedisServe
     failed = [i for i, r in enumerate(results) if isinstance(r, Exception)]
     assert failed == [3]
     assert isinstance(results[3], StoreError) and "WRONGTYPE" in str(results[3])
+
+
+def test_threads_queued_behind_an_interrupted_sender_are_answered(
+    fresh_redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread sending a batch is interrupted (a greenlet killed, say): every call it
+    carried fails at once with a StoreError instead of waiting out its deadline."""
+
+    class Interrupted(BaseException):
+        pass
+
+    store = RedisStore(fresh_redis_server.client(), timeout=2.0)
+    store.connect(connect_request("warm"))
+
+    def interrupted(calls: list[Any]) -> list[Any]:
+        raise Interrupted
+
+    monkeypatch.setattr(store, "_pipelined", interrupted)
+    requests = [CORE.prepare_connect(f"i{n}", {**TEACHER, "user_id": n})[3] for n in range(4)]
+    started = time.monotonic()
+    results = _threads_while_paused(
+        fresh_redis_server, store, [lambda r=r: store.connect(r) for r in requests]
+    )
+    assert sum(isinstance(r, Interrupted) for r in results) == 1  # the sender
+    failed = [r for r in results if isinstance(r, StoreError)]
+    assert len(failed) == 3 and all("interrupted" in str(r) for r in failed)
+    assert time.monotonic() - started < 2.0  # not their 4 s deadline
+    assert store._busy is False  # type: ignore[attr-defined]
