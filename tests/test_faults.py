@@ -1,8 +1,10 @@
 """Faults end to end: Mixpanel outages seen from the kit, secrets kept out of logs, many
-kits in threads hammering the same users, and a redis-server killed mid-storm."""
+kits in threads (or tasks) hammering the same users, and a redis-server killed
+mid-storm."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
@@ -13,10 +15,10 @@ from typing import Any
 import mixpanel
 import pytest
 
-from presence_kit import PresenceKit
+from presence_kit import AsyncPresenceKit, PresenceKit
 from presence_kit.mixpanel import MixpanelAnalytics
-from presence_kit.redis import RedisStore
-from presence_kit.testing import RecordingAnalytics, RecordingSockets
+from presence_kit.redis import AsyncRedisStore, RedisStore
+from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics, RecordingSockets
 from tests.support.mixpanel_endpoint import MixpanelEndpoint
 from tests.support.redis_servers import RedisServer
 
@@ -157,6 +159,59 @@ def test_many_kits_in_threads_on_the_same_users(redis_server: RedisServer) -> No
     for user in range(12):
         version = int(raw.hget(f"alive:org_1_user_{user}", "version") or 0)
         assert version == joins[user] + leaves[user]
+
+
+async def test_many_tasks_on_async_kits_batch_the_same_users_correctly(
+    redis_server: RedisServer,
+) -> None:
+    """The asyncio counterpart: four kits on one event loop, forty tasks, twelve
+    teachers. Calls made while another is in flight are batched, so one batch often
+    holds a connect and a disconnect of the same user, or of the same sid: they must
+    run in order. The same invariants as with threads."""
+    clients = [redis_server.async_client() for _ in range(4)]
+    kits = [
+        AsyncPresenceKit(store=AsyncRedisStore(client), sockets=AsyncRecordingSockets())
+        for client in clients
+    ]
+
+    async def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        live: list[tuple[AsyncPresenceKit, str, int]] = []
+        for step in range(60):
+            if live and rng.random() < 0.5:
+                kit, sid, user = live.pop(rng.randrange(len(live)))
+                await kit.handle_disconnect(sid, teacher(user))
+            else:
+                user, kit = rng.randrange(12), rng.choice(kits)
+                sid = f"a{seed}-{step}"
+                await kit.handle_connect(sid, teacher(user))
+                live.append((kit, sid, user))
+        for kit, sid, user in live:
+            await kit.handle_disconnect(sid, teacher(user))
+
+    admin = redis_server.client()
+    admin.config_resetstat()
+    await asyncio.gather(*(worker(seed) for seed in range(40)))
+    calls = sum(k.stats.connects + k.stats.disconnects for k in kits)
+    assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] < calls  # some batched
+    joins: Counter[int] = Counter()
+    leaves: Counter[int] = Counter()
+    for kit in kits:
+        for event, data, _to in kit._sockets.emitted:  # type: ignore[attr-defined]
+            (joins if event == "teacher_connect" else leaves)[data["user_id"]] += 1
+    assert joins == leaves
+    assert sum(joins.values()) >= 12
+    raw = redis_server.client(decode_responses=True)
+    for user in range(12):
+        alive = raw.hgetall(f"alive:org_1_user_{user}")
+        assert alive.get("state") in ("disconnect", None)
+        assert "n" not in alive and not any(field.startswith("c:") for field in alive)
+        assert int(alive.get("version", 0)) == joins[user] + leaves[user]
+    assert sum(k.stats.store_failures for k in kits) == 0
+    for kit in kits:
+        await kit.aclose()
+    for client in clients:
+        await client.aclose()
 
 
 def test_redis_killed_mid_storm_converges_after_restart(tmp_path: Any) -> None:
