@@ -142,6 +142,8 @@ class KitCore:
             leave_grace_ms=round(s.leave_grace * 1000),
         )
         self.keys = KeySchema(alive_template=s.alive_key, prefix=s.key_prefix)
+        self._leave_queue_key = self.keys.leave_queue()
+        self._node_indexes: tuple[str, list[str]] = ("", [])  # (incarnation, bucket keys)
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(KitStats.__dataclass_fields__, 0)
 
@@ -168,6 +170,14 @@ class KitCore:
         """This kit's node incarnation, as the node registry names it."""
         return f"{self.node_id}/{self.incarnation}"
 
+    def node_index_key(self, sid: str) -> str:
+        """The bucket of this node incarnation's index that holds connection ``sid``."""
+        incarnation, buckets = self._node_indexes
+        if incarnation != self.incarnation:  # built once per incarnation
+            buckets = self.keys.node_indexes(self.member)
+            self._node_indexes = (self.incarnation, buckets)
+        return buckets[node_bucket(sid)]
+
     def new_incarnation(self) -> None:
         """Become a new incarnation (after being fenced: presumed dead and swept)."""
         self.incarnation = secrets.token_hex(3)
@@ -190,7 +200,7 @@ class KitCore:
             held_leave_key=keys.held_leave(alive, session.role),
             org_index_key=keys.org_index(session.org_id, session.role),
             index_entry=index_entry(session.user_id, session.lesson_id),
-            node_index_key=keys.node_index(self.member, node_bucket(sid)),
+            node_index_key=self.node_index_key(sid),
             node_entry=node_entry(session.org_id, session.user_id, session.role),
             snapshot=(
                 OrgQuery(
@@ -245,9 +255,9 @@ class KitCore:
             tombstone_key=keys.tombstone(alive, sid),
             held_leave_key=keys.held_leave(alive, session.role),
             org_index_key=keys.org_index(session.org_id, session.role),
-            leave_queue_key=keys.leave_queue(),
+            leave_queue_key=self._leave_queue_key,
             queue_member=queue_member(session.org_id, session.user_id, session.role),
-            node_index_key=keys.node_index(self.member, node_bucket(sid)),
+            node_index_key=self.node_index_key(sid),
             tracks_alive=policy.tracks_alive,
             reason=reason_text,
             layout=self.layout,
@@ -276,7 +286,7 @@ class KitCore:
             tombstone_key=keys.tombstone(alive, sid),
             held_leave_key=keys.held_leave(alive, role),
             org_index_key=keys.org_index(org_id, role),
-            leave_queue_key=keys.leave_queue(),
+            leave_queue_key=self._leave_queue_key,
             queue_member=queue_member(org_id, user_id, role),
             node_index_key=keys.node_index(member, node_bucket(sid)),
             tracks_alive=policy.tracks_alive,
@@ -383,7 +393,7 @@ class KitCore:
             connections_key=alive,  # only roles that drive the alive hash hold leaves back
             held_leave_key=self.keys.held_leave(alive, role),
             org_index_key=self.keys.org_index(org_id, role),
-            leave_queue_key=self.keys.leave_queue(),
+            leave_queue_key=self._leave_queue_key,
             queue_member=member,
             layout=self.layout,
         )

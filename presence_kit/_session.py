@@ -109,6 +109,8 @@ def _checked_id(field: str, value: object, pattern: re.Pattern[str]) -> Id:
 
 
 def _check_mapping(raw: object) -> Mapping[object, object]:
+    if type(raw) is dict:  # the usual session: skip the slower ABC check
+        return raw
     if not isinstance(raw, Mapping):
         raise InvalidSessionError("session", f"must be a mapping, got {type(raw).__name__}")
     return raw
