@@ -174,6 +174,44 @@ async def _profile_async(server: RedisServer, role: str, event: str, n: int) -> 
     return _render(f"asyncio AsyncPresenceKit.handle_{event}, {role}", n, wall, profiler)
 
 
+async def _profile_storm(server: RedisServer, n: int, concurrency: int) -> str:
+    """Measurement 2's burst: ``n`` handler disconnects, ``concurrency`` at a time, where
+    calls are batched (the concurrent hot path)."""
+    from pyinstrument import Profiler
+
+    client = async_client(server, Counter(), max_connections=concurrency + 56)
+    sockets = AsyncRecordingSockets()
+    kit = AsyncPresenceKit(sockets=sockets, store=AsyncRedisStore(client))
+    conns = connections(TEACHER_APP, n, 10**6)
+    sockets.connected.update(c.sid for c in conns)
+
+    async def burst(handler: Callable[[Any], Any]) -> None:
+        items = iter(conns)
+
+        async def worker() -> None:
+            for c in items:
+                await handler(c)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    try:
+        await burst(lambda c: kit.handle_connect(c.sid, c.session))
+        profiler = Profiler(interval=INTERVAL, async_mode="disabled")
+        profiler.start()
+        t0 = time.perf_counter()
+        await burst(lambda c: kit.handle_disconnect(c.sid, c.session, reason=REASON))
+        wall = time.perf_counter() - t0
+        profiler.stop()
+    finally:
+        await kit.aclose()
+        await client.aclose()
+    title = (
+        f"asyncio storm: {n:,} TeacherAPP handle_disconnect calls, {concurrency} at a time "
+        "(batched)"
+    )
+    return _render(title, n, wall, profiler)
+
+
 def _render_decomposition(rows: list[dict[str, Any]]) -> str:
     lines = [
         "=" * 100,
@@ -200,7 +238,8 @@ def run(cfg: Config, log: Callable[[str], None], out: Path = RESULTS_DIR) -> dic
     parts = [
         "presence_kit hot-path profile (pyinstrument), written by `python -m bench`.\n"
         "Each section: presence_kit alone, sequential, on a local redis-server, with the\n"
-        "in-process recording sockets (as in measurement 1). pyinstrument hooks every\n"
+        "in-process recording sockets (as in measurement 1); the last one is measurement\n"
+        "2's burst of handler calls, where calls are batched. pyinstrument hooks every\n"
         "call and measures wall time, so code made of many small calls looks bigger than\n"
         "it is, and a busy machine's preemptions land on whatever frame was running:\n"
         "read proportions; the no-profiler decomposition below gives the absolute cost.\n"
@@ -217,6 +256,7 @@ def run(cfg: Config, log: Callable[[str], None], out: Path = RESULTS_DIR) -> dic
             parts.append(_profile_sync(server, role, event, n))
         for role, event in sections[:2]:
             parts.append(asyncio.run(_profile_async(server, role, event, n)))
+        parts.append(asyncio.run(_profile_storm(server, 10 * n, cfg.storm_concurrency)))
     out.mkdir(parents=True, exist_ok=True)
     path = out / "profile.txt"
     path.write_text("\n".join(parts))
