@@ -353,12 +353,11 @@ def test_a_queued_thread_gives_up_at_its_deadline(fresh_redis_server: RedisServe
     store = RedisStore(fresh_redis_server.client(), timeout=0.2)
     store.connect(connect_request("warm"))
     requests = [CORE.prepare_connect(f"q{n}", {**TEACHER, "user_id": n})[3] for n in range(5)]
-    started = time.monotonic()
     results = _threads_while_paused(
         fresh_redis_server, store, [lambda r=r: store.connect(r) for r in requests], pause=1.0
     )
+    # All failed, so none waited until Redis came back (1 s; their deadline is 0.4 s).
     assert all(isinstance(r, StoreError) for r in results)
-    assert time.monotonic() - started < 3.0
     assert store._busy is False  # type: ignore[attr-defined]
     assert store.connect(connect_request("after")).first in (True, False)
 
@@ -387,7 +386,8 @@ def test_threads_queued_behind_an_interrupted_sender_are_answered(
     class Interrupted(BaseException):
         pass
 
-    store = RedisStore(fresh_redis_server.client(), timeout=2.0)
+    # A deadline (60 s) far beyond the helper's 10 s join: only a reply ends their wait.
+    store = RedisStore(fresh_redis_server.client(), timeout=30.0)
     store.connect(connect_request("warm"))
 
     def interrupted(calls: list[Any]) -> list[Any]:
@@ -395,12 +395,10 @@ def test_threads_queued_behind_an_interrupted_sender_are_answered(
 
     monkeypatch.setattr(store, "_pipelined", interrupted)
     requests = [CORE.prepare_connect(f"i{n}", {**TEACHER, "user_id": n})[3] for n in range(4)]
-    started = time.monotonic()
     results = _threads_while_paused(
         fresh_redis_server, store, [lambda r=r: store.connect(r) for r in requests]
     )
     assert sum(isinstance(r, Interrupted) for r in results) == 1  # the sender
     failed = [r for r in results if isinstance(r, StoreError)]
     assert len(failed) == 3 and all("interrupted" in str(r) for r in failed)
-    assert time.monotonic() - started < 2.0  # not their 4 s deadline
     assert store._busy is False  # type: ignore[attr-defined]
