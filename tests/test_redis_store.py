@@ -206,9 +206,18 @@ async def _coalesced(store: AsyncRedisStore, calls: list[Any]) -> list[Any]:
     return results
 
 
-async def test_a_failing_call_in_a_batch_fails_alone(redis_server: RedisServer) -> None:
+CLIENT_OPTIONS = [
+    pytest.param({}, id="resp2"),
+    pytest.param({"protocol": 3, "decode_responses": True}, id="resp3-decoded"),
+]
+
+
+@pytest.mark.parametrize("options", CLIENT_OPTIONS)
+async def test_a_failing_call_in_a_batch_fails_alone(
+    redis_server: RedisServer, options: dict[str, Any]
+) -> None:
     """A batched EVALSHA runs every call; one that Redis rejects fails by itself."""
-    client = redis_server.async_client()
+    client = redis_server.async_client(**options)
     store = AsyncRedisStore(client)
     sessions = [{**TEACHER, "user_id": n} for n in range(10, 20)]
     for n, session in enumerate(sessions):
@@ -362,8 +371,11 @@ def test_a_queued_thread_gives_up_at_its_deadline(fresh_redis_server: RedisServe
     assert store.connect(connect_request("after")).first in (True, False)
 
 
-def test_a_failing_call_among_threads_fails_alone(fresh_redis_server: RedisServer) -> None:
-    store = RedisStore(fresh_redis_server.client(), timeout=2.0)
+@pytest.mark.parametrize("options", CLIENT_OPTIONS)
+def test_a_failing_call_among_threads_fails_alone(
+    fresh_redis_server: RedisServer, options: dict[str, Any]
+) -> None:
+    store = RedisStore(fresh_redis_server.client(**options), timeout=2.0)
     store.connect(connect_request("warm"))
     fresh_redis_server.client().set("alive:org_1_user_503", "not a hash")
     requests = [
