@@ -10,6 +10,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import mixpanel
@@ -108,6 +109,28 @@ def test_logs_carry_no_secret_and_user_ids_only_at_debug(
             assert str(user_id) not in record.getMessage() + str(record.__dict__)
 
 
+def assert_every_teacher_left_once_per_join(
+    kits: Sequence[Any], redis_server: RedisServer, *, users: int
+) -> None:
+    """After random interleavings that end with every connection closed: per user, as
+    many leaves as joins were announced, no record is left, and the version counts the
+    transitions (equal joins and leaves: an even version)."""
+    joins: Counter[int] = Counter()
+    leaves: Counter[int] = Counter()
+    for kit in kits:
+        for event, data, _to in kit._sockets.emitted:
+            (joins if event == "teacher_connect" else leaves)[data["user_id"]] += 1
+    assert joins == leaves
+    assert sum(joins.values()) >= users
+    raw = redis_server.client(decode_responses=True)
+    for user in range(users):
+        alive = raw.hgetall(f"alive:org_1_user_{user}")
+        assert alive.get("state") in ("disconnect", None)
+        assert "n" not in alive and not any(field.startswith("c:") for field in alive)
+        assert int(alive.get("version", 0)) == joins[user] + leaves[user]
+    assert sum(k.stats.store_failures for k in kits) == 0
+
+
 def test_many_kits_in_threads_on_the_same_users(redis_server: RedisServer) -> None:
     """Four kits (nodes), eight threads, twelve teachers: random interleavings of
     connects, disconnects and reconnects. Per user, announcements alternate (never two
@@ -143,22 +166,7 @@ def test_many_kits_in_threads_on_the_same_users(redis_server: RedisServer) -> No
     for thread in threads:
         thread.join()
     assert errors == []
-    joins: Counter[int] = Counter()
-    leaves: Counter[int] = Counter()
-    for kit in kits:
-        for event, data, _to in kit._sockets.emitted:  # type: ignore[attr-defined]
-            (joins if event == "teacher_connect" else leaves)[data["user_id"]] += 1
-    assert joins == leaves
-    assert sum(joins.values()) >= 12
-    raw = redis_server.client(decode_responses=True)
-    for user in range(12):
-        assert raw.hget(f"alive:org_1_user_{user}", "state") in ("disconnect", None)
-        assert "n" not in raw.hgetall(f"alive:org_1_user_{user}")
-    assert sum(k.stats.store_failures for k in kits) == 0
-    # Versions count transitions: equal joins and leaves mean an even version.
-    for user in range(12):
-        version = int(raw.hget(f"alive:org_1_user_{user}", "version") or 0)
-        assert version == joins[user] + leaves[user]
+    assert_every_teacher_left_once_per_join(kits, redis_server, users=12)
 
 
 async def test_many_tasks_on_async_kits_batch_the_same_users_correctly(
@@ -194,20 +202,7 @@ async def test_many_tasks_on_async_kits_batch_the_same_users_correctly(
     await asyncio.gather(*(worker(seed) for seed in range(40)))
     calls = sum(k.stats.connects + k.stats.disconnects for k in kits)
     assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] < calls  # some batched
-    joins: Counter[int] = Counter()
-    leaves: Counter[int] = Counter()
-    for kit in kits:
-        for event, data, _to in kit._sockets.emitted:  # type: ignore[attr-defined]
-            (joins if event == "teacher_connect" else leaves)[data["user_id"]] += 1
-    assert joins == leaves
-    assert sum(joins.values()) >= 12
-    raw = redis_server.client(decode_responses=True)
-    for user in range(12):
-        alive = raw.hgetall(f"alive:org_1_user_{user}")
-        assert alive.get("state") in ("disconnect", None)
-        assert "n" not in alive and not any(field.startswith("c:") for field in alive)
-        assert int(alive.get("version", 0)) == joins[user] + leaves[user]
-    assert sum(k.stats.store_failures for k in kits) == 0
+    assert_every_teacher_left_once_per_join(kits, redis_server, users=12)
     for kit in kits:
         await kit.aclose()
     for client in clients:
