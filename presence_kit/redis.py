@@ -470,7 +470,6 @@ class RedisStore:
             self._connect.sha: register(_batched(_CONNECT_LUA)),
             self._disconnect.sha: register(_batched(_DISCONNECT_LUA)),
         }
-        self._disconnect_batch = self._batched[self._disconnect.sha]
         self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
         self._heartbeat, self._claim = register(_HEARTBEAT_LUA), register(_CLAIM_LUA)
         self._renew = register(_RENEW_LUA)
@@ -562,24 +561,29 @@ class RedisStore:
         raise _store_error(operation, TimeoutError("no turn to send within the deadline"))
 
     def _send_turns(self, turns: list[_Turn]) -> None:
-        calls = [(turn.script, turn.call) for turn in turns]
         # Every queued thread gets a reply, even if this one is interrupted (GreenletExit).
         replies: list[Any] = [RedisError("the sending thread was interrupted")] * len(turns)
         try:
-            replies = self._pipelined(calls)
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:  # e.g. after a failover: load the scripts, send those again
-                for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
-                    self._client.script_load(self._batched[script.sha].script)
-                again = self._pipelined([calls[i] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
+            replies = self._batch_replies([(turn.script, turn.call) for turn in turns])
         except Exception as exc:
             replies = [exc] * len(turns)
         finally:
             for turn, reply in zip(turns, replies, strict=True):
                 turn.reply = reply
                 turn.done.set()
+
+    def _batch_replies(self, calls: list[tuple[Any, Invocation]]) -> list[Any]:
+        """One reply (or error) per call: batched EVALSHAs in one pipelined round trip,
+        and a second one after loading the scripts if Redis had lost them (NOSCRIPT)."""
+        replies = self._pipelined(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # e.g. after a failover
+            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                self._client.script_load(self._batched[script.sha].script)
+            again = self._pipelined([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
 
     def _pipelined(self, calls: list[tuple[Any, Invocation]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
@@ -648,11 +652,8 @@ class RedisStore:
         if self._cluster:
             return [self.disconnect(request) for request in requests]
         with _store_errors("disconnect_many"):
-            self._client.script_load(self._disconnect_batch.script)
-            pipe = self._client.pipeline(transaction=False)
-            calls = [_disconnect_call(r, local_index=True) for r in requests]
-            sizes = _queue_batched(pipe, self._disconnect_batch, calls)
-            replies = _raise_failed(_unbatched(pipe.execute(), sizes))
+            calls = [(self._disconnect, _disconnect_call(r, local_index=True)) for r in requests]
+            replies = _raise_failed(self._batch_replies(calls))
             return [
                 _disconnect_outcome(r.sid, reply)
                 for r, reply in zip(requests, replies, strict=True)
@@ -863,12 +864,8 @@ class AsyncRedisStore:
             return list(await asyncio.gather(*(self.disconnect(r) for r in requests)))
 
         async def run() -> list[DisconnectOutcome]:
-            batch_script = self._batched[self._disconnect.sha]
-            await self._client.script_load(batch_script.script)
-            pipe = self._client.pipeline(transaction=False)
-            calls = [_disconnect_call(r, local_index=True) for r in requests]
-            sizes = _queue_batched(pipe, batch_script, calls)
-            replies = _raise_failed(_unbatched(await pipe.execute(), sizes))
+            calls = [(self._disconnect, _disconnect_call(r, local_index=True)) for r in requests]
+            replies = _raise_failed(await self._batch_replies(calls))
             return [
                 _disconnect_outcome(r.sid, reply)
                 for r, reply in zip(requests, replies, strict=True)
@@ -953,7 +950,9 @@ class AsyncRedisStore:
         self._in_flight += 1
         try:
             deadline = None if self._timeout is None else self._timeout * 2 + len(batch) / 1000
-            replies = await _within(deadline, self._batch_replies(batch))
+            calls = [(script, call) for script, call, _future in batch]
+            # One connection (pool slot) and one deadline for the whole batch.
+            replies = await _within(deadline, self._limited(self._batch_replies(calls)))
             for (_script, _call, future), reply in zip(batch, replies, strict=True):
                 if not future.done():
                     if isinstance(reply, Exception):
@@ -967,21 +966,22 @@ class AsyncRedisStore:
         finally:
             self._in_flight -= 1
 
-    async def _batch_replies(self, batch: list[_Waiting]) -> list[Any]:
-        async with self._slots:  # one connection for the whole batch
-            replies = await self._pipelined(batch)
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:  # e.g. after a failover: load the scripts, send those again
-                for script in {id(batch[i][0]): batch[i][0] for i in missing}.values():
-                    await self._client.script_load(self._batched[script.sha].script)
-                again = await self._pipelined([batch[i] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-            return replies
+    async def _batch_replies(self, calls: list[tuple[Any, Invocation]]) -> list[Any]:
+        """One reply (or error) per call: batched EVALSHAs in one pipelined round trip,
+        and a second one after loading the scripts if Redis had lost them (NOSCRIPT)."""
+        replies = await self._pipelined(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # e.g. after a failover
+            for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+                await self._client.script_load(self._batched[script.sha].script)
+            again = await self._pipelined([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
 
-    async def _pipelined(self, batch: list[_Waiting]) -> list[Any]:
+    async def _pipelined(self, calls: list[tuple[Any, Invocation]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        sizes = _queue_runs(pipe, self._batched, [(script, call) for script, call, _f in batch])
+        sizes = _queue_runs(pipe, self._batched, calls)
         return _unbatched(await pipe.execute(raise_on_error=False), sizes)
 
     async def _limited(self, call: Awaitable[T]) -> T:
