@@ -466,7 +466,8 @@ class PresenceKit(_BaseKit):
             call = next(flow)
             while True:
                 try:
-                    result = call.fn(*call.args, **call.kwargs)
+                    kwargs = call.kwargs
+                    result = call.fn(*call.args, **kwargs) if kwargs else call.fn(*call.args)
                 except Exception as exc:
                     call = flow.throw(exc)
                 else:
@@ -656,7 +657,8 @@ class AsyncPresenceKit(_BaseKit):
             call = next(flow)
             while True:
                 try:
-                    result = call.fn(*call.args, **call.kwargs)
+                    kwargs = call.kwargs
+                    result = call.fn(*call.args, **kwargs) if kwargs else call.fn(*call.args)
                     if call.awaited:
                         result = await result
                 except Exception as exc:

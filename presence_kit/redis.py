@@ -230,10 +230,18 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _by_value(enum: Any) -> dict[Any, Any]:
+    """An enum's members by value, as text and as bytes (replies come as either)."""
+    return {**{m.value: m for m in enum}, **{m.value.encode(): m for m in enum}}
+
+
+_CONNECT_STATUS, _DISCONNECT_STATUS = _by_value(ConnectStatus), _by_value(DisconnectStatus)
+
+
 def _connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
     status, first, connections, version, now_ms, resumed, snapshot = reply
     return ConnectOutcome(
-        status=ConnectStatus(_text(status)),
+        status=_CONNECT_STATUS.get(status) or ConnectStatus(_text(status)),
         first=int(first) == 1,
         connections=int(connections),
         version=int(version),
@@ -247,7 +255,7 @@ def _disconnect_outcome(sid: str, reply: Sequence[Any]) -> DisconnectOutcome:
     status, last, version, at_ms, record, deferred = reply
     record_text = _text(record)
     return DisconnectOutcome(
-        status=DisconnectStatus(_text(status)),
+        status=_DISCONNECT_STATUS.get(status) or DisconnectStatus(_text(status)),
         last=int(last) == 1,
         record=ConnectionRecord.from_json(sid, record_text) if record_text else None,
         version=int(version),
@@ -725,8 +733,18 @@ async def _within(deadline: float | None, call: Awaitable[T]) -> T:
 _FAILURES = (RedisError, TimeoutError, asyncio.TimeoutError)
 """What a failed call raises (``asyncio.TimeoutError`` is another class before 3.11)."""
 
-_Waiting = tuple[Any, Invocation, "asyncio.Future[Any]"]
-"""A coalesced script call: the script, its keys and args, and its caller's future."""
+_Waiting = tuple[Any, Invocation, "asyncio.Future[Any]", str]
+"""A coalesced script call: the script, its keys and args, its caller's future and the
+operation (for the error)."""
+
+
+def _failure(operation: str, exc: Exception) -> Exception:
+    """What a coalesced call raises: a Redis failure as a :class:`StoreError`."""
+    if not isinstance(exc, _FAILURES):
+        return exc
+    error = _store_error(operation, exc)
+    error.__cause__ = exc
+    return error
 
 
 class AsyncRedisStore:
@@ -911,9 +929,9 @@ class AsyncRedisStore:
         pipe = _release_commands(self._client.pipeline(transaction=False), keys, member)
         await self._bounded("release_node", pipe.execute())
 
-    async def _script(
+    def _script(
         self, operation: str, script: Any, keys: list[str], args: list[str | int]
-    ) -> Any:
+    ) -> Awaitable[Any]:
         """Run a script on a standalone Redis; calls made while others are in flight
         share one round trip.
 
@@ -924,19 +942,20 @@ class AsyncRedisStore:
         batch takes one connection slot and one deadline for all its calls.
         """
         if not self._in_flight:
-            self._in_flight += 1
-            try:
-                return await self._bounded(operation, script(keys=keys, args=args))
-            finally:
-                self._in_flight -= 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append((script, (keys, args), future))
+            return self._alone(operation, script(keys=keys, args=args))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()  # failed with a StoreError
+        self._waiting.append((script, (keys, args), future, operation))
         if len(self._waiting) == 1:
-            asyncio.get_running_loop().call_soon(self._send_waiting)
+            loop.call_soon(self._send_waiting)
+        return future
+
+    async def _alone(self, operation: str, call: Awaitable[Any]) -> Any:
+        self._in_flight += 1
         try:
-            return await future
-        except _FAILURES as exc:
-            raise _store_error(operation, exc) from exc
+            return await self._bounded(operation, call)
+        finally:
+            self._in_flight -= 1
 
     def _send_waiting(self) -> None:
         # Each batch on its own connection: Redis runs one while we read the last.
@@ -950,19 +969,19 @@ class AsyncRedisStore:
         self._in_flight += 1
         try:
             deadline = None if self._timeout is None else self._timeout * 2 + len(batch) / 1000
-            calls = [(script, call) for script, call, _future in batch]
+            calls = [(script, call) for script, call, _future, _operation in batch]
             # One connection (pool slot) and one deadline for the whole batch.
             replies = await _within(deadline, self._limited(self._batch_replies(calls)))
-            for (_script, _call, future), reply in zip(batch, replies, strict=True):
+            for (_script, _call, future, operation), reply in zip(batch, replies, strict=True):
                 if not future.done():
                     if isinstance(reply, Exception):
-                        future.set_exception(reply)
+                        future.set_exception(_failure(operation, reply))
                     else:
                         future.set_result(reply)
         except Exception as exc:
-            for _script, _call, future in batch:
+            for _script, _call, future, operation in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(_failure(operation, exc))
         finally:
             self._in_flight -= 1
 
