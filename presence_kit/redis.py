@@ -447,6 +447,21 @@ def _hiredis_packing(connection_class: Any, kwargs: dict[str, Any]) -> Any:
     return type(connection_class.__name__, (connection_class,), {"pack_command": pack_command})
 
 
+class _Scripts:
+    """Our scripts, registered with one client (redis-py ``Script`` objects), and the
+    batched form of those that handler calls send in bursts, by the plain one's sha."""
+
+    def __init__(self, register: Any) -> None:
+        self.connect, self.disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
+        self.finish, self.due = register(_FINISH_LUA), register(_DUE_LUA)
+        self.heartbeat, self.claim = register(_HEARTBEAT_LUA), register(_CLAIM_LUA)
+        self.renew = register(_RENEW_LUA)
+        self.batched = {
+            self.connect.sha: register(_batched(_CONNECT_LUA)),
+            self.disconnect.sha: register(_batched(_DISCONNECT_LUA)),
+        }
+
+
 class _Turn:
     """A script call of a thread, queued while another thread sends (RedisStore)."""
 
@@ -472,15 +487,7 @@ class RedisStore:
         self._client, self._owned = _sync_handler_client(client, timeout)
         self._cluster = isinstance(self._client, redis.cluster.RedisCluster)
         self._timeout = timeout
-        register = self._client.register_script
-        self._connect, self._disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
-        self._batched = {
-            self._connect.sha: register(_batched(_CONNECT_LUA)),
-            self._disconnect.sha: register(_batched(_DISCONNECT_LUA)),
-        }
-        self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
-        self._heartbeat, self._claim = register(_HEARTBEAT_LUA), register(_CLAIM_LUA)
-        self._renew = register(_RENEW_LUA)
+        self._scripts = _Scripts(self._client.register_script)
         self._turns = threading.Lock()
         self._busy = False  # a thread is sending script calls
         self._waiting: list[_Turn] = []
@@ -494,11 +501,11 @@ class RedisStore:
         """Record a connection: one atomic script call."""
         keys, args = _connect_call(request, local_index=not self._cluster)
         if not self._cluster:
-            return _connect_outcome(self._script("connect", self._connect, keys, args))
+            return _connect_outcome(self._script("connect", self._scripts.connect, keys, args))
         with _store_errors("connect"):
             self._client.hset(request.org_index_key, request.sid, request.index_entry)
             self._client.hset(request.node_index_key, request.sid, request.node_entry)
-            outcome = _connect_outcome(self._connect(keys=keys, args=args))
+            outcome = _connect_outcome(self._scripts.connect(keys=keys, args=args))
             if outcome.status is ConnectStatus.STALE:
                 self._client.hdel(request.org_index_key, request.sid)
                 self._client.hdel(request.node_index_key, request.sid)
@@ -511,10 +518,12 @@ class RedisStore:
         """Remove a connection: one atomic script call, idempotent per sid."""
         keys, args = _disconnect_call(request, local_index=not self._cluster)
         if not self._cluster:
-            reply = self._script("disconnect", self._disconnect, keys, args)
+            reply = self._script("disconnect", self._scripts.disconnect, keys, args)
             return _disconnect_outcome(request.sid, reply)
         with _store_errors("disconnect"):
-            outcome = _disconnect_outcome(request.sid, self._disconnect(keys=keys, args=args))
+            outcome = _disconnect_outcome(
+                request.sid, self._scripts.disconnect(keys=keys, args=args)
+            )
             self._client.hdel(request.node_index_key, request.sid)
             if outcome.deferred:
                 due = outcome.at * 1000 + request.layout.leave_grace_ms
@@ -587,7 +596,7 @@ class RedisStore:
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # e.g. after a failover
             for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
-                self._client.script_load(self._batched[script.sha].script)
+                self._client.script_load(self._scripts.batched[script.sha].script)
             again = self._pipelined([calls[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
@@ -595,7 +604,7 @@ class RedisStore:
 
     def _pipelined(self, calls: list[tuple[Any, Invocation]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        sizes = _queue_runs(pipe, self._batched, calls)
+        sizes = _queue_runs(pipe, self._scripts.batched, calls)
         return _unbatched(pipe.execute(raise_on_error=False), sizes)
 
     def _hand_over(self) -> None:
@@ -610,13 +619,13 @@ class RedisStore:
     def due_leaves(self, queue_key: str, limit: int) -> list[str]:
         """Members of the leave queue whose grace has ended (by the Redis clock)."""
         with _store_errors("due_leaves"):
-            return [_text(m) for m in self._due(keys=[queue_key], args=[limit])]
+            return [_text(m) for m in self._scripts.due(keys=[queue_key], args=[limit])]
 
     def finish_leave(self, request: FinishLeaveRequest) -> FinishLeaveOutcome:
         """Run a held-back leave if due; exactly one caller gets its outcome."""
         keys, args = _finish_call(request, local_index=not self._cluster)
         with _store_errors("finish_leave"):
-            finished = _finish_outcome(self._finish(keys=keys, args=args))
+            finished = _finish_outcome(self._scripts.finish(keys=keys, args=args))
             if self._cluster and finished.due is None:
                 self._client.zrem(request.leave_queue_key, request.queue_member)
                 if finished.outcome is not None and finished.outcome.record is not None:
@@ -660,7 +669,9 @@ class RedisStore:
         if self._cluster:
             return [self.disconnect(request) for request in requests]
         with _store_errors("disconnect_many"):
-            calls = [(self._disconnect, _disconnect_call(r, local_index=True)) for r in requests]
+            calls = [
+                (self._scripts.disconnect, _disconnect_call(r, local_index=True)) for r in requests
+            ]
             replies = _raise_failed(self._batch_replies(calls))
             return [
                 _disconnect_outcome(r.sid, reply)
@@ -670,12 +681,12 @@ class RedisStore:
     def heartbeat(self, call: Heartbeat) -> bool:
         """Stamp this node incarnation alive; ``False`` when it was fenced (swept)."""
         with _store_errors("heartbeat"):
-            return _heartbeat_ok(self._heartbeat(keys=call.keys, args=call.args))
+            return _heartbeat_ok(self._scripts.heartbeat(keys=call.keys, args=call.args))
 
     def claim_node(self, keys: KeySchema, timeout_ms: int, claim_ttl_ms: int) -> str | None:
         """Claim one dead node incarnation to sweep (or a stale claim), if any."""
         with _store_errors("claim_node"):
-            reply = self._claim(
+            reply = self._scripts.claim(
                 keys=[keys.live_nodes(), keys.claimed_nodes()], args=[timeout_ms, claim_ttl_ms]
             )
             return _text(reply[0]) if reply else None
@@ -691,7 +702,7 @@ class RedisStore:
     def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
         """Extend this sweeper's claim on ``member`` (between batches)."""
         with _store_errors("renew_claim"):
-            self._renew(keys=[keys.claimed_nodes()], args=[member, claim_ttl_ms])
+            self._scripts.renew(keys=[keys.claimed_nodes()], args=[member, claim_ttl_ms])
 
     def release_node(self, keys: KeySchema, member: str) -> None:
         """Forget a swept node incarnation (its index must be empty)."""
@@ -763,15 +774,7 @@ class AsyncRedisStore:
         self._in_flight = 0
         self._waiting: list[_Waiting] = []
         self._batches: set[asyncio.Future[None]] = set()
-        register = self._client.register_script
-        self._connect, self._disconnect = register(_CONNECT_LUA), register(_DISCONNECT_LUA)
-        self._batched = {
-            self._connect.sha: register(_batched(_CONNECT_LUA)),
-            self._disconnect.sha: register(_batched(_DISCONNECT_LUA)),
-        }
-        self._finish, self._due = register(_FINISH_LUA), register(_DUE_LUA)
-        self._heartbeat, self._claim = register(_HEARTBEAT_LUA), register(_CLAIM_LUA)
-        self._renew = register(_RENEW_LUA)
+        self._scripts = _Scripts(self._client.register_script)
 
     @property
     def client(self) -> AsyncClient:
@@ -783,13 +786,13 @@ class AsyncRedisStore:
         if self._cluster:
             return await self._bounded("connect", self._cluster_connect(request))
         keys, args = _connect_call(request, local_index=True)
-        return _connect_outcome(await self._script("connect", self._connect, keys, args))
+        return _connect_outcome(await self._script("connect", self._scripts.connect, keys, args))
 
     async def _cluster_connect(self, request: ConnectRequest) -> ConnectOutcome:
         keys, args = _connect_call(request, local_index=False)
         await self._client.hset(request.org_index_key, request.sid, request.index_entry)
         await self._client.hset(request.node_index_key, request.sid, request.node_entry)
-        outcome = _connect_outcome(await self._connect(keys=keys, args=args))
+        outcome = _connect_outcome(await self._scripts.connect(keys=keys, args=args))
         if outcome.status is ConnectStatus.STALE:
             await self._client.hdel(request.org_index_key, request.sid)
             await self._client.hdel(request.node_index_key, request.sid)
@@ -803,12 +806,14 @@ class AsyncRedisStore:
         if self._cluster:
             return await self._bounded("disconnect", self._cluster_disconnect(request))
         keys, args = _disconnect_call(request, local_index=True)
-        reply = await self._script("disconnect", self._disconnect, keys, args)
+        reply = await self._script("disconnect", self._scripts.disconnect, keys, args)
         return _disconnect_outcome(request.sid, reply)
 
     async def _cluster_disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
         keys, args = _disconnect_call(request, local_index=False)
-        outcome = _disconnect_outcome(request.sid, await self._disconnect(keys=keys, args=args))
+        outcome = _disconnect_outcome(
+            request.sid, await self._scripts.disconnect(keys=keys, args=args)
+        )
         await self._client.hdel(request.node_index_key, request.sid)
         if outcome.deferred:
             due = outcome.at * 1000 + request.layout.leave_grace_ms
@@ -819,7 +824,9 @@ class AsyncRedisStore:
 
     async def due_leaves(self, queue_key: str, limit: int) -> list[str]:
         """Members of the leave queue whose grace has ended (by the Redis clock)."""
-        replies = await self._bounded("due_leaves", self._due(keys=[queue_key], args=[limit]))
+        replies = await self._bounded(
+            "due_leaves", self._scripts.due(keys=[queue_key], args=[limit])
+        )
         return [_text(m) for m in replies]
 
     async def finish_leave(self, request: FinishLeaveRequest) -> FinishLeaveOutcome:
@@ -828,7 +835,7 @@ class AsyncRedisStore:
 
     async def _do_finish(self, request: FinishLeaveRequest) -> FinishLeaveOutcome:
         keys, args = _finish_call(request, local_index=not self._cluster)
-        finished = _finish_outcome(await self._finish(keys=keys, args=args))
+        finished = _finish_outcome(await self._scripts.finish(keys=keys, args=args))
         if self._cluster and finished.due is None:
             await self._client.zrem(request.leave_queue_key, request.queue_member)
             if finished.outcome is not None and finished.outcome.record is not None:
@@ -882,7 +889,9 @@ class AsyncRedisStore:
             return list(await asyncio.gather(*(self.disconnect(r) for r in requests)))
 
         async def run() -> list[DisconnectOutcome]:
-            calls = [(self._disconnect, _disconnect_call(r, local_index=True)) for r in requests]
+            calls = [
+                (self._scripts.disconnect, _disconnect_call(r, local_index=True)) for r in requests
+            ]
             replies = _raise_failed(await self._batch_replies(calls))
             return [
                 _disconnect_outcome(r.sid, reply)
@@ -893,14 +902,16 @@ class AsyncRedisStore:
 
     async def heartbeat(self, call: Heartbeat) -> bool:
         """Stamp this node incarnation alive; ``False`` when it was fenced (swept)."""
-        reply = await self._bounded("heartbeat", self._heartbeat(keys=call.keys, args=call.args))
+        reply = await self._bounded(
+            "heartbeat", self._scripts.heartbeat(keys=call.keys, args=call.args)
+        )
         return _heartbeat_ok(reply)
 
     async def claim_node(self, keys: KeySchema, timeout_ms: int, claim_ttl_ms: int) -> str | None:
         """Claim one dead node incarnation to sweep (or a stale claim), if any."""
         reply = await self._bounded(
             "claim_node",
-            self._claim(
+            self._scripts.claim(
                 keys=[keys.live_nodes(), keys.claimed_nodes()], args=[timeout_ms, claim_ttl_ms]
             ),
         )
@@ -920,7 +931,7 @@ class AsyncRedisStore:
     async def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
         """Extend this sweeper's claim on ``member`` (between batches)."""
 
-        renewal = self._renew(keys=[keys.claimed_nodes()], args=[member, claim_ttl_ms])
+        renewal = self._scripts.renew(keys=[keys.claimed_nodes()], args=[member, claim_ttl_ms])
         await self._bounded("renew_claim", renewal)
 
     async def release_node(self, keys: KeySchema, member: str) -> None:
@@ -992,7 +1003,7 @@ class AsyncRedisStore:
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # e.g. after a failover
             for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
-                await self._client.script_load(self._batched[script.sha].script)
+                await self._client.script_load(self._scripts.batched[script.sha].script)
             again = await self._pipelined([calls[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
@@ -1000,7 +1011,7 @@ class AsyncRedisStore:
 
     async def _pipelined(self, calls: list[tuple[Any, Invocation]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        sizes = _queue_runs(pipe, self._batched, calls)
+        sizes = _queue_runs(pipe, self._scripts.batched, calls)
         return _unbatched(await pipe.execute(raise_on_error=False), sizes)
 
     async def _limited(self, call: Awaitable[T]) -> T:
