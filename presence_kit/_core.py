@@ -7,6 +7,7 @@ so no behaviour is written twice.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -105,6 +106,8 @@ class KitStats:
     """Queued operations made once the store answered again."""
     outbox_dropped: int = 0
     """Queued operations forced out by the outbox's bound (left to reconcile/sweep)."""
+    repaired: int = 0
+    """Live sockets of this kit found with no record by reconciling, and recorded again."""
 
 
 class KitCore:
@@ -128,6 +131,9 @@ class KitCore:
         self.incarnation = secrets.token_hex(3)
         self.liveness = NodeLiveness()
         self.outbox = Outbox(self.settings.outbox_size)
+        # Disconnect attempts are "<random>.<n>": unique across kits, cheap per call.
+        self._attempt_prefix = secrets.token_hex(4) + "."
+        self._attempts = itertools.count(1)
         self.local_sessions: dict[str, Mapping[str, Any]] = {}
         """Sessions of the connections this kit holds, to register them again if fenced."""
         self._id_pattern = re.compile(self.settings.id_pattern)
@@ -261,6 +267,7 @@ class KitCore:
             tracks_alive=policy.tracks_alive,
             reason=reason_text,
             layout=self.layout,
+            attempt=f"{self._attempt_prefix}{next(self._attempts):x}",
         )
         return sid, session, policy, request
 
@@ -312,8 +319,11 @@ class KitCore:
     ) -> Sequence[Effect]:
         """The announcements a replayed operation grants (rooms were handled at the time).
 
-        A repeat means the first, failed-looking call did run: its result never reached
-        us, so it was never announced, and is announced now, once.
+        A repeat made by this operation's own earlier try means that call did run: its
+        result never reached us, so it was never announced, and is announced now, once.
+        A repeat made by another call (a reconcile of the record, a duplicate handler
+        call) was announced by that call: nothing is announced again. The handler call
+        was counted when it was made; only the announcements are counted here.
         """
         self.count("replayed")
         effects: Sequence[Effect]
@@ -323,15 +333,31 @@ class KitCore:
             facts = ConnectFacts(
                 sid=op.sid, session=op.session, outcome=outcome, settings=self.settings
             )
+            if facts.came_online and op.policy.tracks_alive:
+                self.count("announced_online")
             effects = op.policy.on_connect(facts)
         else:
-            if outcome.status is DisconnectStatus.REPEAT:
-                outcome = replace(outcome, status=DisconnectStatus.REMOVED)
             assert isinstance(op.request, DisconnectRequest)
-            effects = self.disconnect_effects(
+            if outcome.status is DisconnectStatus.REPEAT and outcome.attempt in (
+                None,
+                op.request.attempt,
+            ):
+                outcome = replace(outcome, status=DisconnectStatus.REMOVED)
+            effects = self._leave_effects(
                 op.sid, op.session, op.policy, outcome, op.request.reason
             )
         return [e for e in effects if isinstance(e, (Emit, Track))]
+
+    def repaired_effects(
+        self, sid: str, session: Session, policy: DisconnectPolicy, outcome: ConnectOutcome
+    ) -> Sequence[Effect]:
+        """The announcements of a live socket recorded again by reconciling (its rooms
+        were joined at its connect): a teacher who was unknown to Redis comes online."""
+        self.count("repaired")
+        facts = ConnectFacts(sid=sid, session=session, outcome=outcome, settings=self.settings)
+        if facts.came_online and policy.tracks_alive:
+            self.count("announced_online")
+        return [e for e in policy.on_connect(facts) if isinstance(e, (Emit, Track))]
 
     def heartbeat_call(self, *, first: bool, offset_ms: int = 0) -> Heartbeat:
         """This node incarnation's heartbeat."""
@@ -367,13 +393,24 @@ class KitCore:
         outcome: DisconnectOutcome | None,
         reason: str,
     ) -> Sequence[Effect]:
-        """Run the role's policy for a disconnect (with the stored session when known)."""
+        """Run the role's policy for a disconnect handler call (with the stored session
+        when known)."""
+        self.count("disconnects")
+        return self._leave_effects(sid, session, policy, outcome, reason)
+
+    def _leave_effects(
+        self,
+        sid: str,
+        session: Session,
+        policy: DisconnectPolicy,
+        outcome: DisconnectOutcome | None,
+        reason: str,
+    ) -> Sequence[Effect]:
         if outcome is not None and outcome.record is not None:
             session = outcome.record.session
         facts = DisconnectFacts(
             sid=sid, session=session, outcome=outcome, reason=reason, settings=self.settings
         )
-        self.count("disconnects")
         if facts.went_offline and policy.tracks_alive:
             self.count("announced_offline")
         return policy.on_disconnect(facts)
@@ -486,31 +523,56 @@ class Outbox:
     """The bounded, in-order queue of store operations to replay once Redis answers.
 
     While it holds anything, new operations queue behind it (so order is kept and no
-    handler waits on a Redis that just failed). When full, the oldest operation is
-    forced out (counted and logged by the kit); what it would have fixed is left to
+    handler waits on a Redis that just failed). When full, the oldest queued operation
+    is forced out (counted and logged by the kit); what it would have fixed is left to
     reconciling and to the sweeper.
+
+
+    The operation being replayed is held apart from the queue while its store call is
+    in flight, so an operation pushed meanwhile (at every ``await`` of the asyncio
+    facade) can never force it out or make the replay finish another one.
     """
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._ops: deque[PendingOperation] = deque()
+        self._in_flight: PendingOperation | None = None
 
     def __len__(self) -> int:
-        return len(self._ops)
+        """Queued operations, the one in flight included."""
+        return len(self._ops) + (self._in_flight is not None)
 
     def push(self, op: PendingOperation) -> PendingOperation | None:
-        """Queue ``op``; return the operation forced out to make room, if any."""
-        forced = self.pop() if len(self._ops) >= self._size else None
+        """Queue ``op``; return the oldest queued operation if it was forced out to make
+        room (never the one in flight)."""
+        forced = self._ops.popleft() if len(self._ops) >= self._size else None
         self._ops.append(op)
         return forced
 
-    def peek(self) -> PendingOperation | None:
-        """The oldest operation."""
-        return self._ops[0] if self._ops else None
+    def sids(self) -> set[str]:
+        """The sids with an operation waiting (or in flight)."""
+        held = {op.sid for op in self._ops}
+        if self._in_flight is not None:
+            held.add(self._in_flight.sid)
+        return held
 
-    def pop(self) -> PendingOperation:
-        """Remove the oldest operation."""
-        return self._ops.popleft()
+    def take(self) -> PendingOperation | None:
+        """Move the oldest queued operation in flight and return it (``None``: empty,
+        or a replay is already in flight)."""
+        if self._in_flight is not None or not self._ops:
+            return None
+        self._in_flight = self._ops.popleft()
+        return self._in_flight
+
+    def done(self) -> None:
+        """The operation in flight was made: forget it."""
+        self._in_flight = None
+
+    def put_back(self) -> None:
+        """The operation in flight failed: it is the oldest queued one again."""
+        if self._in_flight is not None:
+            self._ops.appendleft(self._in_flight)
+            self._in_flight = None
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ from ._model import (
     ConnectionRecord,
     ConnectOutcome,
     ConnectRequest,
+    ConnectStatus,
     DisconnectOutcome,
     DisconnectRequest,
     DisconnectStatus,
@@ -258,11 +259,15 @@ class _BaseKit:
 
     def _replay_flow(self) -> _Flow[int]:
         core, replayed = self._core, 0
-        while (op := core.outbox.peek()) is not None:
+        while (op := core.outbox.take()) is not None:
             store = self._store
             method = store.connect if isinstance(op.request, ConnectRequest) else store.disconnect
-            outcome = yield _Call(method, (op.request,))  # a failure stops here
-            core.outbox.pop()
+            try:
+                outcome = yield _Call(method, (op.request,))
+            except BaseException:
+                core.outbox.put_back()  # a failure stops the replay; the order is kept
+                raise
+            core.outbox.done()
             replayed += 1
             yield from self._effects_flow(core.replayed_effects(op, outcome))
         return replayed
@@ -343,7 +348,37 @@ class _BaseKit:
             for sid, entry in entries.items()
             if sid not in live
         ]
-        return (yield from self._recover_flow([r for r in requests if r is not None]))
+        recovered = yield from self._recover_flow([r for r in requests if r is not None])
+        repaired = yield from self._repair_flow(live.difference(entries))
+        return recovered + repaired
+
+    def _repair_flow(self, unrecorded: set[str]) -> _Flow[int]:
+        """Record again the live sockets of this node that Redis does not know (their
+        connect was forced out of a full outbox, or lost): from the kit's own sessions.
+
+        The socket may disconnect while its record is written. A disconnect that landed
+        first left a tombstone (the connect is refused: STALE), or found no record (then
+        this flow removes the record it just wrote: the handler popped the session, so
+        it is seen missing here); one that lands after removes it as usual. Either way
+        the connection never comes back, and its leave is announced once (the attempt
+        ids tell a replayed handler call that this flow made the removal)."""
+        core, repaired = self._core, 0
+        pending = core.outbox.sids()
+        for sid in sorted(unrecorded):
+            session = core.local_sessions.get(sid)
+            if session is None or sid in pending:  # not ours, or the replay will make it
+                continue
+            sid, parsed, policy, request = core.prepare_connect(sid, session)
+            outcome = yield _Call(self._store.connect, (request,))
+            if outcome.status is not ConnectStatus.NEW:
+                continue  # recorded meanwhile (REPEAT), or disconnected meanwhile (STALE)
+            repaired += 1
+            yield from self._effects_flow(core.repaired_effects(sid, parsed, policy, outcome))
+            if sid not in core.local_sessions:  # it disconnected while we wrote
+                *_, undo = core.prepare_disconnect(sid, session, "stale connection")
+                removed = yield _Call(self._store.disconnect, (undo,))
+                yield from self._effects_flow(core.recovered_effects(removed, undo.reason))
+        return repaired
 
     def _recover_flow(self, requests: Sequence[DisconnectRequest]) -> _Flow[int]:
         if not requests:
@@ -533,7 +568,11 @@ class PresenceKit(_BaseKit):
         return self._drive(self._sweep_flow())
 
     def reconcile(self) -> int:
-        """Run the leave of this node's records that have no live socket; returns how many.
+        """Compare this node's records with its live sockets, both ways; returns how
+        many it fixed. A record with no live socket gets its leave run; a live socket
+        with no record (its connect was lost, say forced out of a full outbox) is
+        recorded again from the session it connected with (a teacher who was unknown
+        to Redis then comes online: ``teacher_connect``).
 
         Needs ``local_sids()`` on the sockets port (the python-socketio adapters have it).
         """

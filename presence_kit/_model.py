@@ -351,6 +351,9 @@ class DisconnectRequest:
     remember: bool = True
     """Keep a tombstone so a repeat returns this outcome (a sweep does not: a node that
     was only stalled may register the same sid again)."""
+    attempt: str = ""
+    """Identifies this handler call (``[A-Za-z0-9.-]``, at most 64 characters); the
+    tombstone keeps it, so a repeat tells whether the first call was this one."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -367,6 +370,11 @@ class DisconnectOutcome:
     """Server time of the removal (seconds since the epoch)."""
     deferred: bool = False
     """The last connection went, but its leave is held back by the grace period."""
+    attempt: str | None = None
+    """For ``REPEAT``: the :attr:`DisconnectRequest.attempt` of the call that made the
+    removal (``None``: the store does not say). A replayed call whose own earlier try
+    made it announces the leave; one made by another call (a reconcile, a duplicate
+    handler call) was announced by that call."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

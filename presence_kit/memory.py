@@ -144,7 +144,9 @@ class MemoryStore:
             layout = request.layout
             done = self._get(request.tombstone_key, now)
             if isinstance(done, str):
-                was_last, was_version, was_at_ms, was_deferred, was_record = done.split(":", 4)
+                was_last, was_version, was_at_ms, was_deferred, attempt, was_record = (
+                    done.split(":", 5)
+                )
                 return DisconnectOutcome(
                     status=DisconnectStatus.REPEAT,
                     last=was_last == "1",
@@ -152,13 +154,19 @@ class MemoryStore:
                     version=int(was_version),
                     at=int(was_at_ms) / 1000,
                     deferred=was_deferred == "1",
+                    attempt=attempt,
                 )
             records = self._hash(request.connections_key, now)
             field = RECORD_FIELD + request.sid
             self._hdel(request.node_index_key, request.sid, now)
             if records is None or field not in records:
                 return DisconnectOutcome(
-                    status=DisconnectStatus.UNKNOWN, last=False, record=None, version=0, at=now
+                    status=DisconnectStatus.UNKNOWN,
+                    last=False,
+                    record=None,
+                    version=0,
+                    at=now,
+                    attempt=request.attempt,
                 )
             record = records.pop(field)
             count = int(records.pop("n", "1")) - 1
@@ -187,7 +195,7 @@ class MemoryStore:
             at_ms = _ms(now)
             if request.remember:
                 self._keys[request.tombstone_key] = _Entry(
-                    f"{int(last)}:{version}:{at_ms}:{int(deferred)}:{record}",
+                    f"{int(last)}:{version}:{at_ms}:{int(deferred)}:{request.attempt}:{record}",
                     now + layout.tombstone_ttl,
                 )
             return DisconnectOutcome(
@@ -197,6 +205,7 @@ class MemoryStore:
                 version=version,
                 at=at_ms / 1000,
                 deferred=deferred,
+                attempt=request.attempt,
             )
 
     def due_leaves(self, queue_key: str, limit: int) -> list[str]:

@@ -203,6 +203,7 @@ def _disconnect_call(
         _flag(local_index),
         _flag(local_index),
         _flag(r.remember),
+        r.attempt,
     ]
     return keys, args
 
@@ -252,7 +253,7 @@ def _connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
 
 
 def _disconnect_outcome(sid: str, reply: Sequence[Any]) -> DisconnectOutcome:
-    status, last, version, at_ms, record, deferred = reply
+    status, last, version, at_ms, record, deferred, attempt = reply
     record_text = _text(record)
     return DisconnectOutcome(
         status=_DISCONNECT_STATUS.get(status) or DisconnectStatus(_text(status)),
@@ -261,6 +262,7 @@ def _disconnect_outcome(sid: str, reply: Sequence[Any]) -> DisconnectOutcome:
         version=int(version),
         at=int(at_ms) / 1000,
         deferred=int(deferred) == 1,
+        attempt=_text(attempt),
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 from presence_kit import AsyncPresenceKit, PresenceKit, Settings, StoreError
 from presence_kit.redis import AsyncRedisStore, RedisStore
 from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics, RecordingSockets
-from tests.support.redis_servers import RedisServer
+from tests.support.redis_servers import RedisServer, aclose_client
 
 
 def teacher(n: int) -> dict[str, Any]:
@@ -83,7 +83,7 @@ async def test_disconnects_during_an_outage_are_replayed_once(
     assert (await kit.online_users(1)) == []
     assert (await kit.online_users(1, "ParticipantWeb")) == []
     await kit.aclose()
-    await client.aclose()
+    await aclose_client(client)
 
 
 def test_a_full_outbox_drops_the_oldest_and_counts_it(fresh_redis_server: RedisServer) -> None:
@@ -131,3 +131,135 @@ def test_a_connect_that_timed_out_after_it_ran_is_announced_by_the_replay(
     assert [e for e, _d, _to in sockets.emitted] == ["teacher_connect"]
     assert kit.replay_outbox() == 0
     kit.close()
+
+
+class _InterleavingStore(RedisStore):
+    """A real RedisStore that runs ``during_connect`` (once) as its next connect is
+    sent: the handler calls a server makes while a replay's call is in flight."""
+
+    during_connect: Any = None
+
+    def connect(self, request: Any) -> Any:
+        hook, self.during_connect = self.during_connect, None
+        if hook is not None:
+            hook()
+        return super().connect(request)
+
+
+class _AsyncInterleavingStore(AsyncRedisStore):
+    during_connect: Any = None
+
+    async def connect(self, request: Any) -> Any:
+        hook, self.during_connect = self.during_connect, None
+        if hook is not None:
+            await hook()
+        return await super().connect(request)
+
+
+def _online(users: Any) -> list[Any]:
+    return sorted(u.user_id for u in users)
+
+
+def test_an_operation_pushed_during_a_replay_never_evicts_the_one_in_flight(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """outbox_size=2 holds t0 and t1; while t0's replay is in flight, t2 and t3 connect.
+    The full queue drops its oldest *queued* operation (t1), never t0, and the replay
+    finishes t0, then t2 and t3: no operation is lost unsent, or counted wrongly."""
+    store = _InterleavingStore(fresh_redis_server.client(), timeout=0.05)
+    kit = PresenceKit(store=store, sockets=RecordingSockets(), settings=Settings(outbox_size=2))
+    fresh_redis_server.pause()
+    try:
+        kit.handle_connect("t0", teacher(0))
+        kit.handle_connect("t1", teacher(1))
+    finally:
+        fresh_redis_server.resume()
+    assert (kit.stats.queued, kit.stats.store_failures) == (2, 1)  # t1 queued behind t0
+
+    def two_more_connects() -> None:
+        kit.handle_connect("t2", teacher(2))
+        kit.handle_connect("t3", teacher(3))
+
+    store.during_connect = two_more_connects
+    assert kit.replay_outbox() == 3
+    assert (kit.stats.queued, kit.stats.outbox_dropped, kit.stats.replayed) == (4, 1, 3)
+    assert _online(kit.online_users(1)) == [0, 2, 3]  # t1 is left to reconciling
+    kit.close()
+
+
+async def test_an_async_replay_keeps_its_operation_while_handlers_push(
+    fresh_redis_server: RedisServer,
+) -> None:
+    client = fresh_redis_server.async_client()
+    store = _AsyncInterleavingStore(client, timeout=0.05)
+    kit = AsyncPresenceKit(
+        store=store, sockets=AsyncRecordingSockets(), settings=Settings(outbox_size=2)
+    )
+    fresh_redis_server.pause()
+    try:
+        await kit.handle_connect("t0", teacher(0))
+        await kit.handle_connect("t1", teacher(1))
+    finally:
+        fresh_redis_server.resume()
+
+    async def two_more_connects() -> None:
+        await asyncio.gather(
+            kit.handle_connect("t2", teacher(2)), kit.handle_connect("t3", teacher(3))
+        )
+
+    store.during_connect = two_more_connects
+    assert await kit.replay_outbox() == 3
+    assert (kit.stats.queued, kit.stats.outbox_dropped, kit.stats.replayed) == (4, 1, 3)
+    assert _online(await kit.online_users(1)) == [0, 2, 3]
+    await kit.aclose()
+    await aclose_client(client)
+
+
+def test_a_replayed_disconnect_is_counted_once(fresh_redis_server: RedisServer) -> None:
+    """One handler call, one count: the replay adds its announcement, not a call."""
+    kit = PresenceKit(
+        store=RedisStore(fresh_redis_server.client(), timeout=0.05), sockets=RecordingSockets()
+    )
+    kit.handle_connect("t0", teacher(0))
+    fresh_redis_server.pause()
+    try:
+        kit.handle_disconnect("t0", teacher(0))
+    finally:
+        fresh_redis_server.resume()
+    assert kit.replay_outbox() == 1
+    stats = kit.stats
+    assert (stats.connects, stats.disconnects, stats.announced_offline) == (1, 1, 1)
+    kit.close()
+
+
+async def test_a_socket_that_disconnects_while_it_is_repaired_never_comes_back(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """s1's connect never reached Redis (killed) and was forced out of the outbox; while
+    a reconcile writes its record again, s1 disconnects, and that disconnect lands
+    first (it finds no record). The reconcile sees the session gone and removes what it
+    wrote: s1 is not left online, and its leave is announced once."""
+    client = fresh_redis_server.async_client()
+    store = _AsyncInterleavingStore(client, timeout=0.05)
+    sockets = AsyncRecordingSockets()
+    kit = AsyncPresenceKit(store=store, sockets=sockets, settings=Settings(outbox_size=1))
+    fresh_redis_server.kill()
+    await kit.handle_connect("s1", teacher(1))  # refused: it never ran
+    await kit.handle_connect("s2", teacher(2))  # queued, forcing s1's connect out
+    fresh_redis_server.restart()
+    assert kit.stats.outbox_dropped == 1
+    assert await kit.replay_outbox() == 1
+    sockets.connected.update({"s1", "s2"})
+
+    async def s1_disconnects() -> None:
+        sockets.connected.discard("s1")
+        await kit.handle_disconnect("s1", teacher(1))
+
+    store.during_connect = s1_disconnects
+    assert await kit.reconcile() == 1
+    assert _online(await kit.online_users(1)) == [2]
+    events = Counter(e for e, d, _to in sockets.emitted if d == {"user_id": 1})
+    assert events == Counter({"teacher_connect": 1, "teacher_disconnect": 1})
+    assert await kit.reconcile() == 0
+    await kit.aclose()
+    await aclose_client(client)

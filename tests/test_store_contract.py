@@ -220,6 +220,20 @@ def test_repeat_disconnect_returns_the_first_outcome(harness: Harness) -> None:
     assert harness.hgetall(ALIVE) == alive
 
 
+def test_a_repeat_names_the_attempt_that_made_the_removal(harness: Harness) -> None:
+    """A retried call (the same request) learns that its own try ran; another call for
+    the same sid learns that someone else's did (so it announces nothing again)."""
+    harness.connect("sid-1", TEACHER)
+    request = harness.core.prepare_disconnect("sid-1", TEACHER, "transport close")[3]
+    other = harness.core.prepare_disconnect("sid-1", TEACHER, "client disconnect")[3]
+    assert request.attempt and other.attempt and request.attempt != other.attempt
+    first = harness.store_disconnect(request)
+    assert (first.status, first.attempt) == (DisconnectStatus.REMOVED, request.attempt)
+    retried = harness.store_disconnect(request)
+    assert (retried.status, retried.attempt) == (DisconnectStatus.REPEAT, request.attempt)
+    assert harness.store_disconnect(other).attempt == request.attempt
+
+
 def test_unknown_disconnect_writes_nothing(harness: Harness) -> None:
     outcome = harness.disconnect("never-seen", TEACHER)
     assert (outcome.status, outcome.last, outcome.record) == (

@@ -9,22 +9,31 @@
 -- ARGV[10] update the org and node indexes here (0/1)  ARGV[11] queue a held-back leave here
 -- ARGV[12] remember the outcome for repeats (0/1; a sweep of a lost node does not, so that
 --          a node that was only stalled can register its sockets again)
--- Returns {status, last (0/1), version, at_ms, record, deferred (0/1)}.
+-- ARGV[13] this call's attempt id ([A-Za-z0-9.-]*), kept in the tombstone
+-- Returns {status, last (0/1), version, at_ms, record, deferred (0/1), attempt}; on a
+-- repeat, attempt is the first call's (so a replay knows whether that was its own try).
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local done = redis.call('GET', KEYS[3])
 if done then
-  -- a repeat: return what the first call did ("last:version:at_ms:deferred:record")
-  local last, v, at, deferred, record = string.match(done, '^(%d):(%d+):(%d+):(%d):(.*)$')
-  return {'repeat', tonumber(last), tonumber(v), tonumber(at), record, tonumber(deferred)}
+  -- a repeat: what the first call did ("last:version:at_ms:deferred:attempt:record";
+  -- tombstones written before attempts were kept lack that field: attempt '?')
+  local last, v, at, deferred, attempt, record =
+    string.match(done, '^(%d):(%d+):(%d+):(%d):([%w%.%-]*):(.*)$')
+  if not last then
+    last, v, at, deferred, record = string.match(done, '^(%d):(%d+):(%d+):(%d):(.*)$')
+    attempt = '?'
+  end
+  return {'repeat', tonumber(last), tonumber(v), tonumber(at), record, tonumber(deferred),
+    attempt}
 end
 
 local field = 'c:' .. ARGV[1]
 local record = redis.call('HGET', KEYS[2], field)
 if ARGV[10] == '1' then redis.call('HDEL', KEYS[7], ARGV[1]) end
 if not record then
-  return {'unknown', 0, 0, now_ms, '', 0}
+  return {'unknown', 0, 0, now_ms, '', 0, ARGV[13]}
 end
 redis.call('HDEL', KEYS[2], field)
 local last = 0
@@ -52,7 +61,8 @@ if ARGV[2] == '1' then
 end
 if ARGV[10] == '1' and deferred == 0 then redis.call('HDEL', KEYS[5], ARGV[1]) end
 if ARGV[12] == '1' then
-  redis.call('SET', KEYS[3], last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. record,
+  redis.call('SET', KEYS[3],
+    last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. ARGV[13] .. ':' .. record,
     'EX', ARGV[7])
 end
-return {'removed', last, v, now_ms, record, deferred}
+return {'removed', last, v, now_ms, record, deferred, ARGV[13]}

@@ -51,7 +51,9 @@ __all__ = [
     "RedisClusterServers",
     "RedisServer",
     "RedisServerError",
+    "aclose_client",
     "free_port",
+    "valkey_server_binary",
     "wait_until",
 ]
 
@@ -64,6 +66,12 @@ _handed_out: set[int] = set()
 _handed_out_lock = threading.Lock()
 
 T = TypeVar("T")
+
+
+async def aclose_client(client: Any) -> None:
+    """Close an asyncio redis-py client (or pubsub): ``aclose`` from redis-py 5.0.1 on,
+    ``close`` before (the floor, 5.0.0, has only that)."""
+    await (client.aclose() if hasattr(client, "aclose") else client.close())
 
 
 class RedisServerError(RuntimeError):
