@@ -13,7 +13,9 @@ Handler calls must not stall a server: by default the store talks to Redis over 
 connection pool of its own, built from the integrator's client (same server,
 credentials, TLS, protocol), with ``timeout`` as socket deadline and no retries —
 redis-py's own defaults (seconds of timeout, several retries) would otherwise apply on
-the handler's path. Pass ``timeout=None`` to use the client exactly as given.
+the handler's path. Pass ``timeout=None`` to use the client exactly as given. That
+pool opens at most ``max_connections`` connections (by default the client pool's size,
+capped at :data:`DEFAULT_MAX_CONNECTIONS`); a burst beyond it waits for one.
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
 DEFAULT_TIMEOUT = 0.5
 """Seconds a handler waits for Redis before giving up (and carrying on without it)."""
+
+DEFAULT_MAX_CONNECTIONS = 100
+"""The most connections the store's own pool opens, unless ``max_connections`` says.
+
+redis-py 8's default pool size; before 8 a pool's default is 2**31, which a blocking
+pool would pre-allocate and a semaphore would not bound at all."""
 
 
 def _lua(name: str) -> str:
@@ -366,7 +374,23 @@ def _deadline_kwargs(kwargs: dict[str, Any], timeout: float, retry: Any) -> dict
     return out
 
 
-def _sync_handler_client(client: SyncClient, timeout: float | None) -> tuple[SyncClient, bool]:
+def _pool_size(pool: Any, max_connections: int | None) -> int:
+    """How many connections the store's own pool may open (at least 1)."""
+    if max_connections is not None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError(f"max_connections must be an int, not {max_connections!r}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        return max_connections
+    given = getattr(pool, "max_connections", None)
+    if not isinstance(given, int) or given < 1:
+        return DEFAULT_MAX_CONNECTIONS
+    return min(given, DEFAULT_MAX_CONNECTIONS)
+
+
+def _sync_handler_client(
+    client: SyncClient, timeout: float | None, max_connections: int | None
+) -> tuple[SyncClient, bool]:
     """The client for handler calls, and whether we own it (and so close it)."""
     if timeout is None:
         return client, False
@@ -385,32 +409,96 @@ def _sync_handler_client(client: SyncClient, timeout: float | None) -> tuple[Syn
         return redis.cluster.RedisCluster(startup_nodes=nodes, **kwargs), True
     pool = client.connection_pool
     kwargs = _deadline_kwargs(pool.connection_kwargs, timeout, no_retry)
+    size = _pool_size(pool, max_connections)
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        sentinel_pool: Any = _BlockingSentinelPool  # unannotated in redis-py
+        own_sentinel_pool = sentinel_pool(
+            pool.service_name,
+            pool.sentinel_manager,
+            connection_class=pool.connection_class,
+            max_connections=size,
+            timeout=timeout,
+            **_sentinel_pool_kwargs(pool, kwargs),
+        )
+        return redis.Redis(connection_pool=own_sentinel_pool), True
     # Blocking: a burst of handlers beyond max_connections waits (within the deadline)
     # for a connection instead of failing at once with MaxConnectionsError.
     blocking_pool: Any = redis.BlockingConnectionPool  # unannotated in redis-py
     own_pool = blocking_pool(
         connection_class=pool.connection_class,
-        max_connections=pool.max_connections,
+        max_connections=size,
         timeout=timeout,
         **kwargs,
     )
     return redis.Redis(connection_pool=own_pool), True
 
 
-def _async_handler_client(client: AsyncClient, timeout: float | None) -> tuple[AsyncClient, bool]:
+# Sentinel (``Sentinel.master_for``): the client's pool asks the sentinels for the
+# master's address at each (re)connect and, when it has changed, drops its idle
+# connections. A copy of its connection kwargs would carry the client pool's own
+# ``connection_pool`` back-reference, so the store's connections would report to (and
+# flush the idle connections of) the integrator's pool, and the store's idle connections
+# would stay pinned to the old master after a failover. The store's pool is therefore a
+# Sentinel pool of its own: same service, sentinel manager and role, our deadlines.
+# Master discovery runs on the handler's path, bounded by the sentinel clients' own
+# ``socket_timeout`` (``Sentinel(..., sentinel_kwargs=...)``), which only the integrator
+# can set.
+
+
+def _sentinel_pool_kwargs(pool: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs of a Sentinel pool like ``pool`` (its back-reference left out)."""
+    out = {k: v for k, v in kwargs.items() if k != "connection_pool"}
+    out["is_master"] = pool.is_master
+    out["check_connection"] = pool.check_connection
+    return out
+
+
+class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+    """A Sentinel pool that, like the store's plain one, waits (up to ``timeout``) for a
+    free connection instead of failing at once when all are in use.
+
+    Before redis-py 5.0.1 ``BlockingConnectionPool.disconnect`` takes no
+    ``inuse_connections``, which the Sentinel pool passes when the master changes, so
+    that case (drop the idle connections only) is done here on every version.
+    """
+
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        if inuse_connections:
+            super().disconnect()
+            return
+        with self.pool.mutex:  # the idle connections are those in the queue
+            idle = [connection for connection in self.pool.queue if connection is not None]
+        for connection in idle:
+            connection.disconnect()
+
+
+def _async_handler_client(
+    client: AsyncClient, timeout: float | None, max_connections: int | None
+) -> tuple[AsyncClient, bool]:
     if timeout is None or isinstance(client, redis.asyncio.cluster.RedisCluster):
         return client, False
     from redis.asyncio.retry import Retry as AsyncRetry
 
     pool = client.connection_pool
     kwargs = _deadline_kwargs(pool.connection_kwargs, timeout, AsyncRetry(NoBackoff(), 0))
+    connection_class = _hiredis_packing(pool.connection_class, kwargs)
+    size = _pool_size(pool, max_connections)
     # Plain pool (cheaper per command than the blocking one); the store's semaphore
     # makes a burst beyond max_connections wait for a connection instead of failing.
-    own_pool = redis.asyncio.ConnectionPool(
-        connection_class=_hiredis_packing(pool.connection_class, kwargs),
-        max_connections=pool.max_connections,
-        **kwargs,
-    )
+    if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+        # A Sentinel pool of the store's own (see the comment above _sentinel_pool_kwargs).
+        sentinel_pool: Any = redis.asyncio.sentinel.SentinelConnectionPool  # unannotated
+        own_pool: redis.asyncio.ConnectionPool = sentinel_pool(
+            pool.service_name,
+            pool.sentinel_manager,
+            connection_class=connection_class,
+            max_connections=size,
+            **_sentinel_pool_kwargs(pool, kwargs),
+        )
+    else:
+        own_pool = redis.asyncio.ConnectionPool(
+            connection_class=connection_class, max_connections=size, **kwargs
+        )
     return redis.asyncio.Redis(connection_pool=own_pool), True
 
 
@@ -485,8 +573,14 @@ class RedisStore:
     when read.
     """
 
-    def __init__(self, client: SyncClient, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        self._client, self._owned = _sync_handler_client(client, timeout)
+    def __init__(
+        self,
+        client: SyncClient,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_connections: int | None = None,
+    ) -> None:
+        self._client, self._owned = _sync_handler_client(client, timeout, max_connections)
         self._cluster = isinstance(self._client, redis.cluster.RedisCluster)
         self._timeout = timeout
         self._scripts = _Scripts(self._client.register_script)
@@ -728,9 +822,15 @@ class RedisStore:
             return _node_infos(live, info, counts)
 
     def close(self) -> None:
-        """Close the store's own connection pool (never the integrator's client)."""
+        """Close the store's own connection pool (never the integrator's client).
+
+        redis-py leaves a pool that was passed in open when its client closes, so the
+        pool the store built is disconnected here, on every redis-py version."""
         if self._owned:
             self._client.close()
+            pool = getattr(self._client, "connection_pool", None)  # none on a cluster
+            if pool is not None:
+                pool.disconnect()
 
 
 async def _within(deadline: float | None, call: Awaitable[T]) -> T:
@@ -766,13 +866,19 @@ class AsyncRedisStore:
     The same semantics as :class:`RedisStore`; each call is bounded by ``timeout``.
     """
 
-    def __init__(self, client: AsyncClient, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        self._client, self._owned = _async_handler_client(client, timeout)
+    def __init__(
+        self,
+        client: AsyncClient,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_connections: int | None = None,
+    ) -> None:
+        self._client, self._owned = _async_handler_client(client, timeout, max_connections)
         self._cluster = isinstance(self._client, redis.asyncio.cluster.RedisCluster)
         self._timeout = timeout
         pool: Any = getattr(self._client, "connection_pool", None)
         # Calls in flight at once: never more than the pool holds (a burst waits).
-        self._slots = asyncio.Semaphore(getattr(pool, "max_connections", None) or 100)
+        self._slots = asyncio.Semaphore(_pool_size(pool, max_connections))
         self._in_flight = 0
         self._waiting: list[_Waiting] = []
         self._batches: set[asyncio.Future[None]] = set()
@@ -1043,9 +1149,13 @@ class AsyncRedisStore:
             raise _store_error(operation, exc) from exc
 
     async def aclose(self) -> None:
-        """Close the store's own connection pool (never the integrator's client)."""
+        """Close the store's own connection pool (never the integrator's client).
+
+        As :meth:`RedisStore.close`; ``aclose`` is ``close`` before redis-py 5.0.1."""
         if self._owned:
-            await self._client.aclose()
+            client: Any = self._client
+            await (client.aclose() if hasattr(client, "aclose") else client.close())
+            await client.connection_pool.disconnect()
 
 
 def _store_error(operation: str, exc: BaseException) -> StoreError:

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.utils
 
 from presence_kit import StoreError
 from presence_kit._core import KitCore
 from presence_kit.redis import AsyncRedisStore, RedisStore
-from tests.support.redis_servers import RedisServer
+from tests.support.redis_servers import RedisServer, aclose_client
 
 TEACHER = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 3}
 CORE = KitCore(settings=None, policies=None, namespace="/")
@@ -75,7 +76,7 @@ async def test_async_store_deadline_and_failure(fresh_redis_server: RedisServer)
     assert (await store.disconnect(disconnect_request())).last is True
     await store.aclose()
     assert await client.ping() is True
-    await client.aclose()
+    await aclose_client(client)
 
 
 def test_timeout_none_uses_the_client_as_given(redis_server: RedisServer) -> None:
@@ -95,7 +96,7 @@ async def test_async_timeout_none_uses_the_client_as_given(redis_server: RedisSe
     assert (await store.disconnect(disconnect_request())).last is True
     await store.aclose()
     assert await client.ping() is True
-    await client.aclose()
+    await aclose_client(client)
 
 
 def test_derived_client_keeps_the_integrators_options(redis_server: RedisServer) -> None:
@@ -108,7 +109,8 @@ def test_derived_client_keeps_the_integrators_options(redis_server: RedisServer)
         "mine",
     )
     assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.3, 0.3)
-    assert kwargs["retry"].get_retries() == 0
+    retry = kwargs["retry"]  # get_retries() exists from redis-py 5.0.1 on
+    assert (retry.get_retries() if hasattr(retry, "get_retries") else retry._retries) == 0
     assert client.connection_pool.connection_kwargs["socket_timeout"] != 0.3
 
 
@@ -127,7 +129,7 @@ async def test_async_scripts_are_reloaded_after_a_script_flush(redis_server: Red
     redis_server.client().script_flush()
     assert (await store.disconnect(disconnect_request())).last is True
     await store.aclose()
-    await client.aclose()
+    await aclose_client(client)
 
 
 def test_a_corrupt_record_is_a_store_error(redis_server: RedisServer) -> None:
@@ -158,7 +160,7 @@ async def test_a_burst_beyond_the_pool_waits_for_a_connection(redis_server: Redi
     await asyncio.gather(*(one(n) for n in range(300)))
     assert (kit.stats.store_failures, kit.stats.announced_offline) == (0, 300)
     await kit.aclose()
-    await client.aclose()
+    await aclose_client(client)
 
 
 async def test_concurrent_calls_share_a_pipeline_and_survive_noscript(
@@ -192,7 +194,7 @@ async def test_concurrent_calls_share_a_pipeline_and_survive_noscript(
     # The first batch met NOSCRIPT and was sent again after loading the scripts.
     assert sum(batches) > 49
     await store.aclose()
-    await client.aclose()
+    await aclose_client(client)
 
 
 async def _coalesced(store: AsyncRedisStore, calls: list[Any]) -> list[Any]:
@@ -234,7 +236,7 @@ async def test_a_failing_call_in_a_batch_fails_alone(
     assert all(r.last for n, r in enumerate(results) if n != 3)
     assert redis_server.client().get("alive:org_1_user_13") == b"not a hash"
     await store.aclose()
-    await client.aclose()
+    await aclose_client(client)
 
 
 async def test_a_batch_keeps_the_order_of_its_calls(redis_server: RedisServer) -> None:
@@ -250,7 +252,7 @@ async def test_a_batch_keeps_the_order_of_its_calls(redis_server: RedisServer) -
     assert connected.first and left.last
     assert redis_server.client().hget("alive:org_1_user_42", "state") == b"disconnect"
     await store.aclose()
-    await client.aclose()
+    await aclose_client(client)
 
 
 def test_disconnect_many_sends_batched_scripts(redis_server: RedisServer) -> None:
@@ -279,6 +281,9 @@ def test_disconnect_many_sends_batched_scripts(redis_server: RedisServer) -> Non
         store.disconnect_many([poisoned])
 
 
+@pytest.mark.skipif(
+    not redis.utils.HIREDIS_AVAILABLE, reason="needs hiredis installed (the hiredis extra)"
+)
 async def test_the_async_store_packs_commands_with_hiredis(redis_server: RedisServer) -> None:
     """redis-py's asyncio connections pack in Python; the store's own pool uses hiredis's
     packer (as redis-py's blocking connections do), with the same bytes on the wire."""
@@ -298,8 +303,8 @@ async def test_the_async_store_packs_commands_with_hiredis(redis_server: RedisSe
     assert (
         AsyncRedisStore(latin).client.connection_pool.connection_class is redis.asyncio.Connection
     )
-    await client.aclose()
-    await latin.aclose()
+    await aclose_client(client)
+    await aclose_client(latin)
 
 
 def _threads_while_paused(
@@ -420,3 +425,118 @@ def test_threads_queued_behind_an_interrupted_sender_are_answered(
     failed = [r for r in results if isinstance(r, StoreError)]
     assert len(failed) == 3 and all("interrupted" in str(r) for r in failed)
     assert store._busy is False  # type: ignore[attr-defined]
+
+
+# --- the store's own pool: its size, and that close() really closes it -----------------
+
+
+def _clients_of(server: RedisServer, name: str) -> int:
+    """How many connections named ``name`` the server holds."""
+    return sum(1 for c in server.client().client_list() if c.get("name") == name)
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, 100), (7, 7)])
+def test_the_stores_pool_is_capped_whatever_the_clients_pool_allows(
+    redis_server: RedisServer, given: int | None, expected: int
+) -> None:
+    # Before redis-py 8 a pool's default size is 2**31, which a blocking pool would
+    # pre-allocate (RedisStore.__init__ never returned on redis-py 5-7).
+    pool = redis.ConnectionPool(host="127.0.0.1", port=redis_server.port, max_connections=2**31)
+    store = RedisStore(redis.Redis(connection_pool=pool), max_connections=given)
+    assert store.client.connection_pool.max_connections == expected
+    assert store.connect(connect_request()).first is True
+    store.close()
+    pool.disconnect()
+
+
+async def test_the_async_stores_burst_is_bounded_by_its_capped_pool(
+    redis_server: RedisServer,
+) -> None:
+    import asyncio
+
+    pool = redis.asyncio.ConnectionPool(
+        host="127.0.0.1", port=redis_server.port, max_connections=2**31, client_name="capped"
+    )
+    store = AsyncRedisStore(redis.asyncio.Redis(connection_pool=pool), max_connections=5)
+    assert store.client.connection_pool.max_connections == 5
+    requests = [CORE.prepare_connect(f"s{n}", {**TEACHER, "user_id": n})[3] for n in range(200)]
+    outcomes = await asyncio.gather(*(store.connect(r) for r in requests))
+    assert all(o.first for o in outcomes)
+    assert 1 <= _clients_of(redis_server, "capped") <= 5  # back-pressure, not 200 sockets
+    await store.aclose()
+    await pool.disconnect()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10"])
+def test_a_bad_max_connections_is_refused_before_anything_is_written(
+    redis_server: RedisServer, bad: Any
+) -> None:
+    client = redis_server.client()
+    with pytest.raises((ValueError, TypeError), match="max_connections"):
+        RedisStore(client, max_connections=bad)
+    with pytest.raises((ValueError, TypeError), match="max_connections"):
+        AsyncRedisStore(redis_server.async_client(), max_connections=bad)
+    assert client.dbsize() == 0
+
+
+def test_close_disconnects_the_stores_own_pool(redis_server: RedisServer) -> None:
+    import gc
+    import warnings
+
+    client = redis_server.client(client_name="own-pool")
+    store = RedisStore(client)
+    store.connect(connect_request())
+    assert _clients_of(redis_server, "own-pool") == 1  # the store's; the client made none
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        store.close()
+        del store
+        gc.collect()
+    assert _clients_of(redis_server, "own-pool") == 0
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert client.ping() is True  # the integrator's client is untouched
+
+
+async def test_aclose_disconnects_the_async_stores_own_pool(redis_server: RedisServer) -> None:
+    import gc
+    import warnings
+
+    client = redis_server.async_client(client_name="own-async-pool")
+    store = AsyncRedisStore(client)
+    await store.connect(connect_request())
+    assert _clients_of(redis_server, "own-async-pool") == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        await store.aclose()
+        del store
+        gc.collect()
+    assert _clients_of(redis_server, "own-async-pool") == 0
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert await client.ping() is True
+    await client.connection_pool.disconnect()
+
+
+def test_a_tombstone_written_before_attempts_still_answers_a_repeat(
+    redis_server: RedisServer,
+) -> None:
+    """0.1 kept "last:version:at_ms:deferred:record"; a rolling upgrade may meet one."""
+    from presence_kit import DisconnectStatus
+
+    store = RedisStore(redis_server.client())
+    store.connect(connect_request())
+    request: Any = disconnect_request()
+    first = store.disconnect(request)
+    raw = redis_server.client(decode_responses=True)
+    new_format = raw.get(request.tombstone_key)
+    assert new_format.split(":")[4] == request.attempt
+    last, version, at_ms, deferred, _, record = new_format.split(":", 5)
+    raw.set(request.tombstone_key, f"{last}:{version}:{at_ms}:{deferred}:{record}", ex=60)
+    repeat = store.disconnect(request)
+    assert repeat.status is DisconnectStatus.REPEAT
+    assert (repeat.last, repeat.version, repeat.record, repeat.attempt) == (
+        first.last,
+        first.version,
+        first.record,
+        "?",
+    )
+    store.close()
