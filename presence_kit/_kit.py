@@ -56,6 +56,9 @@ _NO_KWARGS: Mapping[str, Any] = MappingProxyType({})
 _BUCKETS_PER_READ = 32
 """Node-index buckets read per round trip during a sweep."""
 
+_CLOSE_POLL_INTERVAL = 0.01
+"""Seconds between looks at the background loop's done flag while ``close()`` waits."""
+
 
 class _Call:
     """One I/O a flow needs: ``fn(*args, **kwargs)``, a method of a port (the store, the
@@ -495,6 +498,7 @@ class PresenceKit(_BaseKit):
             sockets=sockets, analytics=analytics, settings=settings, policies=policies
         )
         self._store = store if store is not None else _default_store()
+        self._background_done = False
 
     def _drive(self, flow: _Flow[T]) -> T:
         try:
@@ -584,9 +588,28 @@ class PresenceKit(_BaseKit):
         self._drive(self._background_step_flow())
 
     def _background_loop(self) -> None:
-        while not self._stopping:
-            self.run_background_step()
-            self._sockets.sleep(self._tick)
+        try:
+            while not self._stopping:
+                self.run_background_step()
+                self._sockets.sleep(self._tick)
+        finally:
+            self._background_done = True
+
+    def _wait_for_background(self, bound: float) -> None:
+        # Wait (at most ``bound`` s) for the loop to exit, by polling its done flag with
+        # the port's own sleep: a thread's handle takes ``join(timeout)``, but
+        # engine.io's eventlet handle only ``join()`` (unbounded), and a bare sleep is
+        # the one primitive every concurrency model gives us cooperatively. No handle
+        # (the port started nothing, e.g. RecordingSockets): nothing to wait for.
+        if self._background is None:
+            return
+        deadline = time.monotonic() + bound
+        while not self._background_done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                logger.warning("presence background did not stop within %.1fs", bound)
+                return
+            self._sockets.sleep(min(_CLOSE_POLL_INTERVAL, left))
 
     def online_users(
         self,
@@ -620,9 +643,7 @@ class PresenceKit(_BaseKit):
             return
         self._closed = True
         self._stopping = True
-        join = getattr(self._background, "join", None)
-        if callable(join):
-            join(self._tick + 1.0)
+        self._wait_for_background(self._tick + 1.0)
         self._drive(self._handover_flow())
         self._close_analytics(timeout)
         self._store.close()

@@ -121,7 +121,12 @@ class SocketIORooms:
             raise SocketsError(f"could not emit {event!r} to {to!r}") from exc
 
     def start_background_task(self, target: Callable[..., Any], *args: Any) -> Any:
-        """Run ``target(*args)`` via the server; return its handle (it has ``join()``)."""
+        """Run ``target(*args)`` via the server; return its handle.
+
+        The handle's ``join`` differs by ``async_mode`` (a thread's takes a timeout,
+        engine.io's eventlet one takes none), so the kit never joins it: it waits for
+        its background loop with :meth:`sleep` instead.
+        """
         server = self.server
         try:
             return server.start_background_task(target, *args)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -251,3 +253,93 @@ async def test_example_on_redis(script: str, tmp_path: Path, redis_server: Redis
 
 def test_examples_are_all_tested() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(SCRIPTS)
+
+
+# --- the Flask quickstart in-process: a refused session leaves nothing behind ----------
+
+
+def _load_flask_example(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Any:
+    """Import ``examples/flask_socketio_server.py`` as a module, on ``redis_url``."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.delenv("MIXPANEL_TOKEN", raising=False)
+    spec = importlib.util.spec_from_file_location(
+        "flask_socketio_example", EXAMPLES / "flask_socketio_server.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _readme_flask_quickstart(redis_url: str) -> dict[str, Any]:
+    """Run the README's Flask quickstart block, on ``redis_url``; returns its namespace."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Quickstart: Flask-SocketIO", 1)[1]
+    found = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert found is not None, "the README has no Flask quickstart block"
+    code = found.group(1)
+    # Two test-only substitutions: the test's redis-server instead of localhost:6379, and
+    # threading pinned (with eventlet installed, SocketIO(app) would pick eventlet, which
+    # needs a monkey-patched process; tests/test_server_modes.py runs that one).
+    for snippet, replacement in (
+        ("redis.Redis()", "redis.Redis.from_url(REDIS_URL)"),
+        ("SocketIO(app)", 'SocketIO(app, async_mode="threading")'),
+    ):
+        assert code.count(snippet) == 1, snippet
+        code = code.replace(snippet, replacement)
+
+    def authenticate(auth: Any) -> Any:  # the server's own auth; the test trusts the client
+        return auth
+
+    namespace: dict[str, Any] = {
+        "__name__": "readme_flask_quickstart",
+        "REDIS_URL": redis_url,
+        "authenticate": authenticate,
+    }
+    exec(compile(code, "README.md:flask-quickstart", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("source", ["readme", "example"])
+def test_flask_quickstart_refuses_an_invalid_session_and_leaves_nothing_behind(
+    source: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if source == "readme":
+        app: Any = _readme_flask_quickstart(redis_server.url)
+    else:
+        app = vars(_load_flask_example(monkeypatch, redis_server.url))
+    flask_app, socketio_app, kit, sessions = (
+        app["app"],
+        app["socketio_app"],
+        app["kit"],
+        app["sessions"],
+    )
+    raw = redis_server.client()
+    try:
+        for auth in INVALID[:3]:  # the README's authenticate() returns what it was given
+            client = socketio_app.test_client(flask_app, auth=auth)
+            assert not client.is_connected(), auth
+            assert sessions == {}, auth
+            assert raw.dbsize() == 0, auth  # nothing written: no key, not even a heartbeat
+
+        # The disconnect handler copes with a sid it has no session for.
+        with flask_app.test_request_context():
+            flask_request = app["request"]
+            flask_request.sid = "never-connected"
+            app["on_disconnect"]("client disconnect")
+        assert sessions == {} and raw.dbsize() == 0
+
+        # A valid session still works, and its entry goes with its disconnect.
+        teacher = socketio_app.test_client(flask_app, auth=dict(TEACHER))
+        assert teacher.is_connected()
+        assert len(sessions) == 1
+        assert raw.hget("alive:org_1_user_7", "state") == b"connect"
+        teacher.disconnect()
+        assert sessions == {}
+        assert raw.hget("alive:org_1_user_7", "state") == b"disconnect"
+    finally:
+        kit.close()
+        raw.close()
+        client_of_example = app.get("redis_client")
+        if client_of_example is not None:
+            client_of_example.close()

@@ -79,7 +79,9 @@ def test_threaded_server_three_flows(
 
 def test_flask_socketio(redis_server: RedisServer, mixpanel_endpoint: MixpanelEndpoint) -> None:
     app = flask.Flask(__name__)
-    socketio_app = flask_socketio.SocketIO(app)
+    # threading pinned: Flask-SocketIO would pick eventlet or gevent when installed;
+    # tests/test_server_modes.py runs those, each monkey-patched in its own process.
+    socketio_app = flask_socketio.SocketIO(app, async_mode="threading")
     kit = PresenceKit(
         store=RedisStore(redis_server.client()),
         sockets=SocketIORooms(socketio_app),

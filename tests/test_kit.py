@@ -8,7 +8,9 @@ I/O, failures that never escape ``handle_disconnect``, custom roles, closing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -275,6 +277,94 @@ def test_close_flushes_analytics_once_and_context_manager(parts: Any) -> None:
         pass
     assert analytics.closed
     kit.close()
+
+
+class HeartbeatLog(MemoryStore):
+    """A MemoryStore that records each heartbeat's score offset (0, or the handover's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offsets: list[int] = []
+        self.closed = False
+
+    def heartbeat(self, call: Any) -> bool:
+        self.offsets.append(call.offset_ms)
+        return super().heartbeat(call)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class NoTimeoutJoin:
+    """A task handle like engine.io's eventlet ``EventletThread``: ``join()`` takes no
+    timeout (a call with one raises ``TypeError``)."""
+
+    def __init__(self, thread: threading.Thread | None) -> None:
+        self.thread = thread
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+
+class GreenSockets(RecordingSockets):
+    """Background tasks run in threads, handed back as :class:`NoTimeoutJoin` handles;
+    with ``run=False`` the task never runs (a greenlet that is never scheduled)."""
+
+    def __init__(self, *, run: bool = True) -> None:
+        super().__init__()
+        self.run = run
+        self.handles: list[NoTimeoutJoin] = []
+
+    def start_background_task(self, target: Callable[..., Any], *args: Any) -> NoTimeoutJoin:
+        thread = None
+        if self.run:
+            thread = threading.Thread(target=target, args=args, daemon=True)
+            thread.start()
+        self.handles.append(NoTimeoutJoin(thread))
+        return self.handles[-1]
+
+
+FAST = Settings(heartbeat_interval=0.05, leave_poll_interval=0.05)
+HANDOVER_MS = round((FAST.shutdown_grace - FAST.node_timeout) * 1000)
+
+
+def test_close_waits_for_the_loop_whatever_join_takes() -> None:
+    """Issue 11: under eventlet ``close()`` called ``join(timeout)`` on a handle whose
+    ``join`` takes none, and raised before the handover. It now waits for the loop
+    through the port's ``sleep`` and never passes the handle a timeout."""
+    store, sockets, analytics = HeartbeatLog(), GreenSockets(), RecordingAnalytics()
+    kit = PresenceKit(sockets=sockets, store=store, analytics=analytics, settings=FAST)
+    kit.handle_connect("t1", TEACHER)
+    (handle,) = sockets.handles
+    deadline = time.monotonic() + 10
+    while 0 not in store.offsets:  # the loop runs: its first heartbeat
+        assert time.monotonic() < deadline, "the background loop did not beat"
+        time.sleep(0.01)
+    kit.close()
+    assert handle.thread is not None
+    handle.thread.join(10)
+    assert not handle.thread.is_alive()  # the loop stopped ...
+    assert store.offsets[-1] == HANDOVER_MS  # ... before the handover, which is last
+    assert HANDOVER_MS not in store.offsets[:-1]
+    assert analytics.closed and store.closed
+    kit.close()  # idempotent
+    assert store.offsets.count(HANDOVER_MS) == 1
+
+
+def test_close_does_not_wait_forever_for_a_loop_that_never_ran(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, sockets = HeartbeatLog(), GreenSockets(run=False)
+    kit = PresenceKit(sockets=sockets, store=store, settings=FAST)
+    kit.handle_connect("t1", TEACHER)
+    kit.heartbeat()  # registered, so there is something to hand over
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="presence_kit"):
+        kit.close()
+    assert time.monotonic() - started < 10  # bounded (by tick + 1 s)
+    assert "presence background did not stop" in caplog.text
+    assert store.offsets == [0, HANDOVER_MS] and store.closed
 
 
 def test_announce_connect_off() -> None:

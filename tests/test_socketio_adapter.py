@@ -21,6 +21,7 @@ import socketio
 from presence_kit._errors import BackendError, InvalidInputError, SocketsError
 from presence_kit._ports import AsyncSockets, Sockets
 from presence_kit.socketio import AsyncSocketIORooms, SocketIORooms
+from tests.support.redis_servers import aclose_client
 from tests.support.sio_harness import (
     connect_async_client,
     eventually,
@@ -289,7 +290,7 @@ async def _stop_manager(sio: Any) -> AsyncIterator[None]:
             await asyncio.gather(task, return_exceptions=True)
         for resource in (getattr(manager, "pubsub", None), getattr(manager, "redis", None)):
             if resource is not None:
-                await resource.aclose()
+                await aclose_client(resource)
 
 
 async def test_local_sids_with_a_redis_manager_are_this_nodes_only(redis_url: str) -> None:
@@ -322,7 +323,7 @@ async def test_local_sids_with_a_redis_manager_are_this_nodes_only(redis_url: st
                 assert time.monotonic() < deadline, "listeners never subscribed"
                 await asyncio.sleep(0.01)
         finally:
-            await r.aclose()
+            await aclose_client(r)
 
         await rooms1.enter_room(a.sid, ROOM)
         await rooms2.enter_room(b.sid, ROOM)
@@ -449,7 +450,9 @@ def test_threaded_harness_leaves_no_threads_behind() -> None:
 
 
 def test_flask_socketio_server_is_resolved_lazily() -> None:
-    sockio = flask_socketio.SocketIO()
+    # Pinned: with eventlet or gevent installed (the test extra has both, for the
+    # server-mode tests) Flask-SocketIO would pick that mode, unpatched here.
+    sockio = flask_socketio.SocketIO(async_mode="threading")
     rooms = SocketIORooms(sockio)  # before init_app: fine to build
     with pytest.raises(SocketsError, match="init_app"):
         rooms.local_sids()
