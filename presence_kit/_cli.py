@@ -65,6 +65,17 @@ class _PrintingAnalytics:
         pass
 
 
+_DEMO_KEY_PREFIX = "presence-demo"
+"""The demo's own key prefix, so that it can remove what it wrote from a real Redis."""
+
+
+async def _forget_demo_keys(raw: Any) -> None:
+    """Delete the demo's bookkeeping keys (its node registration has no TTL). The
+    spec's alive keys stay: after a leave they expire on their own (offline_ttl)."""
+    async for key in raw.scan_iter(match=f"{_DEMO_KEY_PREFIX}:*", count=500):
+        await raw.unlink(key)
+
+
 async def _demo(redis_url: str | None) -> None:
     try:
         import socketio
@@ -101,7 +112,12 @@ async def _demo(redis_url: str | None) -> None:
     app = web.Application()
     sio.attach(app)
     analytics = _PrintingAnalytics(say)
-    kit = AsyncPresenceKit(store=store, sockets=AsyncSocketIORooms(sio), analytics=analytics)
+    kit = AsyncPresenceKit(
+        store=store,
+        sockets=AsyncSocketIORooms(sio),
+        analytics=analytics,
+        settings=Settings(key_prefix=_DEMO_KEY_PREFIX),
+    )
 
     async def connect(sid: str, environ: dict[str, Any], auth: dict[str, Any]) -> None:
         await sio.save_session(sid, auth)
@@ -169,6 +185,7 @@ async def _demo(redis_url: str | None) -> None:
         await kit.aclose()
         await runner.cleanup()
         if raw is not None:
+            await _forget_demo_keys(raw)
             await raw.aclose()
     stats = kit.stats
     print(

@@ -36,6 +36,10 @@ def test_demo_on_a_real_redis(
     assert f"presence in Redis at {redis_server.url}" in capsys.readouterr().out
     raw = redis_server.client(decode_responses=True)
     assert raw.hget("alive:org_demo_user_7", "state") == "disconnect"
+    # It cleans up after itself: nothing of it stays in the user's Redis for good.
+    left = {key: raw.ttl(key) for key in raw.scan_iter(count=1000)}
+    assert left, "the spec's alive key stays, with its offline TTL"
+    assert all(ttl > 0 for ttl in left.values()), left
 
 
 @pytest.mark.parametrize("url", ["not-a-url", f"redis://127.0.0.1:{free_port()}/0"])
