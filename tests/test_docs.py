@@ -237,7 +237,11 @@ def _chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.fail("headless Chromium is needed to check the docs: apt-get install chromium")
+    # CI must prove the pages render; a contributor's machine may lack a browser.
+    message = "headless Chromium is needed to check the docs: apt-get install chromium"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(f"{message} (required when CI=true)")
 
 
 def _browse(page: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ from presence_kit.mixpanel import MixpanelAnalytics
 from presence_kit.redis import AsyncRedisStore, RedisStore
 from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics, RecordingSockets
 from tests.support.mixpanel_endpoint import MixpanelEndpoint
-from tests.support.redis_servers import RedisServer
+from tests.support.redis_servers import RedisServer, aclose_client
 
 TOKEN = "mp-token-DO-NOT-LOG-123"
 
@@ -206,7 +206,7 @@ async def test_many_tasks_on_async_kits_batch_the_same_users_correctly(
     for kit in kits:
         await kit.aclose()
     for client in clients:
-        await client.aclose()
+        await aclose_client(client)
 
 
 def test_redis_killed_mid_storm_converges_after_restart(tmp_path: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 from presence_kit import ClientRole, InvalidSessionError, PresenceKit, Settings
 from presence_kit.redis import RedisStore
 from presence_kit.testing import RecordingAnalytics, RecordingSockets
+from tests.support.redis_servers import aclose_client
 from tests.support.sio_harness import eventually_sync
 
 HUB = {"role": "TeacherHub", "org_id": 1, "user_id": 100, "lesson_id": 5}
@@ -257,5 +258,5 @@ async def test_a_stale_cluster_index_entry_is_verified_away(redis_cluster: Any) 
     assert [u.user_id for u in await async_kit.online_users(1)] == [7]
     assert raw.hexists(index, "ghost-2") == 0
     await async_kit.aclose()
-    await client.aclose()
+    await aclose_client(client)
     sync_kit.close()

@@ -9,7 +9,7 @@ from typing import Any
 from presence_kit import AsyncPresenceKit, Settings
 from presence_kit.redis import AsyncRedisStore
 from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics
-from tests.support.redis_servers import RedisServer
+from tests.support.redis_servers import RedisServer, aclose_client
 
 TIMEOUT = 0.4
 SETTINGS = Settings(heartbeat_interval=0.1, node_timeout=TIMEOUT, shutdown_grace=0.5)
@@ -41,7 +41,7 @@ class Node:
 
     async def close(self) -> None:
         await self.kit.aclose(timeout=1)
-        await self.client.aclose()
+        await aclose_client(self.client)
 
 
 async def test_async_sweep_fencing_and_reconcile(redis_server: RedisServer) -> None:

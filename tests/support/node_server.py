@@ -22,6 +22,7 @@ from presence_kit import AsyncPresenceKit, PresenceError, Settings
 from presence_kit.mixpanel import MixpanelAnalytics
 from presence_kit.redis import AsyncRedisStore
 from presence_kit.socketio import AsyncSocketIORooms
+from tests.support.redis_servers import aclose_client
 
 
 async def main() -> None:
@@ -74,7 +75,7 @@ async def main() -> None:
     await stop.wait()
     await kit.aclose()  # graceful: hands the connections over
     await runner.cleanup()
-    await client.aclose()
+    await aclose_client(client)
 
 
 if __name__ == "__main__":
