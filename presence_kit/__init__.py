@@ -51,7 +51,7 @@ from ._policies import (
 )
 from ._ports import Analytics, AsyncSockets, AsyncStore, Sockets, Store
 from ._roles import ClientRole
-from ._session import Session
+from ._session import Session, SessionDict
 from ._settings import Settings
 
 __version__ = "0.1.0.dev0"
@@ -94,6 +94,7 @@ __all__ = [
     "PresenceError",
     "PresenceKit",
     "Session",
+    "SessionDict",
     "Settings",
     "Sockets",
     "SocketsError",

@@ -12,11 +12,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from typing_extensions import NotRequired, TypedDict
+
 from ._errors import InvalidSessionError
+from ._roles import ClientRole
 
 __all__ = [
     "Id",
     "Session",
+    "SessionDict",
     "parse_session",
     "read_role",
     "validate_id",
@@ -26,6 +30,27 @@ __all__ = [
 
 Id = int | str
 """An identifier: an ``int`` (never a ``bool``) or a ``str``; its type is preserved."""
+
+
+# The functional form: its types are evaluated here, so ``NotRequired`` is seen even
+# with postponed annotations (a class body's would be strings).
+SessionDict = TypedDict(  # noqa: UP013 (see above)
+    "SessionDict",
+    {
+        "role": str | ClientRole,
+        "org_id": Id,
+        "user_id": Id,
+        "lesson_id": Id,
+        "room_id": NotRequired[Id],
+    },
+)
+SessionDict.__doc__ = """The session mapping the handlers read, as a type for your own code.
+
+Optional: the handlers take any ``Mapping[str, Any]`` (extra keys are ignored).
+Annotate what your ``authenticate()`` returns with it, and a type checker sees a
+missing or misspelt field. ``room_id`` is needed by ``ParticipantWeb`` at connect.
+"""
+
 
 _SID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 # Never allowed in an id, whatever Settings.id_pattern says: they would change the shape

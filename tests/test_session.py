@@ -221,3 +221,38 @@ def test_int_and_str_ids_take_the_fast_path_and_others_the_checks() -> None:
         parse_session({**TEACHER, "user_id": True}, id_pattern=pattern)
     with pytest.raises(InvalidSessionError, match="user_id"):
         parse_session({**TEACHER, "user_id": "a{b}"}, id_pattern=re.compile(".*"))
+
+
+def test_session_dict_types_the_mapping_for_integrators_code() -> None:
+    """``SessionDict`` is what a type checker sees; the handlers take any mapping."""
+    import subprocess
+    import sys
+
+    from presence_kit import PresenceKit, SessionDict
+    from presence_kit.testing import RecordingSockets
+
+    assert SessionDict.__required_keys__ == {"role", "org_id", "user_id", "lesson_id"}
+    assert SessionDict.__optional_keys__ == {"room_id"}
+    session: SessionDict = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 3}
+    with PresenceKit(sockets=RecordingSockets()) as kit:
+        kit.handle_connect("sid-1", session)
+        assert [u.user_id for u in kit.online_users(1)] == [2]
+
+    program = (
+        "from presence_kit import SessionDict\n"
+        "ok: SessionDict = {'role': 'ParticipantWeb', 'org_id': 1, 'user_id': 'u',"
+        " 'lesson_id': 3, 'room_id': 'r'}\n"
+        "missing: SessionDict = {'role': 'TeacherAPP', 'org_id': 1, 'user_id': 2}\n"
+        "wrong: SessionDict = {'role': 'TeacherAPP', 'org_id': 1, 'user_id': 2.5,"
+        " 'lesson_id': 3}\n"
+    )
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "-c", program],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 1, checked.stdout
+    errors = [line for line in checked.stdout.splitlines() if ": error:" in line]
+    assert [line.split(":")[1] for line in errors] == ["3", "4"], checked.stdout
+    assert '"lesson_id"' in errors[0] and '"user_id"' in errors[1], checked.stdout
