@@ -144,9 +144,8 @@ class MemoryStore:
             layout = request.layout
             done = self._get(request.tombstone_key, now)
             if isinstance(done, str):
-                was_last, was_version, was_at_ms, was_deferred, attempt, was_record = (
-                    done.split(":", 5)
-                )
+                fields = done.split(":", 5)  # last:version:at_ms:deferred:attempt:record
+                was_last, was_version, was_at_ms, was_deferred, attempt, was_record = fields
                 return DisconnectOutcome(
                     status=DisconnectStatus.REPEAT,
                     last=was_last == "1",
