@@ -1151,10 +1151,10 @@ class AsyncRedisStore:
     async def aclose(self) -> None:
         """Close the store's own connection pool (never the integrator's client).
 
-        As :meth:`RedisStore.close`; ``aclose`` is ``close`` before redis-py 5.0.1."""
+        As :meth:`RedisStore.close`: the pool the store built is disconnected too."""
         if self._owned:
-            client: Any = self._client
-            await (client.aclose() if hasattr(client, "aclose") else client.close())
+            client: Any = self._client  # owned: a redis.asyncio.Redis (never a cluster)
+            await client.aclose()
             await client.connection_pool.disconnect()
 
 

@@ -69,8 +69,8 @@ T = TypeVar("T")
 
 
 async def aclose_client(client: Any) -> None:
-    """Close an asyncio redis-py client (or pubsub): ``aclose`` from redis-py 5.0.1 on,
-    ``close`` before (the floor, 5.0.0, has only that)."""
+    """Close an asyncio redis-py client (or pubsub): ``aclose`` from redis-py 5.0.1 on
+    (the declared floor), ``close`` before, so the tests also run on an older one."""
     await (client.aclose() if hasattr(client, "aclose") else client.close())
 
 
