@@ -10,15 +10,15 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,demo,hiredis]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/presence-kit demo $(DEMO_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check presence_kit tests examples bench docs
-	$(BIN)/ruff format --check presence_kit tests examples bench docs
+	$(BIN)/ruff check presence_kit tests examples bench docs .ci
+	$(BIN)/ruff format --check presence_kit tests examples bench docs .ci
 
 typecheck: $(STAMP)
 	$(BIN)/mypy presence_kit
@@ -51,3 +51,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov docs/_build
+
+# Declared = tested (.ci/matrix.py): the dependency tests on the oldest Python with every
+# declared floor, on redis-py 6 and 7, and on the newest Python from the built wheel; plus
+# the packaging check. Venvs are cached in ~/.cache/presence-kit-ci (PRESENCE_CI_CACHE).
+# MATRIX_ARGS="--legs floors,redis6" runs some legs; "--list" names them.
+.PHONY: matrix
+matrix:
+	python3 .ci/matrix.py $(MATRIX_ARGS)
