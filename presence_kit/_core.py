@@ -15,7 +15,6 @@ import re
 import secrets
 import socket
 import threading
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -44,6 +43,7 @@ from ._model import (
     parse_queue_member,
     queue_member,
 )
+from ._outbox import Outbox, PendingOperation  # also importable from here (tests)
 from ._policies import (
     ConnectFacts,
     DisconnectFacts,
@@ -51,6 +51,7 @@ from ._policies import (
     default_policies,
 )
 from ._session import (
+    REASON_PATTERN,
     Id,
     Session,
     parse_session,
@@ -65,7 +66,6 @@ __all__ = ["KitCore", "KitStats", "NodeLiveness", "Outbox", "PendingOperation"]
 
 logger = logging.getLogger("presence_kit")
 
-_REASON = re.compile(r"[\x20-\x7e]{1,128}")
 UNKNOWN_REASON = "unknown"
 
 
@@ -75,7 +75,7 @@ def validate_reason(reason: object) -> str:
         return UNKNOWN_REASON
     if not isinstance(reason, str):
         raise InvalidSessionError("reason", f"must be a str or None, got {type(reason).__name__}")
-    if not _REASON.fullmatch(reason):
+    if not REASON_PATTERN.fullmatch(reason):
         raise InvalidSessionError("reason", "must be 1-128 printable ASCII characters")
     return reason
 
@@ -506,73 +506,6 @@ def group_online(entries: Mapping[str, tuple[Id, Id]], lesson_id: Id | None) -> 
         OnlineUser(user_id=user_id, connections=n, lesson_ids=tuple(lessons[user_id]))
         for user_id, n in sorted(counts.items(), key=lambda item: str(item[0]))
     ]
-
-
-@dataclass(frozen=True, slots=True)
-class PendingOperation:
-    """A connect or disconnect the store could not make, kept for replay."""
-
-    kind: str  # "connect" or "disconnect"
-    sid: str
-    session: Session
-    policy: DisconnectPolicy
-    request: ConnectRequest | DisconnectRequest
-
-
-class Outbox:
-    """The bounded, in-order queue of store operations to replay once Redis answers.
-
-    While it holds anything, new operations queue behind it (so order is kept and no
-    handler waits on a Redis that just failed). When full, the oldest queued operation
-    is forced out (counted and logged by the kit); what it would have fixed is left to
-    reconciling and to the sweeper.
-
-
-    The operation being replayed is held apart from the queue while its store call is
-    in flight, so an operation pushed meanwhile (at every ``await`` of the asyncio
-    facade) can never force it out or make the replay finish another one.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._ops: deque[PendingOperation] = deque()
-        self._in_flight: PendingOperation | None = None
-
-    def __len__(self) -> int:
-        """Queued operations, the one in flight included."""
-        return len(self._ops) + (self._in_flight is not None)
-
-    def push(self, op: PendingOperation) -> PendingOperation | None:
-        """Queue ``op``; return the oldest queued operation if it was forced out to make
-        room (never the one in flight)."""
-        forced = self._ops.popleft() if len(self._ops) >= self._size else None
-        self._ops.append(op)
-        return forced
-
-    def sids(self) -> set[str]:
-        """The sids with an operation waiting (or in flight)."""
-        held = {op.sid for op in self._ops}
-        if self._in_flight is not None:
-            held.add(self._in_flight.sid)
-        return held
-
-    def take(self) -> PendingOperation | None:
-        """Move the oldest queued operation in flight and return it (``None``: empty,
-        or a replay is already in flight)."""
-        if self._in_flight is not None or not self._ops:
-            return None
-        self._in_flight = self._ops.popleft()
-        return self._in_flight
-
-    def done(self) -> None:
-        """The operation in flight was made: forget it."""
-        self._in_flight = None
-
-    def put_back(self) -> None:
-        """The operation in flight failed: it is the oldest queued one again."""
-        if self._in_flight is not None:
-            self._ops.appendleft(self._in_flight)
-            self._in_flight = None
 
 
 @dataclass(slots=True)

@@ -63,4 +63,8 @@ class SocketsError(BackendError):
 
 
 class AnalyticsError(BackendError):
-    """Analytics delivery failed (only raised by adapters; never reaches a handler)."""
+    """Analytics delivery failed (only raised by adapters; never reaches a handler).
+
+    Reserved for analytics adapters that report failures to their caller; the shipped
+    :class:`~presence_kit.mixpanel.MixpanelAnalytics` never raises it (it counts and logs
+    what it drops)."""

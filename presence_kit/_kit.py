@@ -21,12 +21,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar, cast
 
-from ._core import KitCore, KitStats, PendingOperation, group_online
+from ._core import KitCore, KitStats, group_online
 from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
 from ._errors import StoreError
 from ._model import (
@@ -40,6 +40,7 @@ from ._model import (
     OnlineUser,
     UserPresence,
 )
+from ._outbox import PendingOperation
 from ._policies import DisconnectPolicy
 from ._ports import Analytics, AsyncSockets, AsyncStore, Sockets, Store
 from ._roles import ClientRole
@@ -58,6 +59,12 @@ _BUCKETS_PER_READ = 32
 
 _CLOSE_POLL_INTERVAL = 0.01
 """Seconds between looks at the background loop's done flag while ``close()`` waits."""
+
+_DUE_LEAVES_PER_STEP = 100
+"""Held-back leaves run per grace-scheduler step (``run_due_leaves``' default limit).
+
+Each costs a round trip, so one background step stays short however many are due;
+the rest are picked up by the next step, ``leave_poll_interval`` later."""
 
 
 class _Call:
@@ -408,7 +415,7 @@ class _BaseKit:
         steps: list[Callable[[], _Flow[Any]]] = [self._heartbeat_flow] if beat else []
         if len(self._core.outbox):
             steps.append(self._replay_flow)
-        steps.append(partial(self._due_leaves_flow, 100))
+        steps.append(partial(self._due_leaves_flow, _DUE_LEAVES_PER_STEP))
         if beat:
             steps.append(self._sweep_if_safe_flow)
         if reconcile:
@@ -544,7 +551,7 @@ class PresenceKit(_BaseKit):
         """
         return self._drive(self._replay_flow())
 
-    def run_due_leaves(self, limit: int = 100) -> int:
+    def run_due_leaves(self, limit: int = _DUE_LEAVES_PER_STEP) -> int:
         """One step of the grace scheduler: run the held-back leaves that are due.
 
         Any kit may run any node's leaves; each runs exactly once. Returns how many this
@@ -660,26 +667,9 @@ class PresenceKit(_BaseKit):
         self.close()
 
 
-class _InlineAsyncStore:
-    """Runs a non-blocking sync store (the in-memory one) from the event loop: each of
-    its port methods, awaited."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        method = getattr(self._store, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return method(*args, **kwargs)
-
-        return call
-
-    async def aclose(self) -> None:
-        self._store.close()
-
-
 def _as_async_store(store: AsyncStore | Store | None) -> AsyncStore:
+    from .memory import _InlineAsyncStore
+
     if store is None:
         return cast(AsyncStore, _InlineAsyncStore(_default_store()))
     if isinstance(store, AsyncStore) and asyncio.iscoroutinefunction(store.connect):
@@ -742,7 +732,7 @@ class AsyncPresenceKit(_BaseKit):
         """Make the queued store operations (see :meth:`PresenceKit.replay_outbox`)."""
         return await self._drive(self._replay_flow())
 
-    async def run_due_leaves(self, limit: int = 100) -> int:
+    async def run_due_leaves(self, limit: int = _DUE_LEAVES_PER_STEP) -> int:
         """One step of the grace scheduler (see :meth:`PresenceKit.run_due_leaves`)."""
         return await self._drive(self._due_leaves_flow(limit))
 

@@ -3,7 +3,7 @@
 A server keeps a session mapping per sid (python-socketio's ``save_session``). The
 facades turn it into a frozen :class:`Session` before anything is written, joined or
 emitted; anything wrong raises :class:`~presence_kit.InvalidSessionError` naming the
-field.
+field. The patterns that sids, roles and disconnect reasons must match live here too.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ._errors import InvalidSessionError
 from ._roles import ClientRole
 
 __all__ = [
+    "REASON_PATTERN",
     "Id",
     "Session",
     "SessionDict",
@@ -57,6 +58,8 @@ _SID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 # of a Redis key (hash tags, separators) or of a log line.
 _FORBIDDEN = re.compile(r"[{}\s\x00-\x1f\x7f]")
 _ROLE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+REASON_PATTERN = re.compile(r"[\x20-\x7e]{1,128}")
+"""A disconnect reason (and ``Settings.lost_reason``): 1-128 printable ASCII characters."""
 _MAX_INT_DIGITS = 128
 _MAX_INT = 10**_MAX_INT_DIGITS
 
@@ -74,16 +77,6 @@ class Session:
     user_id: Id
     lesson_id: Id
     room_id: Id | None = None
-
-    def to_record(self) -> dict[str, Id | None]:
-        """The session as a JSON-ready dict that keeps the ids' types."""
-        return {
-            "role": self.role,
-            "org_id": self.org_id,
-            "user_id": self.user_id,
-            "lesson_id": self.lesson_id,
-            "room_id": self.room_id,
-        }
 
 
 def validate_sid(sid: object) -> str:

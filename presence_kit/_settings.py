@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ._errors import InvalidSettingsError
+from ._session import REASON_PATTERN
 
 __all__ = ["Settings"]
 
@@ -202,9 +203,7 @@ class Settings:
             or not 1 <= self.sweep_batch <= 10_000
         ):
             raise InvalidSettingsError("sweep_batch", "must be an int from 1 to 10000")
-        if not isinstance(self.lost_reason, str) or not re.fullmatch(
-            r"[\x20-\x7e]{1,128}", self.lost_reason
-        ):
+        if not isinstance(self.lost_reason, str) or not REASON_PATTERN.fullmatch(self.lost_reason):
             raise InvalidSettingsError("lost_reason", "must be 1-128 printable ASCII characters")
         for name in (
             "announce_connect",

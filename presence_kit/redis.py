@@ -77,6 +77,19 @@ DEFAULT_MAX_CONNECTIONS = 100
 redis-py 8's default pool size; before 8 a pool's default is 2**31, which a blocking
 pool would pre-allocate and a semaphore would not bound at all."""
 
+_OPERATION_TIMEOUTS = 2
+"""The bound on one whole operation, as a multiple of the store's ``timeout`` (if set).
+
+The socket timeout bounds each read; an operation may also wait for a pooled
+connection, reload its script on NOSCRIPT or follow a cluster redirection, each about
+one more round trip. Twice the socket timeout leaves room for one such extra trip and
+still ends a stuck call: it bounds :class:`AsyncRedisStore`'s operations, and how long
+a :class:`RedisStore` call queued behind another thread's waits for its turn."""
+
+_SECONDS_PER_CALL = 0.001
+"""Added to an operation's bound per script call it carries (a batch, a sweep): what
+Redis may take to run one call."""
+
 
 def _lua(name: str) -> str:
     return resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
@@ -209,7 +222,6 @@ def _disconnect_call(
         r.layout.leave_grace_ms,
         r.queue_member,
         _flag(local_index),
-        _flag(local_index),
         _flag(r.remember),
         r.attempt,
     ]
@@ -229,7 +241,6 @@ def _finish_call(r: FinishLeaveRequest, *, local_index: bool) -> tuple[list[str]
         r.layout.disconnect_state,
         r.layout.offline_ttl,
         r.queue_member,
-        _flag(local_index),
         _flag(local_index),
     ]
     return keys, args
@@ -663,7 +674,7 @@ class RedisStore:
 
     def _await_turn(self, mine: _Turn, operation: str) -> bool:
         """Wait until another thread sent this call (``False``) or handed us the turn."""
-        deadline = None if self._timeout is None else self._timeout * 2
+        deadline = None if self._timeout is None else self._timeout * _OPERATION_TIMEOUTS
         if mine.done.wait(deadline):
             return mine.promoted
         with self._turns:
@@ -1087,7 +1098,11 @@ class AsyncRedisStore:
     async def _send_batch(self, batch: list[_Waiting]) -> None:
         self._in_flight += 1
         try:
-            deadline = None if self._timeout is None else self._timeout * 2 + len(batch) / 1000
+            deadline = (
+                None
+                if self._timeout is None
+                else self._timeout * _OPERATION_TIMEOUTS + len(batch) * _SECONDS_PER_CALL
+            )
             calls = [(script, call) for script, call, _future, _operation in batch]
             # One connection (pool slot) and one deadline for the whole batch.
             replies = await _within(deadline, self._limited(self._batch_replies(calls)))
@@ -1140,7 +1155,7 @@ class AsyncRedisStore:
         try:
             if self._timeout is None:
                 return await self._limited(call)
-            deadline = self._timeout * 2 + scale / 1000
+            deadline = self._timeout * _OPERATION_TIMEOUTS + scale * _SECONDS_PER_CALL
             if _timeout_block is None:  # Python 3.10
                 return await asyncio.wait_for(self._limited(call), deadline)
             async with _timeout_block(deadline):  # no extra task per call

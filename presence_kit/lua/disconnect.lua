@@ -1,21 +1,35 @@
 -- presence_kit: remove one connection, atomically for its user; idempotent per sid.
--- KEYS[1] alive hash   KEYS[2] record hash (see connect.lua)   KEYS[3] tombstone of this sid
--- KEYS[4] held-back leave of this (user, role)
--- KEYS[5] org index, only when ARGV[10] == '1'; KEYS[6] leave queue, only when ARGV[11] == '1'
--- KEYS[7] index of the node that held the connection, only when ARGV[10] == '1'
--- ARGV[1] sid  ARGV[2] tracks alive (0/1)  ARGV[3] state field  ARGV[4] disconnect state
--- ARGV[5] offline TTL (s)  ARGV[6] reason  ARGV[7] tombstone TTL (s)
--- ARGV[8] leave grace (ms; 0 = announce at once)  ARGV[9] leave-queue member
--- ARGV[10] update the org and node indexes here (0/1)  ARGV[11] queue a held-back leave here
--- ARGV[12] remember the outcome for repeats (0/1; a sweep of a lost node does not, so that
---          a node that was only stalled can register its sockets again)
--- ARGV[13] this call's attempt id ([A-Za-z0-9.-]*), kept in the tombstone
 -- Returns {status, last (0/1), version, at_ms, record, deferred (0/1), attempt}; on a
 -- repeat, attempt is the first call's (so a replay knows whether that was its own try).
+local alive_key = KEYS[1]       -- alive hash
+local records_key = KEYS[2]     -- record hash (see connect.lua)
+local tombstone_key = KEYS[3]   -- tombstone of this sid
+local held_key = KEYS[4]        -- held-back leave of this (user, role)
+local org_index_key = KEYS[5]   -- org index, only with with_index
+local queue_key = KEYS[6]       -- leave queue, only with with_index
+local node_index_key = KEYS[7]  -- index of the node that held the connection, only
+                                -- with with_index
+local sid = ARGV[1]
+local tracks = ARGV[2] == '1'   -- this role drives the alive hash
+local state_field = ARGV[3]
+local disconnect_state = ARGV[4]
+local offline_ttl = ARGV[5]     -- seconds
+local reason = ARGV[6]
+local tombstone_ttl = ARGV[7]   -- seconds
+local grace_ms = tonumber(ARGV[8])  -- leave grace (0 = announce at once)
+local queue_member = ARGV[9]    -- leave-queue member
+local with_index = ARGV[10] == '1'  -- update the org and node indexes and queue a
+                                    -- held-back leave here (standalone)
+local remember = ARGV[11] == '1'    -- remember the outcome for repeats (a sweep of a lost
+                                    -- node does not, so that a node that was only
+                                    -- stalled can register its sockets again)
+local this_attempt = ARGV[12]   -- this call's attempt id ([A-Za-z0-9.-]*), kept in the
+                                -- tombstone
+
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local done = redis.call('GET', KEYS[3])
+local done = redis.call('GET', tombstone_key)
 if done then
   -- a repeat: what the first call did ("last:version:at_ms:deferred:attempt:record";
   -- tombstones written before attempts were kept lack that field: attempt '?')
@@ -29,40 +43,40 @@ if done then
     attempt}
 end
 
-local field = 'c:' .. ARGV[1]
-local record = redis.call('HGET', KEYS[2], field)
-if ARGV[10] == '1' then redis.call('HDEL', KEYS[7], ARGV[1]) end
+local field = 'c:' .. sid
+local record = redis.call('HGET', records_key, field)
+if with_index then redis.call('HDEL', node_index_key, sid) end
 if not record then
-  return {'unknown', 0, 0, now_ms, '', 0, ARGV[13]}
+  return {'unknown', 0, 0, now_ms, '', 0, this_attempt}
 end
-redis.call('HDEL', KEYS[2], field)
+redis.call('HDEL', records_key, field)
 local last = 0
-if redis.call('HINCRBY', KEYS[2], 'n', -1) <= 0 then
+if redis.call('HINCRBY', records_key, 'n', -1) <= 0 then
   last = 1
-  redis.call('HDEL', KEYS[2], 'n')
+  redis.call('HDEL', records_key, 'n')
 end
 local deferred = 0
 local v = 0
-local grace = tonumber(ARGV[8])
-if ARGV[2] == '1' then
-  v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-  if last == 1 and grace > 0 then
+if tracks then
+  v = tonumber(redis.call('HGET', alive_key, 'version') or '0')
+  if last == 1 and grace_ms > 0 then
     -- hold the leave back: the alive key stays 'connect' until the grace ends
-    local due = now_ms + grace
-    redis.call('HSET', KEYS[4], 'sid', ARGV[1], 'record', record, 'reason', ARGV[6], 'due', due)
-    redis.call('PEXPIRE', KEYS[4], grace + tonumber(ARGV[5]) * 1000)
-    if ARGV[11] == '1' then redis.call('ZADD', KEYS[6], due, ARGV[9]) end
+    local due = now_ms + grace_ms
+    redis.call('HSET', held_key, 'sid', sid, 'record', record, 'reason', reason, 'due', due)
+    redis.call('PEXPIRE', held_key, grace_ms + tonumber(offline_ttl) * 1000)
+    if with_index then redis.call('ZADD', queue_key, due, queue_member) end
     last, deferred = 0, 1
   elseif last == 1 then
-    v = redis.call('HINCRBY', KEYS[1], 'version', 1)
-    redis.call('HSET', KEYS[1], ARGV[3], ARGV[4], 'reason', ARGV[6], 'since', now_ms)
-    redis.call('EXPIRE', KEYS[1], ARGV[5])
+    v = redis.call('HINCRBY', alive_key, 'version', 1)
+    redis.call('HSET', alive_key, state_field, disconnect_state, 'reason', reason,
+      'since', now_ms)
+    redis.call('EXPIRE', alive_key, offline_ttl)
   end
 end
-if ARGV[10] == '1' and deferred == 0 then redis.call('HDEL', KEYS[5], ARGV[1]) end
-if ARGV[12] == '1' then
-  redis.call('SET', KEYS[3],
-    last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. ARGV[13] .. ':' .. record,
-    'EX', ARGV[7])
+if with_index and deferred == 0 then redis.call('HDEL', org_index_key, sid) end
+if remember then
+  redis.call('SET', tombstone_key,
+    last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. this_attempt .. ':' .. record,
+    'EX', tombstone_ttl)
 end
-return {'removed', last, v, now_ms, record, deferred, ARGV[13]}
+return {'removed', last, v, now_ms, record, deferred, this_attempt}

@@ -1,5 +1,7 @@
 -- presence_kit: the held-back leaves whose grace has ended (by the Redis clock).
--- KEYS[1] leave queue (sorted set: member -> due ms)   ARGV[1] at most this many
+local queue_key = KEYS[1]       -- leave queue (sorted set: member -> due ms)
+local limit = tonumber(ARGV[1]) -- at most this many
+
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+return redis.call('ZRANGEBYSCORE', queue_key, '-inf', now_ms, 'LIMIT', 0, limit)
