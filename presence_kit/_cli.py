@@ -247,7 +247,7 @@ def _open_kit(redis_url: str, manager_url: str | None = None, node_timeout: floa
 
 def _nodes(redis_url: str) -> None:
     kit = _open_kit(redis_url)
-    nodes = kit._store.nodes(kit._core.keys)
+    nodes = kit.nodes()
     if not nodes:
         print("no nodes registered")
     now = time.time()

@@ -37,6 +37,7 @@ from ._model import (
     DisconnectOutcome,
     DisconnectRequest,
     DisconnectStatus,
+    NodeInfo,
     OnlineUser,
     UserPresence,
 )
@@ -450,6 +451,13 @@ class _BaseKit:
         entries = yield _Call(self._store.org_connections, (query,))
         return group_online(entries, lesson)
 
+    def _nodes_flow(self) -> _Flow[list[NodeInfo]]:
+        nodes = getattr(self._store, "nodes", None)
+        if nodes is None:
+            raise TypeError(f"{type(self._store).__name__} cannot list nodes (no nodes())")
+        found: list[NodeInfo] = yield _Call(nodes, (self._core.keys,))
+        return found
+
     def _presence_flow(self, org_id: Any, user_id: Any, role: Any) -> _Flow[UserPresence]:
         alive, conns = self._core.presence_keys(org_id, user_id, role)
         found: UserPresence = yield _Call(
@@ -643,6 +651,13 @@ class PresenceKit(_BaseKit):
         """A user's live connections in ``role``."""
         return self.presence(org_id, user_id, role).connections
 
+    def nodes(self) -> list[NodeInfo]:
+        """Every node incarnation registered in the store (this one and the others
+        sharing it): its last heartbeat (Redis clock; ``None`` while being swept), its
+        connection count and what it registered. For operators; ``TypeError`` for a
+        third-party store without ``nodes()``."""
+        return self._drive(self._nodes_flow())
+
     def close(self, timeout: float | None = 5.0) -> None:
         """Stop the background, hand this node's connections over, flush analytics
         (waiting at most ``timeout`` s) and release the store. Idempotent."""
@@ -779,6 +794,10 @@ class AsyncPresenceKit(_BaseKit):
     ) -> tuple[ConnectionRecord, ...]:
         """A user's live connections in ``role``."""
         return (await self.presence(org_id, user_id, role)).connections
+
+    async def nodes(self) -> list[NodeInfo]:
+        """Every registered node incarnation (as :meth:`PresenceKit.nodes`)."""
+        return await self._drive(self._nodes_flow())
 
     async def aclose(self, timeout: float | None = 5.0) -> None:
         """Stop the background, hand this node's connections over, flush analytics (in

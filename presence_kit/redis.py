@@ -26,7 +26,7 @@ import inspect
 import itertools
 import json
 import threading
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from importlib import resources
@@ -339,6 +339,47 @@ def _release_commands(pipe: Any, keys: KeySchema, member: str) -> Any:
     pipe.hdel(keys.node_info(), member)
     pipe.delete(*keys.node_indexes(member))  # one hash tag: one slot, one command
     return pipe
+
+
+_Commands = list[tuple[Any, ...]]
+"""Redis commands for one pipeline: ``(method name, *args)`` of a redis-py client."""
+
+
+def _nodes_op(keys: KeySchema) -> Generator[_Commands, list[Any], list[NodeInfo]]:
+    """The node listing, written once: it yields each pipeline it needs and is sent
+    back the replies; the sync and the asyncio store only run the pipelines."""
+    scored, claimed, info = yield [
+        ("zrange", keys.live_nodes(), 0, -1, False, True),  # desc=False, withscores=True
+        ("zrange", keys.claimed_nodes(), 0, -1),
+        ("hgetall", keys.node_info()),
+    ]
+    live = {member: float(score) for member, score in scored}
+    members = sorted({_text(m) for m in [*live, *claimed, *info]})
+    indexes = [(member, index) for member in members for index in keys.node_indexes(member)]
+    lengths = yield [("hlen", index) for _, index in indexes]
+    counts = dict.fromkeys(members, 0)
+    for (member, _), length in zip(indexes, lengths, strict=True):
+        counts[member] += int(length)
+    return _node_infos(live, info, counts)
+
+
+def _queued(client: Any, commands: _Commands) -> Any:
+    """A non-transactional pipeline of ``client`` holding ``commands``."""
+    pipe = client.pipeline(transaction=False)
+    for name, *args in commands:
+        getattr(pipe, name)(*args)
+    return pipe
+
+
+def _run_pipelined(client: SyncClient, op: Generator[_Commands, list[Any], T]) -> T:
+    """Drive ``op`` on a blocking client: each yielded batch is one pipeline."""
+    commands = next(op)
+    while True:
+        try:
+            commands = op.send(_queued(client, commands).execute())
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
 
 def _node_infos(
@@ -817,20 +858,9 @@ class RedisStore:
             _release_commands(self._client.pipeline(transaction=False), keys, member).execute()
 
     def nodes(self, keys: KeySchema) -> list[NodeInfo]:
-        """Every registered node incarnation, for operators."""
+        """Every registered node incarnation, for operators (two round trips)."""
         with _store_errors("nodes"):
-            scored: Any = self._client.zrange(keys.live_nodes(), 0, -1, withscores=True)
-            live = {member: float(score) for member, score in scored}
-            claimed = self._client.zrange(keys.claimed_nodes(), 0, -1)
-            info = self._client.hgetall(keys.node_info())
-            members = {_text(m) for m in [*live, *claimed, *info]}
-            counts = {}
-            for member in members:
-                pipe = self._client.pipeline(transaction=False)
-                for index in keys.node_indexes(member):
-                    pipe.hlen(index)
-                counts[member] = sum(int(n) for n in pipe.execute())
-            return _node_infos(live, info, counts)
+            return _run_pipelined(self._client, _nodes_op(keys))
 
     def close(self) -> None:
         """Close the store's own connection pool (never the integrator's client).
@@ -1058,6 +1088,18 @@ class AsyncRedisStore:
 
         pipe = _release_commands(self._client.pipeline(transaction=False), keys, member)
         await self._bounded("release_node", pipe.execute())
+
+    async def nodes(self, keys: KeySchema) -> list[NodeInfo]:
+        """Every registered node incarnation, for operators (two round trips)."""
+        op = _nodes_op(keys)
+        commands = next(op)
+        while True:
+            replies = await self._bounded("nodes", _queued(self._client, commands).execute())
+            try:
+                commands = op.send(replies)
+            except StopIteration as done:
+                result: list[NodeInfo] = done.value
+                return result
 
     def _script(
         self, operation: str, script: Any, keys: list[str], args: list[str | int]

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from presence_kit import PresenceKit, Settings
-from presence_kit.redis import RedisStore
-from presence_kit.testing import RecordingAnalytics, RecordingSockets
-from tests.support.redis_servers import RedisServer
+from presence_kit import AsyncPresenceKit, PresenceKit, Settings
+from presence_kit.redis import AsyncRedisStore, RedisStore
+from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics, RecordingSockets
+from tests.support.redis_servers import RedisServer, aclose_client
 
 TIMEOUT = 0.4
 FAST = {"heartbeat_interval": 0.1, "node_timeout": TIMEOUT, "shutdown_grace": 0.6}
@@ -88,7 +88,8 @@ def test_a_dead_nodes_connections_are_recovered_once(
         "node lost",
     )
     assert b.kit.sweep_dead_nodes() == 0
-    assert [n.member for n in b.kit._store.nodes(b.kit._core.keys)] == [b.kit._core.member]  # type: ignore[attr-defined]
+    [alive] = b.kit.nodes()  # the swept node is forgotten: only b's incarnation is left
+    assert alive.member.startswith(f"{b.kit.node_id}/")
     assert b.kit.presence(1, 2).connections[0].sid == "b-t2"
     assert b.kit.stats.recovered == 3
 
@@ -224,3 +225,36 @@ def test_reconcile_leaves_records_without_a_live_socket(
     assert a.leaves() == [2]
     assert (state(redis_server, 1), state(redis_server, 2)) == ("connect", "disconnect")
     assert a.kit.reconcile() == 0
+
+
+async def test_nodes_lists_every_incarnation_with_heartbeat_and_connections(
+    redis_server: RedisServer,
+) -> None:
+    """kit.nodes() (sync and asyncio, one listing for both stores): every registered
+    incarnation sharing the Redis, with its Redis-clock heartbeat and connections."""
+    sync_kit = PresenceKit(
+        store=RedisStore(redis_server.client()),
+        sockets=RecordingSockets(),
+        settings=Settings(node_id="sync-node"),
+    )
+    client = redis_server.async_client()
+    async_kit = AsyncPresenceKit(
+        store=AsyncRedisStore(client),
+        sockets=AsyncRecordingSockets(),
+        settings=Settings(node_id="async-node"),
+    )
+    teacher = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 3}
+    for n in range(3):
+        sync_kit.handle_connect(f"s{n}", teacher)
+    await async_kit.handle_connect("a0", teacher)
+    assert sync_kit.heartbeat() and await async_kit.heartbeat()
+    listed = {n.member.split("/")[0]: n for n in sync_kit.nodes()}
+    assert listed.keys() == {"sync-node", "async-node"}
+    assert (listed["sync-node"].connections, listed["async-node"].connections) == (3, 1)
+    for node in listed.values():
+        assert node.last_heartbeat is not None
+        assert abs(node.last_heartbeat - time.time()) < 60  # the Redis clock, in seconds
+    assert await async_kit.nodes() == sync_kit.nodes()
+    sync_kit.close()
+    await async_kit.aclose()
+    await aclose_client(client)

@@ -540,3 +540,29 @@ def test_a_tombstone_written_before_attempts_still_answers_a_repeat(
         "?",
     )
     store.close()
+
+
+@pytest.mark.cluster
+async def test_nodes_lists_the_incarnations_on_a_cluster(redis_cluster: Any) -> None:
+    """The node listing's pipelines span slots (the registry's and the node indexes')."""
+    from presence_kit import AsyncPresenceKit, PresenceKit, Settings
+    from presence_kit.testing import AsyncRecordingSockets, RecordingSockets
+
+    sync_kit = PresenceKit(
+        store=RedisStore(redis_cluster.client()),
+        sockets=RecordingSockets(),
+        settings=Settings(node_id="sync-node"),
+    )
+    client = redis_cluster.async_client()
+    async_kit = AsyncPresenceKit(
+        store=AsyncRedisStore(client), sockets=AsyncRecordingSockets(), settings=Settings()
+    )
+    sync_kit.handle_connect("s1", TEACHER)
+    sync_kit.handle_connect("s2", {**TEACHER, "user_id": 3})
+    assert sync_kit.heartbeat()
+    [node] = await async_kit.nodes()
+    assert (node.member.split("/")[0], node.connections) == ("sync-node", 2)
+    assert sync_kit.nodes() == [node]
+    sync_kit.close()
+    await async_kit.aclose()
+    await aclose_client(client)
