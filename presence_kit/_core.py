@@ -237,9 +237,18 @@ class KitCore:
         policy: DisconnectPolicy,
         outcome: ConnectOutcome | None,
     ) -> Sequence[Effect]:
-        """Run the role's policy for a connect."""
-        facts = ConnectFacts(sid=sid, session=session, outcome=outcome, settings=self.settings)
+        """Run the role's policy for a connect handler call."""
         self.count("connects")
+        return self._join_effects(sid, session, policy, outcome)
+
+    def _join_effects(
+        self,
+        sid: str,
+        session: Session,
+        policy: DisconnectPolicy,
+        outcome: ConnectOutcome | None,
+    ) -> Sequence[Effect]:
+        facts = ConnectFacts(sid=sid, session=session, outcome=outcome, settings=self.settings)
         if facts.came_online and policy.tracks_alive:
             self.count("announced_online")
         return policy.on_connect(facts)
@@ -330,12 +339,7 @@ class KitCore:
         if isinstance(outcome, ConnectOutcome):
             if outcome.status is ConnectStatus.REPEAT:
                 outcome = replace(outcome, status=ConnectStatus.NEW)
-            facts = ConnectFacts(
-                sid=op.sid, session=op.session, outcome=outcome, settings=self.settings
-            )
-            if facts.came_online and op.policy.tracks_alive:
-                self.count("announced_online")
-            effects = op.policy.on_connect(facts)
+            effects = self._join_effects(op.sid, op.session, op.policy, outcome)
         else:
             assert isinstance(op.request, DisconnectRequest)
             if outcome.status is DisconnectStatus.REPEAT and outcome.attempt in (
@@ -354,10 +358,8 @@ class KitCore:
         """The announcements of a live socket recorded again by reconciling (its rooms
         were joined at its connect): a teacher who was unknown to Redis comes online."""
         self.count("repaired")
-        facts = ConnectFacts(sid=sid, session=session, outcome=outcome, settings=self.settings)
-        if facts.came_online and policy.tracks_alive:
-            self.count("announced_online")
-        return [e for e in policy.on_connect(facts) if isinstance(e, (Emit, Track))]
+        effects = self._join_effects(sid, session, policy, outcome)
+        return [e for e in effects if isinstance(e, (Emit, Track))]
 
     def heartbeat_call(self, *, first: bool, offset_ms: int = 0) -> Heartbeat:
         """This node incarnation's heartbeat."""

@@ -180,6 +180,19 @@ class _BaseKit:
         return self._core.node_id
 
     @property
+    def incarnation(self) -> str:
+        """This kit's current incarnation of its node: new when it learns it was swept
+        while alive (fenced). :meth:`nodes` lists it as ``f"{node_id}/{incarnation}"``,
+        and each :class:`~presence_kit.ConnectionRecord` it writes carries it."""
+        return self._core.incarnation
+
+    @property
+    def pending(self) -> int:
+        """Store operations waiting in the outbox for replay (the one being replayed
+        included): non-zero after a Redis failure until the replay has caught up."""
+        return len(self._core.outbox)
+
+    @property
     def stats(self) -> KitStats:
         """Counters: handled connects/disconnects, announcements, backend failures."""
         return self._core.stats()

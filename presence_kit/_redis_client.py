@@ -138,7 +138,7 @@ class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.Blockin
     """A Sentinel pool that, like the store's plain one, waits (up to ``timeout``) for a
     free connection instead of failing at once when all are in use.
 
-    Before redis-py 5.0.1 ``BlockingConnectionPool.disconnect`` takes no
+    Before redis-py 7 ``BlockingConnectionPool.disconnect`` takes no
     ``inuse_connections``, which the Sentinel pool passes when the master changes, so
     that case (drop the idle connections only) is done here on every version.
     """

@@ -912,14 +912,18 @@ class AsyncRedisStore:
 
     async def nodes(self, keys: KeySchema) -> list[NodeInfo]:
         """Every registered node incarnation, for operators (two round trips)."""
-        op = _nodes_op(keys)
+        return await self._run_pipelined("nodes", _nodes_op(keys))
+
+    async def _run_pipelined(self, operation: str, op: Generator[_Commands, list[Any], T]) -> T:
+        """Drive ``op`` (as :func:`_run_pipelined` does): each batch is one bounded
+        pipeline."""
         commands = next(op)
         while True:
-            replies = await self._bounded("nodes", _queued(self._client, commands).execute())
+            replies = await self._bounded(operation, _queued(self._client, commands).execute())
             try:
                 commands = op.send(replies)
             except StopIteration as done:
-                result: list[NodeInfo] = done.value
+                result: T = done.value
                 return result
 
     def _script(

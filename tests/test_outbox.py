@@ -175,6 +175,7 @@ def test_an_operation_pushed_during_a_replay_never_evicts_the_one_in_flight(
     finally:
         fresh_redis_server.resume()
     assert (kit.stats.queued, kit.stats.store_failures) == (2, 1)  # t1 queued behind t0
+    assert kit.pending == 2
 
     def two_more_connects() -> None:
         kit.handle_connect("t2", teacher(2))
@@ -184,6 +185,7 @@ def test_an_operation_pushed_during_a_replay_never_evicts_the_one_in_flight(
     assert kit.replay_outbox() == 3
     assert (kit.stats.queued, kit.stats.outbox_dropped, kit.stats.replayed) == (4, 1, 3)
     assert _online(kit.online_users(1)) == [0, 2, 3]  # t1 is left to reconciling
+    assert kit.pending == 0
     kit.close()
 
 
