@@ -8,6 +8,7 @@ adapters of :mod:`presence_kit.redis`, :mod:`presence_kit.socketio` and
 
 from __future__ import annotations
 
+from ._codec import ConnectionRecord
 from ._core import KitStats
 from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
 from ._errors import (
@@ -20,9 +21,9 @@ from ._errors import (
     SocketsError,
     StoreError,
 )
+from ._keys import KeySchema, UserKeys
 from ._kit import AsyncPresenceKit, PresenceKit
 from ._model import (
-    ConnectionRecord,
     ConnectOutcome,
     ConnectRequest,
     ConnectStatus,
@@ -32,7 +33,6 @@ from ._model import (
     FinishLeaveOutcome,
     FinishLeaveRequest,
     Heartbeat,
-    KeySchema,
     NodeInfo,
     OnlineUser,
     OrgQuery,
@@ -49,7 +49,17 @@ from ._policies import (
     TeacherHubPolicy,
     default_policies,
 )
-from ._ports import Analytics, AsyncSockets, AsyncStore, Sockets, Store
+from ._ports import (
+    Analytics,
+    AsyncSockets,
+    AsyncStore,
+    DeclaresBlocking,
+    HasNamespace,
+    ListsLocalSids,
+    ListsNodes,
+    Sockets,
+    Store,
+)
 from ._roles import ClientRole
 from ._session import Session, SessionDict
 from ._settings import Settings
@@ -69,6 +79,7 @@ __all__ = [
     "ConnectRequest",
     "ConnectStatus",
     "ConnectionRecord",
+    "DeclaresBlocking",
     "DisconnectFacts",
     "DisconnectOutcome",
     "DisconnectPolicy",
@@ -78,6 +89,7 @@ __all__ = [
     "Emit",
     "FinishLeaveOutcome",
     "FinishLeaveRequest",
+    "HasNamespace",
     "Heartbeat",
     "InvalidInputError",
     "InvalidSessionError",
@@ -86,6 +98,8 @@ __all__ = [
     "KeySchema",
     "KitStats",
     "LeaveRoom",
+    "ListsLocalSids",
+    "ListsNodes",
     "NodeInfo",
     "OnlineUser",
     "OrgQuery",
@@ -104,6 +118,7 @@ __all__ = [
     "TeacherAppPolicy",
     "TeacherHubPolicy",
     "Track",
+    "UserKeys",
     "UserPresence",
     "__version__",
     "default_policies",

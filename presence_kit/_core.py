@@ -19,10 +19,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ._codec import (
+    ConnectionRecord,
+    index_entry,
+    node_entry,
+    parse_node_entry,
+    parse_queue_member,
+)
 from ._effects import Effect, Emit, Track
 from ._errors import InvalidSessionError
+from ._keys import KeySchema, UserKeys, node_bucket
 from ._model import (
-    ConnectionRecord,
     ConnectOutcome,
     ConnectRequest,
     ConnectStatus,
@@ -32,16 +39,9 @@ from ._model import (
     FinishLeaveOutcome,
     FinishLeaveRequest,
     Heartbeat,
-    KeySchema,
     OnlineUser,
     OrgQuery,
     StoreLayout,
-    index_entry,
-    node_bucket,
-    node_entry,
-    parse_node_entry,
-    parse_queue_member,
-    queue_member,
 )
 from ._outbox import Outbox, PendingOperation  # also importable from here (tests)
 from ._policies import (
@@ -50,6 +50,7 @@ from ._policies import (
     DisconnectPolicy,
     default_policies,
 )
+from ._prepared import PreparedConnect, PreparedDisconnect
 from ._session import (
     REASON_PATTERN,
     Id,
@@ -148,7 +149,6 @@ class KitCore:
             leave_grace_ms=round(s.leave_grace * 1000),
         )
         self.keys = KeySchema(alive_template=s.alive_key, prefix=s.key_prefix)
-        self._leave_queue_key = self.keys.leave_queue()
         self._node_indexes: tuple[str, list[str]] = ("", [])  # (incarnation, bucket keys)
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(KitStats.__dataclass_fields__, 0)
@@ -167,9 +167,11 @@ class KitCore:
 
     # --- keys -----------------------------------------------------------------------
 
-    def alive_key(self, session: Session) -> str:
-        """The spec's alive hash of the session's (org, user)."""
-        return self.keys.alive(session.org_id, session.user_id)
+    def user_keys(self, session: Session, policy: DisconnectPolicy) -> UserKeys:
+        """The keys of the session's (user, role)."""
+        return self.keys.user(
+            session.org_id, session.user_id, session.role, tracks_alive=policy.tracks_alive
+        )
 
     @property
     def member(self) -> str:
@@ -190,27 +192,22 @@ class KitCore:
 
     # --- connect --------------------------------------------------------------------
 
-    def prepare_connect(
-        self, sid: object, raw_session: object
-    ) -> tuple[str, Session, DisconnectPolicy, ConnectRequest]:
+    def prepare_connect(self, sid: object, raw_session: object) -> PreparedConnect:
         """Validate a connect and build the store request; raises before any I/O."""
         sid = validate_sid(sid)
         session, policy = self._parse(raw_session, connect=True)
-        keys, alive = self.keys, self.alive_key(session)
-        snapshot_of = getattr(policy, "snapshot_of", None)
+        keys = self.user_keys(session, policy)
+        snapshot_of = self.policies.snapshot_of(session.role)
         request = ConnectRequest(
             sid=sid,
-            alive_key=alive,
-            connections_key=keys.records(alive, session.role, tracks_alive=policy.tracks_alive),
-            tombstone_key=keys.tombstone(alive, sid),
-            held_leave_key=keys.held_leave(alive, session.role),
-            org_index_key=keys.org_index(session.org_id, session.role),
+            keys=keys,
+            tombstone_key=self.keys.tombstone(keys.alive, sid),
             index_entry=index_entry(session.user_id, session.lesson_id),
             node_index_key=self.node_index_key(sid),
             node_entry=node_entry(session.org_id, session.user_id, session.role),
             snapshot=(
                 OrgQuery(
-                    keys=keys,
+                    keys=self.keys,
                     org_id=session.org_id,
                     role=snapshot_of,
                     tracks_alive=self.policies.for_role(snapshot_of).tracks_alive,
@@ -228,7 +225,7 @@ class KitCore:
             tracks_alive=policy.tracks_alive,
             layout=self.layout,
         )
-        return sid, session, policy, request
+        return PreparedConnect(sid, session, policy, request)
 
     def connect_effects(
         self,
@@ -257,28 +254,23 @@ class KitCore:
 
     def prepare_disconnect(
         self, sid: object, raw_session: object, reason: object
-    ) -> tuple[str, Session, DisconnectPolicy, DisconnectRequest]:
+    ) -> PreparedDisconnect:
         """Validate a disconnect and build the store request; raises before any I/O."""
         sid = validate_sid(sid)
         reason_text = validate_reason(reason)
         session, policy = self._parse(raw_session, connect=False)
-        keys, alive = self.keys, self.alive_key(session)
+        keys = self.user_keys(session, policy)
         request = DisconnectRequest(
             sid=sid,
-            alive_key=alive,
-            connections_key=keys.records(alive, session.role, tracks_alive=policy.tracks_alive),
-            tombstone_key=keys.tombstone(alive, sid),
-            held_leave_key=keys.held_leave(alive, session.role),
-            org_index_key=keys.org_index(session.org_id, session.role),
-            leave_queue_key=self._leave_queue_key,
-            queue_member=queue_member(session.org_id, session.user_id, session.role),
+            keys=keys,
+            tombstone_key=self.keys.tombstone(keys.alive, sid),
             node_index_key=self.node_index_key(sid),
             tracks_alive=policy.tracks_alive,
             reason=reason_text,
             layout=self.layout,
             attempt=f"{self._attempt_prefix}{next(self._attempts):x}",
         )
-        return sid, session, policy, request
+        return PreparedDisconnect(sid, session, policy, request)
 
     def sweep_request(
         self, member: str, sid: str, entry: str, *, reason: str | None = None
@@ -294,17 +286,12 @@ class KitCore:
         except (ValueError, TypeError, InvalidSessionError):
             logger.warning("skipping a malformed node-index entry", extra={"member": member})
             return None
-        keys, alive = self.keys, self.keys.alive(org_id, user_id)
+        keys = self.keys.user(org_id, user_id, role, tracks_alive=policy.tracks_alive)
         return DisconnectRequest(
             sid=sid,
-            alive_key=alive,
-            connections_key=keys.records(alive, role, tracks_alive=policy.tracks_alive),
-            tombstone_key=keys.tombstone(alive, sid),
-            held_leave_key=keys.held_leave(alive, role),
-            org_index_key=keys.org_index(org_id, role),
-            leave_queue_key=self._leave_queue_key,
-            queue_member=queue_member(org_id, user_id, role),
-            node_index_key=keys.node_index(member, node_bucket(sid)),
+            keys=keys,
+            tombstone_key=self.keys.tombstone(keys.alive, sid),
+            node_index_key=self.keys.node_index(member, node_bucket(sid)),
             tracks_alive=policy.tracks_alive,
             reason=reason or self.settings.lost_reason,
             layout=self.layout,
@@ -426,16 +413,9 @@ class KitCore:
         except (ValueError, TypeError):
             logger.warning("ignoring a malformed leave-queue member", extra={"member": member})
             return None
-        alive = self.keys.alive(org_id, user_id)
-        return FinishLeaveRequest(
-            alive_key=alive,
-            connections_key=alive,  # only roles that drive the alive hash hold leaves back
-            held_leave_key=self.keys.held_leave(alive, role),
-            org_index_key=self.keys.org_index(org_id, role),
-            leave_queue_key=self._leave_queue_key,
-            queue_member=member,
-            layout=self.layout,
-        )
+        # Only roles that drive the alive hash hold leaves back: records in the alive hash.
+        keys = self.keys.user(org_id, user_id, role, tracks_alive=True)
+        return FinishLeaveRequest(keys=keys._replace(queue_member=member), layout=self.layout)
 
     def finished_leave_effects(self, finished: FinishLeaveOutcome) -> Sequence[Effect]:
         """The effects of a held-back leave this node claimed (run from its record)."""
@@ -473,11 +453,10 @@ class KitCore:
 
     def presence_keys(self, org_id: object, user_id: object, role: object) -> tuple[str, str]:
         """``(alive key, record hash key)`` of a (user, role), validated."""
-        alive = self.keys.alive(
-            self.validated_id("org_id", org_id), self.validated_id("user_id", user_id)
-        )
+        org, user = self.validated_id("org_id", org_id), self.validated_id("user_id", user_id)
         name, policy = self.query_role(role)
-        return alive, self.keys.records(alive, name, tracks_alive=policy.tracks_alive)
+        keys = self.keys.user(org, user, name, tracks_alive=policy.tracks_alive)
+        return keys.alive, keys.records
 
     def lesson_filter(self, lesson_id: object) -> Id | None:
         """A validated lesson id, or ``None`` for every lesson."""

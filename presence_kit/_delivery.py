@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from ._ratelimit import RateLimit
+
 __all__ = ["BatchDelivery", "Counts", "Interpret", "Send", "Verdict", "causes", "classify"]
 
 Send = Callable[[Sequence[str]], None]  # send one batch; raise on any failure
@@ -95,27 +97,6 @@ def classify(exc: BaseException, status: int | None, interpret: Interpret) -> Ve
     return False, f"unexpected-{type(exc).__name__}"
 
 
-class _RateLimit:
-    """Allows one log line per key per interval and counts the ones it held back."""
-
-    def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def check(self, key: str) -> int | None:
-        """``None`` to stay quiet, else how many were held back since the last line."""
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                self._held[key] = self._held.get(key, 0) + 1
-                return None
-            self._last[key] = now
-            return self._held.pop(key, 0)
-
-
 class BatchDelivery:
     """Delivers serialised messages in batches from background threads.
 
@@ -169,7 +150,7 @@ class BatchDelivery:
         self._retried = 0
         self._dropped_unqueued = 0  # never entered the queue
         self._dropped_queued = 0  # entered the queue, then given up on
-        self._rate_limit = _RateLimit(_DROP_LOG_INTERVAL)
+        self._rate_limit = RateLimit(_DROP_LOG_INTERVAL)
 
     # --- caller side --------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "PolicyRegistry",
     "TeacherAppPolicy",
     "TeacherHubPolicy",
+    "WantsSnapshot",
     "default_policies",
     "insert_id",
     "lesson_room",
@@ -137,6 +138,17 @@ class DisconnectPolicy(Protocol):
     def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
         """Effects of a connection ending."""
         ...
+
+
+@runtime_checkable
+class WantsSnapshot(Protocol):
+    """A policy whose connects receive, in ``ConnectFacts.outcome.snapshot``, the org's
+    connections of the role ``snapshot_of`` names (read in the same round trip where the
+    store allows); ``None`` or ``""``: no snapshot. Optional: a policy without the
+    attribute gets none. Looked for once, when the policy is registered; its value is
+    read at each connect."""
+
+    snapshot_of: str | None
 
 
 class TeacherAppPolicy:
@@ -249,6 +261,7 @@ class PolicyRegistry(Mapping[str, DisconnectPolicy]):
 
     def __init__(self, policies: Mapping[str, DisconnectPolicy] | None = None) -> None:
         self._policies: dict[str, DisconnectPolicy] = {}
+        self._snapshots: dict[str, WantsSnapshot] = {}
         for role, policy in (policies or {}).items():
             self.register(role, policy)
 
@@ -258,6 +271,18 @@ class PolicyRegistry(Mapping[str, DisconnectPolicy]):
         if not isinstance(policy, DisconnectPolicy):
             raise TypeError(f"{policy!r} does not implement DisconnectPolicy")
         self._policies[name] = policy
+        # Decided here, not per connect: an isinstance check on a runtime Protocol takes
+        # microseconds before Python 3.12.
+        if isinstance(policy, WantsSnapshot):
+            self._snapshots[name] = policy
+        else:
+            self._snapshots.pop(name, None)
+
+    def snapshot_of(self, role: str) -> str | None:
+        """The role whose connections a connect of ``role`` receives (its policy's
+        optional ``snapshot_of``), or ``None``."""
+        policy = self._snapshots.get(role)
+        return None if policy is None else policy.snapshot_of
 
     def __getitem__(self, role: str) -> DisconnectPolicy:
         return self._policies[role]

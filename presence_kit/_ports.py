@@ -4,6 +4,12 @@ Each is a :class:`typing.Protocol`, so an adapter needs no base class: any objec
 with these methods fits. The sync facade (:class:`~presence_kit.PresenceKit`) uses the
 plain ports, the asyncio facade the ``Async`` ones; :class:`Analytics` is shared,
 since ``track`` only enqueues and never blocks.
+
+A port's optional members are small Protocols of their own (:class:`ListsNodes`,
+:class:`DeclaresBlocking`, :class:`HasNamespace`, :class:`ListsLocalSids`): the kit
+checks for them with ``isinstance`` and does without them when they are missing. Only
+their presence is checked (and that ``blocking`` is exactly ``False``), so an adapter
+needs no base class for them either.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ._effects import Track
+from ._keys import KeySchema
 from ._model import (
     ConnectOutcome,
     ConnectRequest,
@@ -20,14 +27,23 @@ from ._model import (
     FinishLeaveOutcome,
     FinishLeaveRequest,
     Heartbeat,
-    KeySchema,
     NodeInfo,
     OrgQuery,
     UserPresence,
 )
 from ._session import Id
 
-__all__ = ["Analytics", "AsyncSockets", "AsyncStore", "Sockets", "Store"]
+__all__ = [
+    "Analytics",
+    "AsyncSockets",
+    "AsyncStore",
+    "DeclaresBlocking",
+    "HasNamespace",
+    "ListsLocalSids",
+    "ListsNodes",
+    "Sockets",
+    "Store",
+]
 
 
 @runtime_checkable
@@ -84,10 +100,6 @@ class Store(Protocol):
 
     def release_node(self, keys: KeySchema, member: str) -> None:
         """Forget a node incarnation whose connections were all swept."""
-        ...
-
-    def nodes(self, keys: KeySchema) -> list[NodeInfo]:
-        """Every registered node incarnation."""
         ...
 
     def close(self) -> None:
@@ -176,9 +188,6 @@ class Sockets(Protocol):
         """Run ``target(*args)`` in the server's concurrency model (thread, greenlet)."""
         ...
 
-    # Optional: ``local_sids() -> set[str]``, the sids this server process holds; with
-    # it, a kit reconciles its records with its live sockets.
-
     def sleep(self, seconds: float) -> None:
         """Sleep the way the server's concurrency model wants."""
         ...
@@ -219,4 +228,55 @@ class Analytics(Protocol):
 
     def close(self, timeout: float | None = None) -> None:
         """Flush what is queued (waiting at most ``timeout`` seconds), then stop."""
+        ...
+
+
+# --- optional members -----------------------------------------------------------------
+
+
+@runtime_checkable
+class ListsNodes(Protocol):
+    """A store that lists the node registry: :meth:`PresenceKit.nodes
+    <presence_kit.PresenceKit.nodes>` needs it (``TypeError`` without it).
+
+    An :class:`AsyncStore`'s ``nodes`` is a coroutine function with the same signature.
+    """
+
+    def nodes(self, keys: KeySchema) -> list[NodeInfo]:
+        """Every registered node incarnation."""
+        ...
+
+
+@runtime_checkable
+class DeclaresBlocking(Protocol):
+    """A store that says whether its calls block.
+
+    A :class:`Store` (plain methods) that sets ``blocking = False``, exactly ``False``,
+    never blocks: it keeps its state in memory, as
+    :class:`~presence_kit.memory.MemoryStore` does. :class:`~presence_kit.AsyncPresenceKit`
+    may then call it from the event loop.
+    """
+
+    blocking: bool
+
+
+@runtime_checkable
+class HasNamespace(Protocol):
+    """Sockets of one Socket.IO namespace: each connection record keeps its name (a
+    ``str``; ``"/"`` without it)."""
+
+    namespace: str
+
+
+@runtime_checkable
+class ListsLocalSids(Protocol):
+    """Sockets that list the sids this server process holds (never other nodes').
+
+    With it a kit reconciles its records with its live sockets, both ways, and after
+    being fenced registers again only the sockets still connected. A plain method in
+    the sync and the asyncio ports alike: it reads the server's own state, no I/O.
+    """
+
+    def local_sids(self) -> set[str]:
+        """The sids connected to this process."""
         ...

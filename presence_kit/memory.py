@@ -18,9 +18,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._model import (
+from ._codec import (
     RECORD_FIELD,
     ConnectionRecord,
+    Tombstone,
+    decode_tombstone,
+    encode_tombstone,
+    parse_index_entry,
+    records_of,
+)
+from ._keys import KeySchema
+from ._model import (
     ConnectOutcome,
     ConnectRequest,
     ConnectStatus,
@@ -30,13 +38,10 @@ from ._model import (
     FinishLeaveOutcome,
     FinishLeaveRequest,
     Heartbeat,
-    KeySchema,
     NodeInfo,
     OrgQuery,
     StoreLayout,
     UserPresence,
-    parse_index_entry,
-    records_of,
 )
 from ._ports import Store
 from ._session import Id
@@ -147,16 +152,15 @@ class MemoryStore:
             layout = request.layout
             done = self._get(request.tombstone_key, now)
             if isinstance(done, str):
-                fields = done.split(":", 5)  # last:version:at_ms:deferred:attempt:record
-                was_last, was_version, was_at_ms, was_deferred, attempt, was_record = fields
+                stone = decode_tombstone(done)
                 return DisconnectOutcome(
                     status=DisconnectStatus.REPEAT,
-                    last=was_last == "1",
-                    record=ConnectionRecord.from_json(request.sid, was_record),
-                    version=int(was_version),
-                    at=int(was_at_ms) / 1000,
-                    deferred=was_deferred == "1",
-                    attempt=attempt,
+                    last=stone.last,
+                    record=ConnectionRecord.from_json(request.sid, stone.record),
+                    version=stone.version,
+                    at=stone.at_ms / 1000,
+                    deferred=stone.deferred,
+                    attempt=stone.attempt,
                 )
             records = self._hash(request.connections_key, now)
             field = RECORD_FIELD + request.sid
@@ -196,9 +200,9 @@ class MemoryStore:
                 self._hdel(request.org_index_key, request.sid, now)
             at_ms = _ms(now)
             if request.remember:
+                stone = Tombstone(last, version, at_ms, deferred, request.attempt, record)
                 self._keys[request.tombstone_key] = _Entry(
-                    f"{int(last)}:{version}:{at_ms}:{int(deferred)}:{request.attempt}:{record}",
-                    now + layout.tombstone_ttl,
+                    encode_tombstone(stone), now + layout.tombstone_ttl
                 )
             return DisconnectOutcome(
                 status=DisconnectStatus.REMOVED,

@@ -110,15 +110,15 @@ def test_logs_carry_no_secret_and_user_ids_only_at_debug(
 
 
 def assert_every_teacher_left_once_per_join(
-    kits: Sequence[Any], redis_server: RedisServer, *, users: int
+    kits: Sequence[Any], sockets: Sequence[Any], redis_server: RedisServer, *, users: int
 ) -> None:
     """After random interleavings that end with every connection closed: per user, as
     many leaves as joins were announced, no record is left, and the version counts the
     transitions (equal joins and leaves: an even version)."""
     joins: Counter[int] = Counter()
     leaves: Counter[int] = Counter()
-    for kit in kits:
-        for event, data, _to in kit._sockets.emitted:
+    for recorded in sockets:
+        for event, data, _to in recorded.emitted:
             (joins if event == "teacher_connect" else leaves)[data["user_id"]] += 1
     assert joins == leaves
     assert sum(joins.values()) >= users
@@ -136,10 +136,8 @@ def test_many_kits_in_threads_on_the_same_users(redis_server: RedisServer) -> No
     connects, disconnects and reconnects. Per user, announcements alternate (never two
     joins or two leaves in a row overall), every user ends offline with no record,
     and the counts of joins and leaves match."""
-    kits = [
-        PresenceKit(store=RedisStore(redis_server.client()), sockets=RecordingSockets())
-        for _ in range(4)
-    ]
+    sockets = [RecordingSockets() for _ in range(4)]
+    kits = [PresenceKit(store=RedisStore(redis_server.client()), sockets=s) for s in sockets]
     errors: list[BaseException] = []
 
     def worker(seed: int) -> None:
@@ -166,7 +164,7 @@ def test_many_kits_in_threads_on_the_same_users(redis_server: RedisServer) -> No
     for thread in threads:
         thread.join()
     assert errors == []
-    assert_every_teacher_left_once_per_join(kits, redis_server, users=12)
+    assert_every_teacher_left_once_per_join(kits, sockets, redis_server, users=12)
 
 
 async def test_many_tasks_on_async_kits_batch_the_same_users_correctly(
@@ -177,9 +175,10 @@ async def test_many_tasks_on_async_kits_batch_the_same_users_correctly(
     holds a connect and a disconnect of the same user, or of the same sid: they must
     run in order. The same invariants as with threads."""
     clients = [redis_server.async_client() for _ in range(4)]
+    sockets = [AsyncRecordingSockets() for _ in clients]
     kits = [
-        AsyncPresenceKit(store=AsyncRedisStore(client), sockets=AsyncRecordingSockets())
-        for client in clients
+        AsyncPresenceKit(store=AsyncRedisStore(client), sockets=s)
+        for client, s in zip(clients, sockets, strict=True)
     ]
 
     async def worker(seed: int) -> None:
@@ -202,7 +201,7 @@ async def test_many_tasks_on_async_kits_batch_the_same_users_correctly(
     await asyncio.gather(*(worker(seed) for seed in range(40)))
     calls = sum(k.stats.connects + k.stats.disconnects for k in kits)
     assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] < calls  # some batched
-    assert_every_teacher_left_once_per_join(kits, redis_server, users=12)
+    assert_every_teacher_left_once_per_join(kits, sockets, redis_server, users=12)
     for kit in kits:
         await kit.aclose()
     for client in clients:
@@ -216,13 +215,14 @@ def test_redis_killed_mid_storm_converges_after_restart(tmp_path: Any) -> None:
     connected is online) and every leave is announced once."""
     server = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"])
     try:
+        sockets = [RecordingSockets() for _ in range(3)]
         kits = [
             PresenceKit(
                 store=RedisStore(server.client(), timeout=0.1),
-                sockets=RecordingSockets(),
+                sockets=s,
                 analytics=RecordingAnalytics(),
             )
-            for _ in range(3)
+            for s in sockets
         ]
         online: dict[int, tuple[PresenceKit, str]] = {}
         for n in range(300):
@@ -249,8 +249,8 @@ def test_redis_killed_mid_storm_converges_after_restart(tmp_path: Any) -> None:
         for n in online:
             assert raw.hget(f"alive:org_1_user_{n}", "state") == "connect", n
         leaves: Counter[int] = Counter()
-        for kit in kits:
-            for event, data, _to in kit._sockets.emitted:  # type: ignore[attr-defined]
+        for recorded in sockets:
+            for event, data, _to in recorded.emitted:
                 if event == "teacher_disconnect":
                     leaves[data["user_id"]] += 1
         assert leaves == Counter(gone)
@@ -294,9 +294,8 @@ def _process_worker(redis_url: str, seed: int) -> list[tuple[str, Any]]:
     """One server process: its own kit, random connects and disconnects of shared users."""
     import redis as redis_py
 
-    kit = PresenceKit(
-        store=RedisStore(redis_py.Redis.from_url(redis_url)), sockets=RecordingSockets()
-    )
+    sockets = RecordingSockets()
+    kit = PresenceKit(store=RedisStore(redis_py.Redis.from_url(redis_url)), sockets=sockets)
     rng = random.Random(seed)
     live: list[tuple[str, int]] = []
     for step in range(200):
@@ -311,7 +310,7 @@ def _process_worker(redis_url: str, seed: int) -> list[tuple[str, Any]]:
         kit.handle_disconnect(sid, teacher(user))
     assert kit.stats.store_failures == 0
     kit.close()
-    return [(event, data["user_id"]) for event, data, _to in kit._sockets.emitted]  # type: ignore[attr-defined]
+    return [(event, data["user_id"]) for event, data, _to in sockets.emitted]
 
 
 def test_many_kits_in_processes_on_the_same_users(redis_server: RedisServer) -> None:

@@ -112,21 +112,30 @@ def test_a_full_outbox_drops_the_oldest_and_counts_it(fresh_redis_server: RedisS
     kit.close()
 
 
+class _AnswerLosingStore(RedisStore):
+    """A real RedisStore whose next connect runs, but whose answer is lost when
+    ``lose_next_answer`` is set (as if the call timed out after the script ran)."""
+
+    lose_next_answer = False
+
+    def connect(self, request: Any) -> Any:
+        outcome = super().connect(request)
+        if self.lose_next_answer:
+            self.lose_next_answer = False
+            raise StoreError("timed out after the script ran")
+        return outcome
+
+
 def test_a_connect_that_timed_out_after_it_ran_is_announced_by_the_replay(
     fresh_redis_server: RedisServer,
 ) -> None:
     """The script ran, but its answer was lost: the replay sees a repeat and announces
     the teacher_connect that nobody announced."""
     sockets = RecordingSockets()
-    store = RedisStore(fresh_redis_server.client())
+    store = _AnswerLosingStore(fresh_redis_server.client())
     kit = PresenceKit(store=store, sockets=sockets)
-    request = kit._core.prepare_connect("s1", teacher(7))[3]  # type: ignore[attr-defined]
-    store.connect(request)  # as if the handler's call had run and then timed out
-    from presence_kit._core import PendingOperation
-
-    policy = kit._core.policies.for_role("TeacherAPP")  # type: ignore[attr-defined]
-    session = request.record.session
-    kit._core.queue(PendingOperation("connect", "s1", session, policy, request))  # type: ignore[attr-defined]
+    store.lose_next_answer = True
+    kit.handle_connect("s1", teacher(7))  # the call runs, then times out: queued
     assert kit.replay_outbox() == 1
     assert [e for e, _d, _to in sockets.emitted] == ["teacher_connect"]
     assert kit.replay_outbox() == 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from presence_kit import AsyncPresenceKit, PresenceKit, Settings
+from presence_kit import AsyncPresenceKit, KeySchema, PresenceKit, Settings
 from presence_kit.redis import AsyncRedisStore, RedisStore
 from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics, RecordingSockets
 from tests.support.redis_servers import RedisServer, aclose_client
@@ -28,8 +28,9 @@ class Node:
     def __init__(self, server: Any, **settings: Any) -> None:
         self.sockets = RecordingSockets()
         self.analytics = RecordingAnalytics()
+        self.store = RedisStore(server.client())
         self.kit = PresenceKit(
-            store=RedisStore(server.client()),
+            store=self.store,
             sockets=self.sockets,
             analytics=self.analytics,
             settings=Settings(**{**FAST, **settings}),
@@ -122,9 +123,10 @@ def test_a_sweeper_that_dies_midway_is_taken_over(
     a.kit.heartbeat()
     a.kit.handle_connect("a-t1", T1)
     b.ready_to_sweep()
-    keys = b.kit._core.keys  # type: ignore[attr-defined]
+    settings = b.kit.settings
+    keys = KeySchema(alive_template=settings.alive_key, prefix=settings.key_prefix)
     # b claims node a and then dies before sweeping it.
-    assert b.kit._store.claim_node(keys, int(TIMEOUT * 1000), 300) is not None  # type: ignore[attr-defined]
+    assert b.store.claim_node(keys, int(TIMEOUT * 1000), 300) is not None
     c.ready_to_sweep()
     assert c.kit.sweep_dead_nodes() == 1  # the claim expired: c took it over
     assert c.leaves() == [1]

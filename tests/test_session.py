@@ -17,8 +17,8 @@ from presence_kit import (
     PresenceError,
     Settings,
 )
+from presence_kit._codec import compact, id_list
 from presence_kit._core import validate_reason
-from presence_kit._model import _compact, _id_list
 from presence_kit._session import parse_session, read_role, validate_sid
 
 DEFAULT = re.compile(Settings().id_pattern)
@@ -208,8 +208,8 @@ def test_settings_spec_defaults() -> None:
 def test_compact_id_lists_match_the_json_encoder_byte_for_byte(values: list[object]) -> None:
     """Queue members, index entries and records are written by a fast path; they must
     stay the exact text the JSON encoder gives (what older records in Redis hold)."""
-    assert _id_list(*values) == _compact(values)
-    assert json.loads(_id_list(*values)) == json.loads(_compact(values))
+    assert id_list(*values) == compact(values)
+    assert json.loads(id_list(*values)) == json.loads(compact(values))
 
 
 def test_int_and_str_ids_take_the_fast_path_and_others_the_checks() -> None:

@@ -124,7 +124,7 @@ class KeyTable(_RstDirective):
 
     def run(self) -> list[nodes.Node]:
         from presence_kit import Settings
-        from presence_kit._model import KeySchema
+        from presence_kit._keys import KeySchema
 
         settings = Settings()
         schema = KeySchema(alive_template=settings.alive_key, prefix=settings.key_prefix)

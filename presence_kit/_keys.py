@@ -1,0 +1,121 @@
+"""Every Redis key name presence_kit uses: :class:`KeySchema`, and :class:`UserKeys`,
+the keys of one (user, role) that each request carries.
+
+A user's keys share the cluster slot of the spec's alive key (they embed its name as
+their hash tag); an organisation's index keys share the slot ``{<prefix>:org:<id>}``,
+the node registry ``{<prefix>:nodes}`` and each node incarnation's index its own.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ._codec import queue_member
+from ._session import Id
+
+__all__ = ["NODE_BUCKETS", "KeySchema", "UserKeys", "node_bucket"]
+
+
+class UserKeys(NamedTuple):
+    """The keys of one (user, role), from :meth:`KeySchema.user`."""
+
+    alive: str
+    """The spec's alive hash; its name is also the cluster hash tag of the others."""
+    records: str
+    """Hash of the user's connection records in the role (see :meth:`KeySchema.records`)."""
+    held_leave: str
+    """Hash of the (user, role)'s leave held back by the grace period."""
+    org_index: str
+    """The organisation's index of connections in the role."""
+    leave_queue: str
+    """The queue of held-back leaves (one for all users)."""
+    queue_member: str
+    """The (user, role)'s member of the leave queue (enough to rebuild these keys)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeySchema:
+    """Every Redis key name presence_kit uses, from the settings' templates.
+
+    A user's keys share the cluster slot of the spec's alive key: they embed its name
+    as their hash tag. An organisation's index keys share the slot ``{<prefix>:org:<id>}``.
+    """
+
+    alive_template: str
+    prefix: str
+
+    def alive(self, org_id: Id, user_id: Id) -> str:
+        """The spec's alive hash of a user."""
+        return self.alive_template.format(org_id=org_id, user_id=user_id)
+
+    def user(self, org_id: Id, user_id: Id, role: str, *, tracks_alive: bool) -> UserKeys:
+        """Every key of one (user, role), built once per event."""
+        alive = self.alive_template.format(org_id=org_id, user_id=user_id)
+        prefix = self.prefix
+        return UserKeys(
+            alive=alive,
+            records=alive if tracks_alive else f"{prefix}:{{{alive}}}:conns:{role}",
+            held_leave=f"{prefix}:{{{alive}}}:held:{role}",
+            org_index=f"{prefix}:{{{prefix}:org:{org_id}}}:online:{role}",
+            leave_queue=self.leave_queue(),
+            queue_member=queue_member(org_id, user_id, role),
+        )
+
+    def records(self, alive_key: str, role: str, *, tracks_alive: bool) -> str:
+        """Hash of a user's connection records in a role (fields ``c:<sid>``, and ``n``).
+
+        For a role that drives the alive hash the records live in the alive hash itself
+        (extra fields beside ``state``): one key per online teacher, not two.
+        """
+        if tracks_alive:
+            return alive_key
+        return f"{self.prefix}:{{{alive_key}}}:conns:{role}"
+
+    def tombstone(self, alive_key: str, sid: str) -> str:
+        """Marker left by a finished disconnect (its outcome, for repeats)."""
+        return f"{self.prefix}:{{{alive_key}}}:gone:{sid}"
+
+    def held_leave(self, alive_key: str, role: str) -> str:
+        """Hash of a leave held back by the grace period."""
+        return f"{self.prefix}:{{{alive_key}}}:held:{role}"
+
+    def org_index(self, org_id: Id, role: str) -> str:
+        """Hash ``sid -> [user_id, lesson_id]`` of an organisation's connections in a role."""
+        return f"{self.prefix}:{{{self.prefix}:org:{org_id}}}:online:{role}"
+
+    def leave_queue(self) -> str:
+        """Sorted set of held-back leaves, scored by when their grace ends (ms)."""
+        return f"{self.prefix}:{{{self.prefix}:leaves}}:due"
+
+    def live_nodes(self) -> str:
+        """Sorted set ``node/incarnation -> last heartbeat (ms, Redis clock)``."""
+        return f"{self.prefix}:{{{self.prefix}:nodes}}:live"
+
+    def claimed_nodes(self) -> str:
+        """Sorted set of dead nodes being swept: ``node/incarnation -> claim expiry (ms)``."""
+        return f"{self.prefix}:{{{self.prefix}:nodes}}:claimed"
+
+    def node_info(self) -> str:
+        """Hash ``node/incarnation -> JSON`` (host, pid, start) for operators."""
+        return f"{self.prefix}:{{{self.prefix}:nodes}}:info"
+
+    def node_index(self, member: str, bucket: int) -> str:
+        """Hash ``sid -> [org_id, user_id, role]``: one of a node incarnation's
+        256 buckets of connections (small hashes stay compact listpacks)."""
+        return f"{self.prefix}:{{{self.prefix}:node:{member}}}:conns:{bucket}"
+
+    def node_indexes(self, member: str) -> list[str]:
+        """Every bucket of a node incarnation's index."""
+        return [self.node_index(member, bucket) for bucket in range(NODE_BUCKETS)]
+
+
+NODE_BUCKETS = 256
+"""Buckets of a node's connection index: up to ~32,000 connections per node keep every
+bucket under Redis's 128-entry listpack limit (about half the memory of one big hash)."""
+
+
+def node_bucket(sid: str) -> int:
+    """The node-index bucket of a connection."""
+    return zlib.crc32(sid.encode()) % NODE_BUCKETS

@@ -1,0 +1,312 @@
+"""The Redis stores' scripts: what each call sends (keys and args) and what its reply means.
+
+Pure functions over the request types of :mod:`presence_kit._model`; no I/O. The
+scripts (``lua/*.lua``) are the state machine of presence, and
+:class:`~presence_kit.memory.MemoryStore` is their mirror. They return only integers
+and strings, so RESP2 and RESP3 and ``decode_responses`` on or off give the same
+results: every reply goes through :func:`text` or ``int``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from ._codec import ConnectionRecord, parse_index_entry, records_of
+from ._model import (
+    ConnectOutcome,
+    ConnectRequest,
+    ConnectStatus,
+    DisconnectOutcome,
+    DisconnectRequest,
+    DisconnectStatus,
+    FinishLeaveOutcome,
+    FinishLeaveRequest,
+    NodeInfo,
+    UserPresence,
+)
+from ._session import Id
+
+Invocation = tuple[list[str], list[str | int]]
+"""One script call's keys and args."""
+
+Commands = list[tuple[Any, ...]]
+"""Redis commands for one pipeline: ``(method name, *args)`` of a redis-py client."""
+
+BATCH_CALLS = 50
+"""Calls per batched EVALSHA: enough to make a burst cheap, few enough that one script
+holds Redis up for only a couple of milliseconds."""
+
+
+def _lua(name: str) -> str:
+    return resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
+
+
+_BATCH_LUA = _lua("batch")
+
+
+def _batched(script: str) -> str:
+    """``script`` run once per call of a batch, in one EVALSHA (see ``lua/batch.lua``)."""
+    return _BATCH_LUA.replace("-- BODY\n", script, 1)
+
+
+class Scripts:
+    """Our scripts, registered with one client (redis-py ``Script`` objects), and the
+    batched form of those that handler calls send in bursts, by the plain one's sha."""
+
+    def __init__(self, register: Callable[[str], Any]) -> None:
+        connect, disconnect = _lua("connect"), _lua("disconnect")
+        self.connect, self.disconnect = register(connect), register(disconnect)
+        self.finish, self.due = register(_lua("finish_leave")), register(_lua("due_leaves"))
+        self.heartbeat, self.claim = register(_lua("heartbeat")), register(_lua("claim_node"))
+        self.renew = register(_lua("renew_claim"))
+        self.batched = {
+            self.connect.sha: register(_batched(connect)),
+            self.disconnect.sha: register(_batched(disconnect)),
+        }
+
+
+# --- what a call sends -------------------------------------------------------------
+
+
+def _flag(value: bool) -> int:
+    return 1 if value else 0
+
+
+def connect_call(r: ConnectRequest, *, local_index: bool) -> Invocation:
+    """``lua/connect.lua``'s keys and args. On a cluster (``local_index=False``) the
+    indexes live in other slots: their keys are passed as the user's own key (never
+    touched: the flags say so), so every key of the call hashes to the user's slot."""
+    k = r.keys
+    index_key = k.org_index if local_index else k.alive
+    snapshot = r.snapshot is not None and local_index
+    keys = [
+        k.alive,
+        k.records,
+        r.tombstone_key,
+        k.held_leave,
+        index_key,
+        r.snapshot.index_key if snapshot and r.snapshot else k.alive,
+        r.node_index_key if local_index else k.alive,
+    ]
+    args: list[str | int] = [
+        r.sid,
+        r.record.to_json(),
+        _flag(r.tracks_alive),
+        r.layout.state_field,
+        r.layout.connect_state,
+        r.layout.connection_ttl,
+        r.index_entry,
+        _flag(local_index),
+        _flag(snapshot),
+        r.node_entry,
+    ]
+    return keys, args
+
+
+def disconnect_call(r: DisconnectRequest, *, local_index: bool) -> Invocation:
+    """``lua/disconnect.lua``'s keys and args (``local_index`` as for :func:`connect_call`)."""
+    k = r.keys
+    keys = [
+        k.alive,
+        k.records,
+        r.tombstone_key,
+        k.held_leave,
+        k.org_index if local_index else k.alive,
+        k.leave_queue if local_index else k.alive,
+        r.node_index_key if local_index else k.alive,
+    ]
+    args: list[str | int] = [
+        r.sid,
+        _flag(r.tracks_alive),
+        r.layout.state_field,
+        r.layout.disconnect_state,
+        r.layout.offline_ttl,
+        r.reason,
+        r.layout.tombstone_ttl,
+        r.layout.leave_grace_ms,
+        k.queue_member,
+        _flag(local_index),
+        _flag(r.remember),
+        r.attempt,
+    ]
+    return keys, args
+
+
+def finish_call(r: FinishLeaveRequest, *, local_index: bool) -> Invocation:
+    """``lua/finish_leave.lua``'s keys and args."""
+    k = r.keys
+    keys = [
+        k.alive,
+        k.records,
+        k.held_leave,
+        k.org_index if local_index else k.alive,
+        k.leave_queue if local_index else k.alive,
+    ]
+    args: list[str | int] = [
+        r.layout.state_field,
+        r.layout.disconnect_state,
+        r.layout.offline_ttl,
+        k.queue_member,
+        _flag(local_index),
+    ]
+    return keys, args
+
+
+def batch_commands(
+    batched: dict[str, Any], calls: Sequence[tuple[Any, Invocation]]
+) -> tuple[Commands, list[int]]:
+    """``(script, call)`` pairs as pipeline commands: each run of calls of one script as
+    batched EVALSHAs of at most :data:`BATCH_CALLS` calls (``batched``: script sha ->
+    its batch script); and the number of calls in each command."""
+    commands: Commands = []
+    sizes: list[int] = []
+    for script, run in itertools.groupby(calls, key=lambda pair: pair[0]):
+        same = [call for _script, call in run]
+        sha = batched[script.sha].sha
+        for start in range(0, len(same), BATCH_CALLS):
+            part = same[start : start + BATCH_CALLS]
+            keys: list[str] = []
+            args: list[str | int] = [len(part[0][0]), len(part[0][1])]
+            for call_keys, call_args in part:
+                keys += call_keys
+                args += call_args
+            commands.append(("evalsha", sha, len(keys), *keys, *args))
+            sizes.append(len(part))
+    return commands, sizes
+
+
+def unbatched(replies: Sequence[Any], sizes: Sequence[int]) -> list[Any]:
+    """One reply per call from the batches' replies (a failed batch fails each call)."""
+    out: list[Any] = []
+    for reply, size in zip(replies, sizes, strict=True):
+        if isinstance(reply, Exception):
+            out += [reply] * size
+        elif len(reply) != size:
+            out += [RedisError(f"a batch of {size} calls returned {len(reply)} replies")] * size
+        else:
+            out += reply
+    return out
+
+
+# --- what a reply means ------------------------------------------------------------
+
+
+def text(value: object) -> str:
+    """A reply as text (bytes without ``decode_responses``)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _by_value(enum: Any) -> dict[Any, Any]:
+    """An enum's members by value, as text and as bytes (replies come as either)."""
+    return {**{m.value: m for m in enum}, **{m.value.encode(): m for m in enum}}
+
+
+_CONNECT_STATUS, _DISCONNECT_STATUS = _by_value(ConnectStatus), _by_value(DisconnectStatus)
+
+
+def connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
+    """What ``lua/connect.lua`` did."""
+    status, first, connections, version, now_ms, resumed, snapshot = reply
+    return ConnectOutcome(
+        status=_CONNECT_STATUS.get(status) or ConnectStatus(text(status)),
+        first=int(first) == 1,
+        connections=int(connections),
+        version=int(version),
+        at=int(now_ms) / 1000,
+        resumed=int(resumed) == 1,
+        snapshot=tuple(parse_index_entry(entry) for entry in snapshot),
+    )
+
+
+def disconnect_outcome(sid: str, reply: Sequence[Any]) -> DisconnectOutcome:
+    """What ``lua/disconnect.lua`` did (or, for a repeat, what the first call did)."""
+    status, last, version, at_ms, record, deferred, attempt = reply
+    record_text = text(record)
+    return DisconnectOutcome(
+        status=_DISCONNECT_STATUS.get(status) or DisconnectStatus(text(status)),
+        last=int(last) == 1,
+        record=ConnectionRecord.from_json(sid, record_text) if record_text else None,
+        version=int(version),
+        at=int(at_ms) / 1000,
+        deferred=int(deferred) == 1,
+        attempt=text(attempt),
+    )
+
+
+def finish_outcome(reply: Sequence[Any]) -> FinishLeaveOutcome:
+    """What ``lua/finish_leave.lua`` did."""
+    status, version, at_ms, sid, record, reason, due_ms = reply
+    status_text = text(status)
+    outcome = None
+    if status_text == "left":
+        outcome = DisconnectOutcome(
+            status=DisconnectStatus.REMOVED,
+            last=True,
+            record=ConnectionRecord.from_json(text(sid), text(record)),
+            version=int(version),
+            at=int(at_ms) / 1000,
+        )
+    return FinishLeaveOutcome(
+        outcome=outcome,
+        reason=text(reason),
+        due=int(due_ms) / 1000 if status_text == "later" else None,
+    )
+
+
+def user_presence(
+    alive: dict[Any, Any], record_hash: dict[Any, Any], state_field: str
+) -> UserPresence:
+    """A (user, role)'s presence from its alive hash and its records hash."""
+    fields = {text(k): text(v) for k, v in alive.items()}
+    records = records_of({text(k): text(v) for k, v in record_hash.items()})
+    since = fields.get("since")
+    return UserPresence(
+        state=fields.get(state_field),
+        connections=tuple(
+            sorted(
+                (ConnectionRecord.from_json(sid, value) for sid, value in records.items()),
+                key=lambda record: record.sid,
+            )
+        ),
+        since=int(since) / 1000 if since else None,
+        last_reason=fields.get("reason"),
+        version=int(fields.get("version", "0")),
+    )
+
+
+def merged_entries(hashes: Sequence[dict[Any, Any]]) -> dict[str, str]:
+    """The entries of several hashes as one dict of text."""
+    return {text(k): text(v) for entries in hashes for k, v in entries.items()}
+
+
+def index_entries(raw: dict[Any, Any]) -> dict[str, tuple[Id, Id]]:
+    """An org index: ``sid -> (user_id, lesson_id)``."""
+    return {text(sid): parse_index_entry(entry) for sid, entry in raw.items()}
+
+
+def heartbeat_ok(reply: Sequence[Any]) -> bool:
+    """Whether ``lua/heartbeat.lua`` stamped the incarnation (``False``: fenced)."""
+    return text(reply[0]) == "ok"
+
+
+def node_infos(
+    live: dict[Any, float], info: dict[Any, Any], counts: dict[str, int]
+) -> list[NodeInfo]:
+    """The node registry: heartbeats, info hashes and index sizes, by member."""
+    beats = {text(m): score for m, score in live.items()}
+    details = {text(m): json.loads(text(v)) for m, v in info.items()}
+    return [
+        NodeInfo(
+            member=member,
+            last_heartbeat=beats[member] / 1000 if member in beats else None,
+            connections=int(counts.get(member, 0)),
+            info=details.get(member, {}),
+        )
+        for member in sorted(counts)
+    ]
