@@ -1,7 +1,8 @@
 """``python -m bench [--quick] [--only m1,m3,...] [--out DIR]``: run the benchmark suite.
 
-Writes ``results.md``, ``results.json`` and ``profile.txt`` into ``bench/results/``
-(or ``--out``). Run it from the repository root, with the project's virtualenv.
+Writes ``results.md``, ``results.json``, the charts (``*.svg``) and ``profile.txt`` into
+``bench/results/`` (or ``--out``). Run it from the repository root, with the project's
+virtualenv.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import m1_per_event, m2_storm, m3_loop_lag, m4_memory, m5_end_to_end, profile_hot_path
+from . import m1_per_event, m2_storm, m3_loop_lag, m4_memory, m5_end_to_end, m6_real_server
 from ._common import RESULTS_DIR, machine_info
 from .config import MEASUREMENTS, Config
 from .report import markdown, write
+from .tools import decompose, profile_hot_path
 
 TITLES = {
     "m1": "1. cost per connect and disconnect",
@@ -27,6 +29,8 @@ TITLES = {
     "m3": "3. event-loop lag",
     "m4": "4. Redis memory per teacher",
     "m5": "5. end to end",
+    "m6": "6. the TeacherAPP cycle on a real server",
+    "decompose": "our code versus its Redis work",
     "profile": "hot-path profile",
 }
 
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         "m3": m3_loop_lag.run,
         "m4": m4_memory.run,
         "m5": m5_end_to_end.run,
+        "m6": m6_real_server.run,
+        "decompose": decompose.run,
         "profile": lambda c, lg: profile_hot_path.run(c, lg, out),
     }
     results: dict[str, Any] = {"machine": machine_info(), "measurements": {}}
@@ -112,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["seconds"] = round(time.perf_counter() - started, 1)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["log_records"] = tally.rows()
-    md, js = write(results, out)
+    paths = write(results, out)
     print(markdown(results))
-    log(f"wrote {md} and {js}")
+    log(f"wrote {', '.join(p.name for p in paths)} into {out}")
     return 1 if failed else 0
 
 

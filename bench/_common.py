@@ -11,7 +11,7 @@ inside a Lua script are counted too) and ``INFO cpu``.
 
 from __future__ import annotations
 
-import gc
+import asyncio
 import hashlib
 import os
 import platform
@@ -23,9 +23,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -48,6 +47,10 @@ PARTICIPANT_WEB = "ParticipantWeb"
 ROLES = (TEACHER_APP, PARTICIPANT_WEB, TEACHER_HUB)
 OFFLINE_TTL = 3600  # the spec's 1 h
 REASON = "transport close"
+
+
+class BenchError(RuntimeError):
+    """A run did not do what it must (a failure presence_kit swallowed, a wrong state)."""
 
 
 # --- counting round trips ------------------------------------------------------------
@@ -156,7 +159,9 @@ class ServerSample:
     ``evalsha`` time and counted again under their names)."""
 
 
-_PROBE_COMMANDS = frozenset({"info", "flushall", "flushdb", "config|set", "memory|usage"})
+_PROBE_COMMANDS = frozenset(
+    {"info", "flushall", "flushdb", "config|set", "config|resetstat", "memory|usage"}
+)
 
 
 class RedisProbe:
@@ -180,6 +185,10 @@ class RedisProbe:
             per_command=per_command,
             usec={name: int(value["usec"]) for name, value in stats.items()},
         )
+
+    def reset_stats(self) -> None:
+        """``CONFIG RESETSTAT``: the server's command statistics start again from zero."""
+        self._admin.config_resetstat()
 
     def flush(self) -> None:
         """Empty the server (our own): keys only, the script cache stays warm."""
@@ -282,22 +291,19 @@ class Timed:
     cpu: float = 0.0
 
 
-@contextmanager
-def timed() -> Iterator[Timed]:
-    result = Timed()
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    try:
-        yield result
-    finally:
-        result.wall = time.perf_counter() - wall0
-        result.cpu = time.process_time() - cpu0
+async def burst(
+    fn: Callable[[Conn], Awaitable[Any]], conns: Sequence[Conn], concurrency: int
+) -> float:
+    """Run ``fn`` over ``conns`` with at most ``concurrency`` in flight; the seconds it took."""
+    items: Iterator[Conn] = iter(conns)
 
+    async def worker() -> None:
+        for c in items:
+            await fn(c)
 
-@contextmanager
-def quiet_gc() -> Iterator[None]:
-    """Collect before a timed block so that garbage of the previous one is not billed here."""
-    gc.collect()
-    yield
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - t0
 
 
 def median(values: Sequence[float]) -> float:
@@ -430,13 +436,3 @@ def machine_info() -> dict[str, Any]:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "argv": sys.argv[1:],
     }
-
-
-@dataclass
-class Notes:
-    """Free-text notes a measurement adds to the report."""
-
-    lines: list[str] = field(default_factory=list)
-
-    def add(self, text: str) -> None:
-        self.lines.append(text)

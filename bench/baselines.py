@@ -5,7 +5,8 @@ one interface: ``connect(sid, session)`` and ``disconnect(sid, session)``.
     command at a time —
     TeacherAPP connect: ``HSET alive state connect``; join the lesson room; emit
     ``teacher_connect`` (presence_kit emits it too, so every variant does the same
-    socket work); disconnect: ``HSET alive state disconnect``, then ``EXPIRE alive 3600``,
+    socket work; ``announce_connect=False`` leaves it out, as the kit's setting of that
+    name does); disconnect: ``HSET alive state disconnect``, then ``EXPIRE alive 3600``,
     then emit ``teacher_disconnect``, then leave the lesson room.
     ParticipantWeb connect: ``SET`` its ``room_id``; join the lesson room; disconnect:
     ``GET`` the ``room_id``, then the Mixpanel call (an enqueue), then leave the room.
@@ -130,18 +131,27 @@ class HandWrittenSync:
     name = HAND_WRITTEN
 
     def __init__(
-        self, client: redis.Redis, sockets: SyncSockets, analytics: queue.SimpleQueue[Any]
+        self,
+        client: redis.Redis,
+        sockets: SyncSockets,
+        analytics: queue.SimpleQueue[Any],
+        *,
+        announce_connect: bool = True,
     ) -> None:
         self.r, self.sockets, self.analytics = client, sockets, analytics
+        self.announce_connect = announce_connect
 
     def connect(self, sid: str, session: Session) -> None:
         role = session["role"]
         if role == TEACHER_APP:
             self.r.hset(alive_key(session["org_id"], session["user_id"]), "state", "connect")
             self.sockets.enter_room(sid, lesson_room(session["lesson_id"]))
-            self.sockets.emit(
-                "teacher_connect", {"user_id": session["user_id"]}, to=org_room(session["org_id"])
-            )
+            if self.announce_connect:
+                self.sockets.emit(
+                    "teacher_connect",
+                    {"user_id": session["user_id"]},
+                    to=org_room(session["org_id"]),
+                )
         elif role == PARTICIPANT_WEB:
             self.r.set(room_id_key(sid), session["room_id"])
             self.sockets.enter_room(sid, lesson_room(session["lesson_id"]))
@@ -174,17 +184,23 @@ class HandWrittenAsync:
         client: redis.asyncio.Redis,
         sockets: AsyncSockets,
         analytics: queue.SimpleQueue[Any],
+        *,
+        announce_connect: bool = True,
     ) -> None:
         self.r, self.sockets, self.analytics = client, sockets, analytics
+        self.announce_connect = announce_connect
 
     async def connect(self, sid: str, session: Session) -> None:
         role = session["role"]
         if role == TEACHER_APP:
             await self.r.hset(alive_key(session["org_id"], session["user_id"]), "state", "connect")
             await self.sockets.enter_room(sid, lesson_room(session["lesson_id"]))
-            await self.sockets.emit(
-                "teacher_connect", {"user_id": session["user_id"]}, to=org_room(session["org_id"])
-            )
+            if self.announce_connect:
+                await self.sockets.emit(
+                    "teacher_connect",
+                    {"user_id": session["user_id"]},
+                    to=org_room(session["org_id"]),
+                )
         elif role == PARTICIPANT_WEB:
             await self.r.set(room_id_key(sid), session["room_id"])
             await self.sockets.enter_room(sid, lesson_room(session["lesson_id"]))

@@ -8,6 +8,10 @@ of distinct users, then their N disconnects. Sockets are presence_kit's in-proce
 (``presence_kit.testing``) in every variant, and analytics an in-process enqueue, so
 what differs is the Redis work and our own code.
 
+The server's work per event is read from ``INFO commandstats`` (calls and µs per
+command, a script's inner commands included), reset with ``CONFIG RESETSTAT`` before
+each measured block (N connects; N disconnects).
+
 Redis is emptied once per cell, before the kits start: presence_kit keeps state of its
 own there (node liveness), and wiping it under a running kit would make it recover from
 a "sweep" in the middle of a timed run. Every run uses users of its own, so runs never
@@ -38,6 +42,7 @@ from ._common import (
     ROLES,
     TEACHER_APP,
     TEACHER_HUB,
+    BenchError,
     Conn,
     Counter,
     QueueAnalytics,
@@ -79,10 +84,6 @@ SyncFn = Callable[[str, Any], None]
 AsyncFn = Callable[[str, Any], Awaitable[None]]
 
 
-class BenchError(RuntimeError):
-    """A run did not do what it must (a failure presence_kit swallowed, a wrong state)."""
-
-
 @dataclass
 class EventSamples:
     """One variant's samples of one event across rounds."""
@@ -94,7 +95,7 @@ class EventSamples:
     commands: int = 0
     redis_cpu: float = 0.0
     mix: dict[str, int] = field(default_factory=dict)
-    script_usec: int = 0
+    usec: dict[str, int] = field(default_factory=dict)
 
     def add(self, t: Timed, n: int, rt: int, before: ServerSample, after: ServerSample) -> None:
         self.wall.append(t.wall / n)
@@ -105,19 +106,29 @@ class EventSamples:
         self.redis_cpu += after.cpu - before.cpu
         for name, calls in command_delta(before, after).items():
             self.mix[name] = self.mix.get(name, 0) + calls
-        self.script_usec += after.usec.get("evalsha", 0) - before.usec.get("evalsha", 0)
+            usec = after.usec.get(name, 0) - before.usec.get(name, 0)
+            self.usec[name] = self.usec.get(name, 0) + usec
 
     def summary(self) -> dict[str, Any]:
         n = max(self.events, 1)
+        # A script's µs include those of the commands it runs, which INFO commandstats
+        # also counts under their own names: the server's µs for a variant that runs
+        # scripts are the scripts' (ours), else the sum over its commands (baselines).
+        script_us = self.usec.get("evalsha", 0)
         return {
             "wall_us": Spread.of([w * 1e6 for w in self.wall]).as_dict(1),
             "client_cpu_us": Spread.of([c * 1e6 for c in self.cpu]).as_dict(1),
             "round_trips_per_event": round(self.round_trips / n, 3),
             "redis_commands_per_event": round(self.commands / n, 2),
             "redis_cpu_us_per_event": round(self.redis_cpu / n * 1e6, 1),
-            "redis_script_us_per_event": round(self.script_usec / n, 1),
+            "redis_script_calls_per_event": round(self.mix.get("evalsha", 0) / n, 2),
+            "redis_script_us_per_event": round(script_us / n, 2),
+            "redis_us_per_event": round((script_us or sum(self.usec.values())) / n, 2),
             "redis_command_mix_per_event": {
                 k: round(v / n, 2) for k, v in sorted(self.mix.items(), key=lambda kv: -kv[1])
+            },
+            "redis_command_us_per_event": {
+                k: round(v / n, 2) for k, v in sorted(self.usec.items(), key=lambda kv: -kv[1])
             },
             "events": self.events,
         }
@@ -315,6 +326,13 @@ def _us(spread: Spread) -> dict[str, float | int]:
     return Spread(spread.median * 1e6, spread.low * 1e6, spread.high * 1e6, spread.n).as_dict(1)
 
 
+def _block_start(probe: RedisProbe, counter: Counter) -> tuple[ServerSample, int]:
+    """Before a measured block: the server's command statistics reset (``CONFIG
+    RESETSTAT``), then its counters and the client's round trips read."""
+    probe.reset_stats()
+    return probe.sample(), counter.value
+
+
 def _sync_cell(server: RedisServer, probe: RedisProbe, cell: Cell, cfg: Config) -> CellResult:
     probe.flush()
     n = cfg.m1_events(cell.concurrency)
@@ -329,7 +347,7 @@ def _sync_cell(server: RedisServer, probe: RedisProbe, cell: Cell, cfg: Config) 
         sockets = RecordingSockets()
         if name == OURS:
             analytics = QueueAnalytics()
-            store = RedisStore(client)
+            store = RedisStore(client, max_connections=POOL)
             prewarm_sync(store.client, cell.concurrency)
             kit = PresenceKit(sockets=sockets, store=store, analytics=analytics)
             variants[name] = OursSync(kit)
@@ -357,15 +375,16 @@ def _sync_cell(server: RedisServer, probe: RedisProbe, cell: Cell, cfg: Config) 
                 conns = connections(cell.role, n, user)
                 user += n
                 fakes[name].open(conns)
-                s0, rt0 = probe.sample(), counters[name].value
+                s0, rt0 = _block_start(probe, counters[name])
                 t_connect = run_sync(variant.connect, conns, cell.concurrency)
                 s1, rt1 = probe.sample(), counters[name].value
+                samples[name]["connect"].add(t_connect, n, rt1 - rt0, s0, s1)
+                s0, rt0 = _block_start(probe, counters[name])
                 t_disconnect = run_sync(variant.disconnect, conns, cell.concurrency)
-                s2, rt2 = probe.sample(), counters[name].value
+                s1, rt1 = probe.sample(), counters[name].value
+                samples[name]["disconnect"].add(t_disconnect, n, rt1 - rt0, s0, s1)
                 fakes[name].close(conns)
                 check_run(cell.role, name, conns, fakes[name], probe, _failures(variant))
-                samples[name]["connect"].add(t_connect, n, rt1 - rt0, s0, s1)
-                samples[name]["disconnect"].add(t_disconnect, n, rt2 - rt1, s1, s2)
     finally:
         if kit is not None:
             kit.close()
@@ -390,7 +409,7 @@ async def _async_cell(
         sockets = AsyncRecordingSockets()
         if name == OURS:
             analytics = QueueAnalytics()
-            async_store = AsyncRedisStore(client)
+            async_store = AsyncRedisStore(client, max_connections=POOL)
             await prewarm_async(async_store.client, cell.concurrency)
             kit = AsyncPresenceKit(sockets=sockets, store=async_store, analytics=analytics)
             variants[name] = OursAsync(kit)
@@ -418,15 +437,16 @@ async def _async_cell(
                 conns = connections(cell.role, n, user)
                 user += n
                 fakes[name].open(conns)
-                s0, rt0 = probe.sample(), counters[name].value
+                s0, rt0 = _block_start(probe, counters[name])
                 t_connect = await run_async(variant.connect, conns, cell.concurrency)
                 s1, rt1 = probe.sample(), counters[name].value
+                samples[name]["connect"].add(t_connect, n, rt1 - rt0, s0, s1)
+                s0, rt0 = _block_start(probe, counters[name])
                 t_disconnect = await run_async(variant.disconnect, conns, cell.concurrency)
-                s2, rt2 = probe.sample(), counters[name].value
+                s1, rt1 = probe.sample(), counters[name].value
+                samples[name]["disconnect"].add(t_disconnect, n, rt1 - rt0, s0, s1)
                 fakes[name].close(conns)
                 check_run(cell.role, name, conns, fakes[name], probe, _failures(variant))
-                samples[name]["connect"].add(t_connect, n, rt1 - rt0, s0, s1)
-                samples[name]["disconnect"].add(t_disconnect, n, rt2 - rt1, s1, s2)
     finally:
         if kit is not None:
             await kit.aclose()

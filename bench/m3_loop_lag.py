@@ -35,11 +35,13 @@ from tests.support.redis_servers import RedisServer
 from ._common import (
     PARTICIPANT_WEB,
     REASON,
+    BenchError,
     Conn,
     Counter,
     RedisProbe,
     Spread,
     async_client,
+    burst,
     connections,
     median,
     percentile,
@@ -48,8 +50,6 @@ from ._common import (
 )
 from ._endpoint import endpoint_process
 from .config import Config
-from .m1_per_event import BenchError
-from .m2_storm import burst
 
 OFF = "off"
 SLOW = "slow (500 ms answers)"

@@ -28,18 +28,18 @@ from tests.support.redis_servers import RedisServer
 from ._common import (
     REASON,
     TEACHER_APP,
+    BenchError,
     Conn,
     Counter,
     RedisProbe,
     alive_key,
     async_client,
+    burst,
     connections,
     new_sid,
     prewarm_async,
 )
 from .config import Config
-from .m1_per_event import BenchError
-from .m2_storm import burst
 
 ORGS = 100
 CONCURRENCY = 32

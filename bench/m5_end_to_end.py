@@ -32,6 +32,7 @@ from ._common import (
     PARTICIPANT_WEB,
     TEACHER_APP,
     TEACHER_HUB,
+    BenchError,
     Counter,
     Spread,
     async_client,
@@ -39,7 +40,6 @@ from ._common import (
 )
 from .baselines import HAND_WRITTEN, OURS, HandWrittenAsync
 from .config import Config
-from .m1_per_event import BenchError
 
 HUB_ORG = 1
 BATCH = 50

@@ -1,5 +1,5 @@
 """Sweep of one dead node: how long until its N connections' Redis state is right and
-every leave is announced (``python -m bench.sweep 10000``).
+every leave is announced (``python -m bench.tools.sweep 10000``).
 
 Half the connections are teachers (each announced with ``teacher_disconnect``), half
 participants. Node A records them and stops heartbeating; node B sweeps it through

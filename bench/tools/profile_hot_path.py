@@ -1,5 +1,8 @@
 """Profile the hot path of measurement 1 with pyinstrument: ``bench/results/profile.txt``.
 
+``python -m bench.tools.profile_hot_path [--quick] [--out DIR]``, or the main run's
+``profile``.
+
 presence_kit's TeacherAPP and ParticipantWeb connects and disconnects run sequentially
 (sync and asyncio), as in measurement 1, under pyinstrument's sampling profiler. For
 each, the file gets a summary — where the time goes by layer (presence_kit's own code,
@@ -13,21 +16,18 @@ measurement 1.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from presence_kit import AsyncPresenceKit, PresenceKit
-from presence_kit.redis import AsyncRedisStore, RedisStore
-from presence_kit.testing import AsyncRecordingSockets, RecordingSockets
-from tests.support.redis_servers import RedisServer
-
-from . import decompose
-from ._common import (
+from bench._common import (
     PARTICIPANT_WEB,
     REASON,
+    REPO,
     RESULTS_DIR,
     TEACHER_APP,
     Counter,
@@ -36,7 +36,11 @@ from ._common import (
     connections,
     sync_client,
 )
-from .config import Config
+from bench.config import Config
+from presence_kit import AsyncPresenceKit, PresenceKit
+from presence_kit.redis import AsyncRedisStore, RedisStore
+from presence_kit.testing import AsyncRecordingSockets, RecordingSockets
+from tests.support.redis_servers import RedisServer
 
 _IO = ("sendall", "recv_into", "recv", "send", "poll", "select", "epoll", "sock_")
 INTERVAL = 0.0005
@@ -212,26 +216,6 @@ async def _profile_storm(server: RedisServer, n: int, concurrency: int) -> str:
     return _render(title, n, wall, profiler)
 
 
-def _render_decomposition(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "=" * 100,
-        "Our code versus the Redis work it asks for (no profiler; see bench/decompose.py)",
-        "",
-        "presence_kit's EVALSHA requests, recorded and replayed with plain",
-        "client.execute_command on an emptied Redis: the same Redis work and round trips.",
-        "",
-        f"{'api':8} {'event':28} {'ours us':>9} {'replay us':>10} {'our code us (wall)':>19} "
-        f"{'(cpu)':>7}",
-    ]
-    for row in rows:
-        lines.append(
-            f"{row['api']:8} {row['role'] + ' ' + row['event']:28} "
-            f"{row['ours_wall_us']['median']:9.1f} {row['replay_wall_us']['median']:10.1f} "
-            f"{row['our_code_wall_us']['median']:19.1f} {row['our_code_cpu_us']['median']:7.1f}"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def run(cfg: Config, log: Callable[[str], None], out: Path = RESULTS_DIR) -> dict[str, Any]:
     started = time.perf_counter()
     n = cfg.profile_events
@@ -242,15 +226,14 @@ def run(cfg: Config, log: Callable[[str], None], out: Path = RESULTS_DIR) -> dic
         "2's burst of handler calls, where calls are batched. pyinstrument hooks every\n"
         "call and measures wall time, so code made of many small calls looks bigger than\n"
         "it is, and a busy machine's preemptions land on whatever frame was running:\n"
-        "read proportions; the no-profiler decomposition below gives the absolute cost.\n"
+        'read proportions; the decomposition (bench/tools/decompose.py, the table "Our\n'
+        'code versus its Redis work" of results.md) gives the absolute cost.\n'
     ]
     sections = [
         (TEACHER_APP, "disconnect"),
         (TEACHER_APP, "connect"),
         (PARTICIPANT_WEB, "disconnect"),
     ]
-    decomposition = decompose.run(cfg)
-    parts.append(_render_decomposition(decomposition))
     with RedisServer() as server:
         for role, event in sections:
             parts.append(_profile_sync(server, role, event, n))
@@ -261,8 +244,21 @@ def run(cfg: Config, log: Callable[[str], None], out: Path = RESULTS_DIR) -> dic
     path = out / "profile.txt"
     path.write_text("\n".join(parts))
     log(f"  profile: {time.perf_counter() - started:.1f}s")
-    return {
-        "file": str(path.relative_to(out.parent.parent)),
-        "events_per_section": n,
-        "decomposition": decomposition,
-    }
+    shown = path.resolve()
+    if shown.is_relative_to(REPO):
+        shown = shown.relative_to(REPO)
+    return {"file": str(shown), "events_per_section": n}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.tools.profile_hot_path")
+    parser.add_argument("--quick", action="store_true", help="fewer events")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    args = parser.parse_args()
+    cfg = Config.quick_run() if args.quick else Config.full()
+    result = run(cfg, lambda message: print(message, file=sys.stderr, flush=True), args.out)
+    print(f"wrote {result['file']}")
+
+
+if __name__ == "__main__":
+    main()
