@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, NamedTuple
 
+from ._construct import maker
 from ._errors import StoreError
-from ._session import Id, Session
+from ._session import Id, Session, make_session
 
 compact = json.JSONEncoder(separators=(",", ":")).encode
 """Compact JSON, with one shared encoder (``json.dumps`` with options builds one per call)."""
@@ -129,21 +130,17 @@ class ConnectionRecord:
         try:
             org_id, user_id, lesson_id, role, node, *rest = loads(text)
             node_id, _, incarnation = node.rpartition("/")
-            return cls(
-                sid=sid,
-                namespace=rest[1] if len(rest) > 1 else "/",
-                node_id=node_id,
-                incarnation=incarnation,
-                session=Session(
-                    role=role,
-                    org_id=org_id,
-                    user_id=user_id,
-                    lesson_id=lesson_id,
-                    room_id=rest[0] if rest else None,
-                ),
-            )
+            room_id = rest[0] if rest else None
+            session = make_session(role, org_id, user_id, lesson_id, room_id)
+            namespace = rest[1] if len(rest) > 1 else "/"
+            return make_record(sid, namespace, node_id, incarnation, session)
         except (ValueError, TypeError, AttributeError) as exc:
             raise StoreError(f"corrupt connection record: {str(text)[:80]!r}") from exc
+
+
+make_record = maker(ConnectionRecord)
+"""A :class:`ConnectionRecord` from its parts: ``(sid, namespace, node_id, incarnation,
+session)``."""
 
 
 class Tombstone(NamedTuple):

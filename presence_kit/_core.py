@@ -20,12 +20,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ._codec import (
-    ConnectionRecord,
     index_entry,
-    node_entry,
+    make_record,
     parse_node_entry,
     parse_queue_member,
 )
+from ._construct import maker
 from ._effects import Effect, Emit, Track
 from ._errors import InvalidSessionError
 from ._keys import KeySchema, UserKeys, node_bucket
@@ -68,6 +68,12 @@ __all__ = ["KitCore", "KitStats", "NodeLiveness", "Outbox", "PendingOperation"]
 logger = logging.getLogger("presence_kit")
 
 UNKNOWN_REASON = "unknown"
+
+# The hot path builds these from validated parts (positional, in field order).
+_make_connect_request = maker(ConnectRequest)
+_make_disconnect_request = maker(DisconnectRequest)
+_make_connect_facts = maker(ConnectFacts)
+_make_disconnect_facts = maker(DisconnectFacts)
 
 
 def validate_reason(reason: object) -> str:
@@ -198,14 +204,14 @@ class KitCore:
         session, policy = self._parse(raw_session, connect=True)
         keys = self.user_keys(session, policy)
         snapshot_of = self.policies.snapshot_of(session.role)
-        request = ConnectRequest(
-            sid=sid,
-            keys=keys,
-            tombstone_key=self.keys.tombstone(keys.alive, sid),
-            index_entry=index_entry(session.user_id, session.lesson_id),
-            node_index_key=self.node_index_key(sid),
-            node_entry=node_entry(session.org_id, session.user_id, session.role),
-            snapshot=(
+        request = _make_connect_request(
+            sid,
+            keys,
+            self.keys.tombstone(keys.alive, sid),
+            index_entry(session.user_id, session.lesson_id),
+            self.node_index_key(sid),
+            keys.queue_member,  # the node entry is the same text: [org_id, user_id, role]
+            (
                 OrgQuery(
                     keys=self.keys,
                     org_id=session.org_id,
@@ -215,15 +221,9 @@ class KitCore:
                 if snapshot_of and self.settings.send_presence_snapshot
                 else None
             ),
-            record=ConnectionRecord(
-                sid=sid,
-                namespace=self.namespace,
-                node_id=self.node_id,
-                incarnation=self.incarnation,
-                session=session,
-            ),
-            tracks_alive=policy.tracks_alive,
-            layout=self.layout,
+            make_record(sid, self.namespace, self.node_id, self.incarnation, session),
+            policy.tracks_alive,
+            self.layout,
         )
         return PreparedConnect(sid, session, policy, request)
 
@@ -245,7 +245,7 @@ class KitCore:
         policy: DisconnectPolicy,
         outcome: ConnectOutcome | None,
     ) -> Sequence[Effect]:
-        facts = ConnectFacts(sid=sid, session=session, outcome=outcome, settings=self.settings)
+        facts = _make_connect_facts(sid, session, outcome, self.settings)
         if facts.came_online and policy.tracks_alive:
             self.count("announced_online")
         return policy.on_connect(facts)
@@ -260,15 +260,16 @@ class KitCore:
         reason_text = validate_reason(reason)
         session, policy = self._parse(raw_session, connect=False)
         keys = self.user_keys(session, policy)
-        request = DisconnectRequest(
-            sid=sid,
-            keys=keys,
-            tombstone_key=self.keys.tombstone(keys.alive, sid),
-            node_index_key=self.node_index_key(sid),
-            tracks_alive=policy.tracks_alive,
-            reason=reason_text,
-            layout=self.layout,
-            attempt=f"{self._attempt_prefix}{next(self._attempts):x}",
+        request = _make_disconnect_request(
+            sid,
+            keys,
+            self.keys.tombstone(keys.alive, sid),
+            self.node_index_key(sid),
+            policy.tracks_alive,
+            reason_text,
+            self.layout,
+            True,  # remember: a handler's disconnect leaves a tombstone
+            f"{self._attempt_prefix}{next(self._attempts):x}",
         )
         return PreparedDisconnect(sid, session, policy, request)
 
@@ -397,9 +398,7 @@ class KitCore:
     ) -> Sequence[Effect]:
         if outcome is not None and outcome.record is not None:
             session = outcome.record.session
-        facts = DisconnectFacts(
-            sid=sid, session=session, outcome=outcome, reason=reason, settings=self.settings
-        )
+        facts = _make_disconnect_facts(sid, session, outcome, reason, self.settings)
         if facts.went_offline and policy.tracks_alive:
             self.count("announced_offline")
         return policy.on_disconnect(facts)

@@ -175,13 +175,14 @@ class KitFlows:
     ) -> Flow[ConnectOutcome | None]:
         core = self._core
         sid, parsed, policy, request = core.prepare_connect(sid, session)
-        self._start_background()
+        if not self._background_started:
+            self._start_background()
         strict = self.settings.strict_connect
-        pending = PendingOperation("connect", sid, parsed, policy, request)
         outcome: ConnectOutcome | None = None
         failure: Exception | None = None
-        if len(core.outbox) and not strict:
-            core.queue(pending)  # Redis failed lately: keep the order, don't wait
+        if core.outbox and not strict:
+            # Redis failed lately: keep the order, don't wait
+            core.queue(PendingOperation("connect", sid, parsed, policy, request))
         else:
             try:
                 outcome = yield from call(self._store.connect, request)
@@ -190,7 +191,7 @@ class KitFlows:
                 core.count("store_failures")
                 _log_store_failure(self._failure_logs, "connect", sid, exc)
                 if not strict:
-                    core.queue(pending)
+                    core.queue(PendingOperation("connect", sid, parsed, policy, request))
         core.local_sessions[sid] = session
         yield from self._effects_flow(core.connect_effects(sid, parsed, policy, outcome))
         if failure is not None and strict:
@@ -202,21 +203,21 @@ class KitFlows:
     ) -> Flow[DisconnectOutcome | None]:
         core = self._core
         sid, parsed, policy, request = core.prepare_disconnect(sid, session, reason)
-        self._start_background()
+        if not self._background_started:
+            self._start_background()
         core.local_sessions.pop(sid, None)
         outcome: DisconnectOutcome | None = None
-        pending = PendingOperation("disconnect", sid, parsed, policy, request)
-        if len(core.outbox):
+        if core.outbox:
             # Redis failed lately and the replay has not caught up: queue behind it,
             # in order, instead of waiting on Redis again.
-            core.queue(pending)
+            core.queue(PendingOperation("disconnect", sid, parsed, policy, request))
         else:
             try:
                 outcome = yield from call(self._store.disconnect, request)
             except Exception as exc:
                 core.count("store_failures")
                 _log_store_failure(self._failure_logs, "disconnect", sid, exc)
-                core.queue(pending)
+                core.queue(PendingOperation("disconnect", sid, parsed, policy, request))
         effects = core.disconnect_effects(sid, parsed, policy, outcome, request.reason)
         yield from self._effects_flow(effects)
         return outcome
@@ -235,6 +236,11 @@ class KitFlows:
     def _effect_call(self, effect: Effect) -> Call | None:
         """The port call that runs ``effect`` (``None``: tracking with no analytics)."""
         sockets = self._sockets
+        # The exact classes first (what the built-in policies make), then subclasses.
+        if type(effect) is LeaveRoom:
+            return effect_call(sockets.leave_room, effect.sid, effect.room)
+        if type(effect) is Emit:
+            return effect_call(sockets.emit, effect.event, effect.data, to=effect.to)
         if isinstance(effect, Emit):
             return effect_call(sockets.emit, effect.event, effect.data, to=effect.to)
         if isinstance(effect, LeaveRoom):

@@ -35,6 +35,9 @@ class UserKeys(NamedTuple):
     """The (user, role)'s member of the leave queue (enough to rebuild these keys)."""
 
 
+_make_user_keys = UserKeys._make  # positional, from one tuple: the cheapest way to build
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class KeySchema:
     """Every Redis key name presence_kit uses, from the settings' templates.
@@ -54,13 +57,15 @@ class KeySchema:
         """Every key of one (user, role), built once per event."""
         alive = self.alive_template.format(org_id=org_id, user_id=user_id)
         prefix = self.prefix
-        return UserKeys(
-            alive=alive,
-            records=alive if tracks_alive else f"{prefix}:{{{alive}}}:conns:{role}",
-            held_leave=f"{prefix}:{{{alive}}}:held:{role}",
-            org_index=f"{prefix}:{{{prefix}:org:{org_id}}}:online:{role}",
-            leave_queue=self.leave_queue(),
-            queue_member=queue_member(org_id, user_id, role),
+        return _make_user_keys(
+            (
+                alive,
+                alive if tracks_alive else f"{prefix}:{{{alive}}}:conns:{role}",
+                f"{prefix}:{{{alive}}}:held:{role}",
+                f"{prefix}:{{{prefix}:org:{org_id}}}:online:{role}",
+                f"{prefix}:{{{prefix}:leaves}}:due",  # as leave_queue()
+                queue_member(org_id, user_id, role),
+            )
         )
 
     def records(self, alive_key: str, role: str, *, tracks_alive: bool) -> str:

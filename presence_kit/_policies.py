@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ._construct import maker
 from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
 from ._errors import InvalidSessionError
 from ._model import (
@@ -63,6 +64,11 @@ def insert_id(sid: str, event: str, incarnation: str = "") -> str:
     registered again by a fenced node gets a new one."""
     key = f"{sid}\x00{event}\x00{incarnation}"
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+
+# The built-in policies build their effects from validated parts: positional, without
+# re-validating (a custom policy's effects still validate themselves).
+_join, _leave, _emit = maker(JoinRoom), maker(LeaveRoom), maker(Emit)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -160,13 +166,13 @@ class TeacherAppPolicy:
     def on_connect(self, facts: ConnectFacts) -> Sequence[Effect]:
         """Join the lesson; announce ``teacher_connect`` when the teacher came online."""
         s, settings = facts.session, facts.settings
-        effects: list[Effect] = [JoinRoom(sid=facts.sid, room=lesson_room(settings, s.lesson_id))]
+        effects: list[Effect] = [_join(facts.sid, lesson_room(settings, s.lesson_id))]
         if facts.came_online and settings.announce_connect and facts.outcome is not None:
             effects.append(
-                Emit(
-                    event=settings.teacher_connect_event,
-                    data=teacher_payload(settings, s.user_id, facts.outcome.version),
-                    to=org_room(settings, s.org_id),
+                _emit(
+                    settings.teacher_connect_event,
+                    teacher_payload(settings, s.user_id, facts.outcome.version),
+                    org_room(settings, s.org_id),
                 )
             )
         return effects
@@ -177,13 +183,13 @@ class TeacherAppPolicy:
         effects: list[Effect] = []
         if facts.went_offline and facts.outcome is not None:
             effects.append(
-                Emit(
-                    event=settings.teacher_disconnect_event,
-                    data=teacher_payload(settings, s.user_id, facts.outcome.version),
-                    to=org_room(settings, s.org_id),
+                _emit(
+                    settings.teacher_disconnect_event,
+                    teacher_payload(settings, s.user_id, facts.outcome.version),
+                    org_room(settings, s.org_id),
                 )
             )
-        effects.append(LeaveRoom(sid=facts.sid, room=lesson_room(settings, s.lesson_id)))
+        effects.append(_leave(facts.sid, lesson_room(settings, s.lesson_id)))
         return effects
 
 
@@ -198,8 +204,8 @@ class TeacherHubPolicy:
         """Join the org and lesson rooms; send the hub who is online (``presence_state``)."""
         s, settings = facts.session, facts.settings
         effects: list[Effect] = [
-            JoinRoom(sid=facts.sid, room=org_room(settings, s.org_id)),
-            JoinRoom(sid=facts.sid, room=lesson_room(settings, s.lesson_id)),
+            _join(facts.sid, org_room(settings, s.org_id)),
+            _join(facts.sid, lesson_room(settings, s.lesson_id)),
         ]
         if settings.send_presence_snapshot and facts.outcome is not None:
             effects.append(
@@ -213,9 +219,7 @@ class TeacherHubPolicy:
 
     def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
         """Leave the lesson room; nothing written, nothing emitted."""
-        return [
-            LeaveRoom(sid=facts.sid, room=lesson_room(facts.settings, facts.session.lesson_id))
-        ]
+        return [_leave(facts.sid, lesson_room(facts.settings, facts.session.lesson_id))]
 
 
 class ParticipantWebPolicy:
@@ -226,7 +230,7 @@ class ParticipantWebPolicy:
 
     def on_connect(self, facts: ConnectFacts) -> Sequence[Effect]:
         """Join the lesson room (the store keeps ``room_id`` for the disconnect)."""
-        return [JoinRoom(sid=facts.sid, room=lesson_room(facts.settings, facts.session.lesson_id))]
+        return [_join(facts.sid, lesson_room(facts.settings, facts.session.lesson_id))]
 
     def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
         """Track ``disconnect`` with the stored ``room_id`` (only if this call removed it)."""
@@ -248,7 +252,7 @@ class ParticipantWebPolicy:
                     insert_id=insert_id(facts.sid, event, _incarnation(facts.outcome)),
                 )
             )
-        effects.append(LeaveRoom(sid=facts.sid, room=lesson_room(settings, s.lesson_id)))
+        effects.append(_leave(facts.sid, lesson_room(settings, s.lesson_id)))
         return effects
 
 

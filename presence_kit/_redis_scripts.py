@@ -18,6 +18,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from ._codec import ConnectionRecord, parse_index_entry, records_of
+from ._construct import maker
 from ._model import (
     ConnectOutcome,
     ConnectRequest,
@@ -210,32 +211,35 @@ def _by_value(enum: Any) -> dict[Any, Any]:
 _CONNECT_STATUS, _DISCONNECT_STATUS = _by_value(ConnectStatus), _by_value(DisconnectStatus)
 
 
+_make_connect_outcome = maker(ConnectOutcome)
+_make_disconnect_outcome = maker(DisconnectOutcome)
+
+
 def connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
     """What ``lua/connect.lua`` did."""
     status, first, connections, version, now_ms, resumed, snapshot = reply
-    return ConnectOutcome(
-        status=_CONNECT_STATUS.get(status) or ConnectStatus(text(status)),
-        first=int(first) == 1,
-        connections=int(connections),
-        version=int(version),
-        at=int(now_ms) / 1000,
-        resumed=int(resumed) == 1,
-        snapshot=tuple(parse_index_entry(entry) for entry in snapshot),
+    return _make_connect_outcome(
+        _CONNECT_STATUS.get(status) or ConnectStatus(text(status)),
+        int(first) == 1,
+        int(connections),
+        int(version),
+        int(now_ms) / 1000,
+        int(resumed) == 1,
+        tuple(map(parse_index_entry, snapshot)) if snapshot else (),
     )
 
 
 def disconnect_outcome(sid: str, reply: Sequence[Any]) -> DisconnectOutcome:
     """What ``lua/disconnect.lua`` did (or, for a repeat, what the first call did)."""
     status, last, version, at_ms, record, deferred, attempt = reply
-    record_text = text(record)
-    return DisconnectOutcome(
-        status=_DISCONNECT_STATUS.get(status) or DisconnectStatus(text(status)),
-        last=int(last) == 1,
-        record=ConnectionRecord.from_json(sid, record_text) if record_text else None,
-        version=int(version),
-        at=int(at_ms) / 1000,
-        deferred=int(deferred) == 1,
-        attempt=text(attempt),
+    return _make_disconnect_outcome(
+        _DISCONNECT_STATUS.get(status) or DisconnectStatus(text(status)),
+        int(last) == 1,
+        ConnectionRecord.from_json(sid, record) if record else None,
+        int(version),
+        int(at_ms) / 1000,
+        int(deferred) == 1,
+        text(attempt),
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from typing_extensions import NotRequired, TypedDict
 
+from ._construct import maker
 from ._errors import InvalidSessionError
 from ._roles import ClientRole
 
@@ -79,6 +80,10 @@ class Session:
     room_id: Id | None = None
 
 
+make_session = maker(Session)
+"""A :class:`Session` from validated values: ``(role, org_id, user_id, lesson_id, room_id)``."""
+
+
 def validate_sid(sid: object) -> str:
     """Return ``sid`` if it is a plausible engine.io / Socket.IO sid, else raise."""
     if not isinstance(sid, str):
@@ -88,9 +93,17 @@ def validate_sid(sid: object) -> str:
     return sid
 
 
+_VALID_ROLES: set[str] = set()
+"""Role texts that passed :data:`_ROLE` (a few per server): checked once, not per event."""
+
+
 def validate_role(role: object) -> str:
     """Return the role's text (a :class:`ClientRole` gives its value), else raise."""
+    if type(role) is str and role in _VALID_ROLES:
+        return role
     if isinstance(role, str) and _ROLE.fullmatch(role):
+        if type(role) is str and len(_VALID_ROLES) < 256:
+            _VALID_ROLES.add(role)
         return str(role.value) if hasattr(role, "value") else role
     if isinstance(role, str):
         raise InvalidSessionError("role", "must be 1-64 characters of A-Z a-z 0-9 _ -")
@@ -167,10 +180,10 @@ def parse_session(
         if "room_id" in required
         else None
     )
-    return Session(
-        role=read_role(mapping) if role is None else role,
-        org_id=validate_id("org_id", _read(mapping, "org_id"), id_pattern),
-        user_id=validate_id("user_id", _read(mapping, "user_id"), id_pattern),
-        lesson_id=validate_id("lesson_id", _read(mapping, "lesson_id"), id_pattern),
-        room_id=room_id,
+    return make_session(
+        read_role(mapping) if role is None else role,
+        validate_id("org_id", _read(mapping, "org_id"), id_pattern),
+        validate_id("user_id", _read(mapping, "user_id"), id_pattern),
+        validate_id("lesson_id", _read(mapping, "lesson_id"), id_pattern),
+        room_id,
     )
