@@ -44,12 +44,12 @@ if redis.call('EXISTS', tombstone_key) == 1 then
   -- this sid already disconnected: a late (or retried) connect must not revive it
   return {'stale', 0, count(), 0, now_ms, 0, snapshot()}
 end
-if redis.call('HEXISTS', records_key, field) == 1 then
+if redis.call('HSETNX', records_key, field, record) == 0 then
+  -- already recorded (a retried call): nothing changes
   local n = count()
   return {'repeat', n == 1 and 1 or 0, n, version(), now_ms, 0, snapshot()}
 end
 
-redis.call('HSET', records_key, field, record)
 local n = redis.call('HINCRBY', records_key, 'n', 1)
 if records_key ~= alive_key then redis.call('EXPIRE', records_key, record_ttl) end
 if with_index then
@@ -70,10 +70,12 @@ if tracks then
   if first == 1 then
     v = redis.call('HINCRBY', alive_key, 'version', 1)
     redis.call('HSET', alive_key, state_field, connect_state, 'since', now_ms)
+    redis.call('PERSIST', alive_key)  -- it expired offline_ttl after the last leave
   else
+    -- online already (another connection, or a held-back leave cancelled above,
+    -- neither of which set a TTL): the state is rewritten for readers that changed it
     redis.call('HSET', alive_key, state_field, connect_state)
     v = version()
   end
-  redis.call('PERSIST', alive_key)
 end
 return {'new', first, n, v, now_ms, resumed, snapshot()}

@@ -49,16 +49,19 @@ if with_index then redis.call('HDEL', node_index_key, sid) end
 if not record then
   return {'unknown', 0, 0, now_ms, '', 0, this_attempt}
 end
-redis.call('HDEL', records_key, field)
 local last = 0
 if redis.call('HINCRBY', records_key, 'n', -1) <= 0 then
   last = 1
-  redis.call('HDEL', records_key, 'n')
+  redis.call('HDEL', records_key, field, 'n')
+else
+  redis.call('HDEL', records_key, field)
 end
 local deferred = 0
 local v = 0
 if tracks then
-  v = tonumber(redis.call('HGET', alive_key, 'version') or '0')
+  if last == 0 or grace_ms > 0 then
+    v = tonumber(redis.call('HGET', alive_key, 'version') or '0')
+  end
   if last == 1 and grace_ms > 0 then
     -- hold the leave back: the alive key stays 'connect' until the grace ends
     local due = now_ms + grace_ms
