@@ -81,7 +81,9 @@ The socket timeout bounds each read; an operation may also wait for a pooled
 connection, reload its script on NOSCRIPT or follow a cluster redirection, each about
 one more round trip. Twice the socket timeout leaves room for one such extra trip and
 still ends a stuck call: it bounds :class:`AsyncRedisStore`'s operations, and how long
-a :class:`RedisStore` call queued behind another thread's waits for its turn."""
+a :class:`RedisStore` call queued behind another thread's waits for its turn. (A lone
+handler call of :class:`AsyncRedisStore` on its own pool, with a connection free, is
+bounded by the socket timeout of each read and write instead: no timer per call.)"""
 
 _SECONDS_PER_CALL = 0.001
 """Added to an operation's bound per script call it carries (a batch, a sweep): what
@@ -340,7 +342,21 @@ class AsyncRedisStore:
 
     def _send_one(self, operation: str, call: ScriptCall) -> Awaitable[Any]:
         script, (keys, args) = call
+        if self._owned and not self._slots.locked():
+            return self._direct(operation, script(keys=keys, args=args))
         return self._bounded(operation, script(keys=keys, args=args))
+
+    async def _direct(self, operation: str, call: Awaitable[T]) -> T:
+        """A lone script call on the store's own pool with a connection free: each of
+        its reads and writes is bounded by the pool's socket timeout (redis-py arms it),
+        so it needs no deadline timer of ours (the handler's hot path)."""
+        await self._slots.acquire()  # free: returns at once
+        try:
+            return await call
+        except FAILURES as exc:
+            raise store_error(operation, exc) from exc
+        finally:
+            self._slots.release()
 
     def _send_batch(self, calls: list[ScriptCall]) -> Awaitable[list[Any]]:
         return self._limited(run_async(self._client, ops.batch_replies(self._scripts, calls)))

@@ -44,12 +44,14 @@ if redis.call('EXISTS', tombstone_key) == 1 then
   -- this sid already disconnected: a late (or retried) connect must not revive it
   return {'stale', 0, count(), 0, now_ms, 0, snapshot()}
 end
-if redis.call('HSETNX', records_key, field, record) == 0 then
+if redis.call('HEXISTS', records_key, field) == 1 then
   -- already recorded (a retried call): nothing changes
   local n = count()
   return {'repeat', n == 1 and 1 or 0, n, version(), now_ms, 0, snapshot()}
 end
 
+-- (HSETNX would save the HEXISTS, but needs a command the documented ACL lacks)
+redis.call('HSET', records_key, field, record)
 local n = redis.call('HINCRBY', records_key, 'n', 1)
 if records_key ~= alive_key then redis.call('EXPIRE', records_key, record_ttl) end
 if with_index then
