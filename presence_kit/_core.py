@@ -29,6 +29,7 @@ from ._construct import maker
 from ._effects import Effect, Emit, Track
 from ._errors import InvalidSessionError
 from ._keys import KeySchema, UserKeys, node_bucket
+from ._liveness import NodeLiveness
 from ._model import (
     ConnectOutcome,
     ConnectRequest,
@@ -63,7 +64,7 @@ from ._session import (
 )
 from ._settings import Settings
 
-__all__ = ["KitCore", "KitStats", "NodeLiveness", "Outbox", "PendingOperation"]
+__all__ = ["KitCore", "KitStats", "NodeLiveness", "Outbox", "PendingOperation", "group_online"]
 
 logger = logging.getLogger("presence_kit")
 
@@ -486,41 +487,3 @@ def group_online(entries: Mapping[str, tuple[Id, Id]], lesson_id: Id | None) -> 
         OnlineUser(user_id=user_id, connections=n, lesson_ids=tuple(lessons[user_id]))
         for user_id, n in sorted(counts.items(), key=lambda item: str(item[0]))
     ]
-
-
-@dataclass(slots=True)
-class NodeLiveness:
-    """What a node knows of its own standing: when Redis last answered, what is due.
-
-    A node sweeps others only after it has itself seen Redis answer continuously for
-    longer than ``node_timeout``, so a Redis outage or failover does not make every
-    node look dead to every other at once.
-    """
-
-    registered: bool = False
-    healthy_since: float | None = None
-    last_answer: float | None = None
-    next_beat: float = 0.0
-    next_reconcile: float = 0.0
-
-    def answered(self, now: float, node_timeout: float) -> None:
-        """Redis answered a heartbeat. A gap longer than ``node_timeout`` since the last
-        answer (this process stalled, or nothing asked) breaks the continuity too."""
-        gap = self.last_answer is not None and now - self.last_answer > node_timeout
-        if self.healthy_since is None or gap:
-            self.healthy_since = now
-        self.last_answer = now
-
-    def failed(self) -> None:
-        """A heartbeat failed: the continuity needed to sweep starts again."""
-        self.healthy_since = None
-        self.last_answer = None
-
-    def may_sweep(self, now: float, node_timeout: float) -> bool:
-        """Redis has answered continuously for longer than ``node_timeout``, up to now."""
-        return (
-            self.healthy_since is not None
-            and self.last_answer is not None
-            and now - self.last_answer <= node_timeout
-            and now - self.healthy_since > node_timeout
-        )

@@ -51,7 +51,9 @@ class Recording(redis.Connection):
 
 
 def replay(asynchronous: bool) -> None:
-    recorder = redis.Redis(port=port, connection_class=Recording)
+    recorder = redis.Redis(
+        connection_pool=redis.ConnectionPool(port=port, connection_class=Recording)
+    )
     store = RedisStore(recorder, timeout=None)
     kit = PresenceKit(store=store, sockets=RecordingSockets(), settings=SETTINGS)
     for sid, s in SESSIONS:

@@ -59,7 +59,7 @@ def _count(root: Path, server: RedisServer, cycles: int, mode: str, role: str) -
         cwd=root,
     )
     found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
+    if found is None or out.returncode != 0:
         raise RuntimeError(f"callgrind gave no count ({mode} {role}): {out.stderr[-400:]}")
     return int(found.group(1))
 
