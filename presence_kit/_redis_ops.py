@@ -104,22 +104,32 @@ def _start(client: Any, step: Step) -> Any:
 
 
 def run(client: Any, op: Op[T]) -> T:
-    """Drive ``op`` with a blocking redis-py client."""
+    """Drive ``op`` with a blocking redis-py client (a failed step is raised in ``op``)."""
     try:
         step = next(op)
         while True:
-            step = op.send(_start(client, step))
+            try:
+                reply = _start(client, step)
+            except Exception as exc:
+                step = op.throw(exc)
+            else:
+                step = op.send(reply)
     except StopIteration as done:
         result: T = done.value
         return result
 
 
 async def run_async(client: Any, op: Op[T]) -> T:
-    """Drive ``op`` with a ``redis.asyncio`` client."""
+    """Drive ``op`` with a ``redis.asyncio`` client (a failed step is raised in ``op``)."""
     try:
         step = next(op)
         while True:
-            step = op.send(await _start(client, step))
+            try:
+                reply = await _start(client, step)
+            except Exception as exc:
+                step = op.throw(exc)
+            else:
+                step = op.send(reply)
     except StopIteration as done:
         result: T = done.value
         return result
@@ -141,6 +151,16 @@ def store_errors(operation: str) -> Iterator[None]:
 
 
 # --- script calls ------------------------------------------------------------------
+
+
+def script_call(script: Any, keys: list[str], args: list[str | int]) -> Op[Any]:
+    """A handler's script call: ``EVALSHA`` sent as a plain command (redis-py's ``Script``
+    wrapper costs about as much again on the hot path); if Redis lost the script
+    (NOSCRIPT, e.g. after a failover), the ``Script`` call loads it and sends it again."""
+    try:
+        return (yield Command("execute_command", ("EVALSHA", script.sha, len(keys), *keys, *args)))
+    except NoScriptError:
+        return (yield Script(script, keys, args))
 
 
 def batch_replies(scripts: Scripts, calls: Sequence[tuple[Any, Invocation]]) -> Op[list[Any]]:

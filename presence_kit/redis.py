@@ -218,7 +218,7 @@ class RedisStore:
 
     def _send_one(self, call: ScriptCall) -> Any:
         script, (keys, args) = call
-        return script(keys=keys, args=args)
+        return run(self._client, ops.script_call(script, keys, args))
 
     def _send_batch(self, calls: list[ScriptCall]) -> list[Any]:
         return run(self._client, ops.batch_replies(self._scripts, calls))
@@ -342,9 +342,10 @@ class AsyncRedisStore:
 
     def _send_one(self, operation: str, call: ScriptCall) -> Awaitable[Any]:
         script, (keys, args) = call
+        sent = run_async(self._client, ops.script_call(script, keys, args))
         if self._owned and not self._slots.locked():
-            return self._direct(operation, script(keys=keys, args=args))
-        return self._bounded(operation, script(keys=keys, args=args))
+            return self._direct(operation, sent)
+        return self._bounded(operation, sent)
 
     async def _direct(self, operation: str, call: Awaitable[T]) -> T:
         """A lone script call on the store's own pool with a connection free: each of
