@@ -59,13 +59,9 @@ def records_of(fields: dict[str, str]) -> dict[str, str]:
     return {k[n:]: v for k, v in fields.items() if k.startswith(RECORD_FIELD)}
 
 
-def node_entry(org_id: Id, user_id: Id, role: str) -> str:
-    """The node index value of a connection: enough to rebuild its keys."""
-    return id_list(org_id, user_id, role)
-
-
 def parse_node_entry(text: str | bytes) -> tuple[Id, Id, str]:
-    """``(org_id, user_id, role)`` of a node index value."""
+    """``(org_id, user_id, role)`` of a node index value (written as the
+    :func:`queue_member` of the connection's user and role)."""
     org_id, user_id, role = loads(text)
     return org_id, user_id, role
 

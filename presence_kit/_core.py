@@ -211,7 +211,6 @@ class KitCore:
             self.keys.tombstone(keys.alive, sid),
             index_entry(session.user_id, session.lesson_id),
             self.node_index_key(sid),
-            keys.queue_member,  # the node entry is the same text: [org_id, user_id, role]
             (
                 OrgQuery(
                     keys=self.keys,

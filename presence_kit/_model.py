@@ -140,13 +140,18 @@ class ConnectRequest(_UserKeyed):
     """The connection's value in the org index."""
     node_index_key: str
     """This node incarnation's index of its connections (read by a sweep)."""
-    node_entry: str
     snapshot: OrgQuery | None
     """An org index to return in ``ConnectOutcome.snapshot``, or ``None``."""
     record: ConnectionRecord
     tracks_alive: bool
     """Whether this role's connections drive the alive hash (``TeacherAPP``)."""
     layout: StoreLayout
+
+    @property
+    def node_entry(self) -> str:
+        """The connection's value in the node index, ``[org_id, user_id, role]``: the
+        same text as ``keys.queue_member`` (enough to rebuild the user's keys)."""
+        return self.keys.queue_member
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -201,12 +201,15 @@ def disconnect_many(
 def cluster_connect(scripts: Scripts, r: ConnectRequest) -> Op[ConnectOutcome]:
     """A connect on a cluster: index first, then the script; cleanup if refused."""
     keys, args = connect_call(r, local_index=False)
-    yield Command("hset", (r.keys.org_index, r.sid, r.index_entry))
-    yield Command("hset", (r.node_index_key, r.sid, r.node_entry))
+    yield Pipeline(
+        [
+            ("hset", r.keys.org_index, r.sid, r.index_entry),
+            ("hset", r.node_index_key, r.sid, r.node_entry),
+        ]
+    )
     outcome = connect_outcome((yield Script(scripts.connect, keys, args)))
     if outcome.status is ConnectStatus.STALE:
-        yield Command("hdel", (r.keys.org_index, r.sid))
-        yield Command("hdel", (r.node_index_key, r.sid))
+        yield Pipeline([("hdel", r.keys.org_index, r.sid), ("hdel", r.node_index_key, r.sid)])
     if r.snapshot is not None:
         entries = yield from org_connections(r.snapshot, cluster=True)
         outcome = replace(outcome, snapshot=tuple(entries.values()))
@@ -218,12 +221,13 @@ def cluster_disconnect(scripts: Scripts, r: DisconnectRequest) -> Op[DisconnectO
     queued, its org index entry kept until the leave runs)."""
     keys, args = disconnect_call(r, local_index=False)
     outcome = disconnect_outcome(r.sid, (yield Script(scripts.disconnect, keys, args)))
-    yield Command("hdel", (r.node_index_key, r.sid))
-    if outcome.deferred:
+    index: tuple[Any, ...]
+    if outcome.deferred:  # queued until its grace ends; its org index entry stays
         due = outcome.at * 1000 + r.layout.leave_grace_ms
-        yield Command("zadd", (r.keys.leave_queue, {r.keys.queue_member: due}))
+        index = ("zadd", r.keys.leave_queue, {r.keys.queue_member: due})
     else:
-        yield Command("hdel", (r.keys.org_index, r.sid))
+        index = ("hdel", r.keys.org_index, r.sid)
+    yield Pipeline([("hdel", r.node_index_key, r.sid), index])
     return outcome
 
 
@@ -234,9 +238,10 @@ def finish_leave(
     keys, args = finish_call(r, local_index=not cluster)
     finished = finish_outcome((yield Script(scripts.finish, keys, args)))
     if cluster and finished.due is None:
-        yield Command("zrem", (r.keys.leave_queue, r.keys.queue_member))
+        cleanup: Commands = [("zrem", r.keys.leave_queue, r.keys.queue_member)]
         if finished.outcome is not None and finished.outcome.record is not None:
-            yield Command("hdel", (r.keys.org_index, finished.outcome.record.sid))
+            cleanup.append(("hdel", r.keys.org_index, finished.outcome.record.sid))
+        yield Pipeline(cleanup)
     return finished
 
 

@@ -105,7 +105,7 @@ def connect_call(r: ConnectRequest, *, local_index: bool) -> Invocation:
         r.index_entry,
         _flag(local_index),
         _flag(snapshot),
-        r.node_entry,
+        k.queue_member,  # the node entry: the same text
     ]
     return keys, args
 

@@ -256,3 +256,21 @@ def test_session_dict_types_the_mapping_for_integrators_code() -> None:
     errors = [line for line in checked.stdout.splitlines() if ": error:" in line]
     assert [line.split(":")[1] for line in errors] == ["3", "4"], checked.stdout
     assert '"lesson_id"' in errors[0] and '"user_id"' in errors[1], checked.stdout
+
+
+def test_a_stored_record_is_parsed_strictly() -> None:
+    """Records parse from bytes or text alike; anything after the JSON value (or no
+    value at all) is a corrupt record, as ``json.loads`` would refuse it."""
+    from presence_kit import ConnectionRecord, StoreError
+
+    text = '[1,"u7",5,"ParticipantWeb","node/inc","room-9"]'
+    record = ConnectionRecord.from_json("s1", text.encode())
+    assert record == ConnectionRecord.from_json("s1", text)
+    assert (record.session.user_id, record.session.room_id, record.incarnation) == (
+        "u7",
+        "room-9",
+        "inc",
+    )
+    for corrupt in (text + "x", text + " []", "", "[1,2]", b"\xff"):
+        with pytest.raises(StoreError, match="corrupt connection record"):
+            ConnectionRecord.from_json("s1", corrupt)
