@@ -236,17 +236,13 @@ class KitFlows:
     def _effect_call(self, effect: Effect) -> Call | None:
         """The port call that runs ``effect`` (``None``: tracking with no analytics)."""
         sockets = self._sockets
-        # The exact classes first (what the built-in policies make), then subclasses.
-        if type(effect) is LeaveRoom:
-            return effect_call(sockets.leave_room, effect.sid, effect.room)
-        if type(effect) is Emit:
-            return effect_call(sockets.emit, effect.event, effect.data, to=effect.to)
-        if isinstance(effect, Emit):
-            return effect_call(sockets.emit, effect.event, effect.data, to=effect.to)
+        # The most frequent first: every handler call joins or leaves a room.
         if isinstance(effect, LeaveRoom):
             return effect_call(sockets.leave_room, effect.sid, effect.room)
         if isinstance(effect, JoinRoom):
             return effect_call(sockets.enter_room, effect.sid, effect.room)
+        if isinstance(effect, Emit):
+            return effect_call(sockets.emit, effect.event, effect.data, to=effect.to)
         if isinstance(effect, Track):
             analytics = self._analytics
             return None if analytics is None else enqueue(analytics.track, effect)
