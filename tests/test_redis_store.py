@@ -484,6 +484,7 @@ def test_close_disconnects_the_stores_own_pool(redis_server: RedisServer) -> Non
     store = RedisStore(client)
     store.connect(connect_request())
     assert _clients_of(redis_server, "own-pool") == 1  # the store's; the client made none
+    gc.collect()  # other tests' garbage first: only what closing this store leaves counts
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         store.close()
@@ -502,6 +503,7 @@ async def test_aclose_disconnects_the_async_stores_own_pool(redis_server: RedisS
     store = AsyncRedisStore(client)
     await store.connect(connect_request())
     assert _clients_of(redis_server, "own-async-pool") == 1
+    gc.collect()  # other tests' garbage first: only what closing this store leaves counts
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         await store.aclose()
