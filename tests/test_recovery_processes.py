@@ -187,7 +187,17 @@ async def test_a_node_cut_off_from_redis_is_swept_then_fenced(
         await eventually(lambda: teacher_events(hub, "teacher_connect") == [1], 5)
         proxy.cut()
         try:
-            await eventually(lambda: teacher_events(hub, "teacher_disconnect") == [1], 10)
+            try:
+                await eventually(lambda: teacher_events(hub, "teacher_disconnect") == [1], 10)
+            except AssertionError:
+                now_ms = int(raw.time()[0]) * 1000
+                beats = raw.zrange("presence:{presence:nodes}:live", 0, -1, withscores=True)
+                ages = {m.decode(): now_ms - int(s) for m, s in beats}
+                raise AssertionError(
+                    f"node 1 did not sweep node 2; heartbeat ages (ms) {ages}, "
+                    f"claimed {raw.zrange('presence:{presence:nodes}:claimed', 0, -1)}, "
+                    f"the hub heard {hub.names()}"
+                ) from None
             assert raw.hget("alive:org_1_user_1", "state") == b"disconnect"
         finally:
             proxy.restore()

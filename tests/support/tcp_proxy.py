@@ -70,7 +70,15 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
-                self._open.update((client, upstream))
+                # Checked again under the lock that cut() takes: a connection accepted
+                # just before a cut must not slip past it and keep forwarding.
+                refused = self._cut
+                if not refused:
+                    self._open.update((client, upstream))
+            if refused:
+                client.close()
+                upstream.close()
+                continue
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
