@@ -12,6 +12,9 @@ stores in :mod:`presence_kit.redis` use these and own (and close) what they retu
 from __future__ import annotations
 
 import codecs
+import inspect
+import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
@@ -27,8 +30,11 @@ from redis.utils import HIREDIS_AVAILABLE
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "AsyncClient",
+    "AsyncLoneCallConnection",
+    "LoneCallConnection",
     "SyncClient",
     "async_handler_client",
+    "lone_call_pool",
     "pool_size",
     "sync_handler_client",
 ]
@@ -216,3 +222,159 @@ def _hiredis_packing(connection_class: Any, kwargs: dict[str, Any]) -> Any:
         return packed
 
     return type(connection_class.__name__, (connection_class,), {"pack_command": pack_command})
+
+
+# --- the connection kept for lone calls -------------------------------------------
+# A store's coalescer sends at most one lone script call at a time (a burst goes out
+# as batches, through the pool). That call needs no pool checkout: taking a connection
+# from redis-py 8's pool and giving it back, with the client's ``execute_command``
+# around the round trip, costs more Python than the round trip itself (about 60,000
+# instructions per call, measured with callgrind). So the store keeps one connection
+# of its own pool for them and talks to it through redis-py's connection API
+# (``send_command``, ``read_response``), as redis-py's own ``PubSub`` keeps one.
+
+
+_RECONNECT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+"""What the pool's check of a connection it hands out recovers from by reconnecting."""
+
+
+def lone_call_pool(client: Any, owned: bool) -> Any:
+    """The store's own pool if it can spare a connection for lone calls, else ``None``.
+
+    Only a pool the store built (never the integrator's) and of at least two
+    connections: the kept one counts against ``max_connections``, and the pipelines,
+    heartbeats and sweeps share the rest."""
+    pool = getattr(client, "connection_pool", None)
+    if not owned or pool is None:
+        return None
+    size = getattr(pool, "max_connections", None)
+    return pool if isinstance(size, int) and size >= 2 else None
+
+
+def _checkout_takes_name(pool: Any) -> bool:
+    """Before redis-py 5.3 ``get_connection`` requires a command name; later ones
+    deprecate passing it."""
+    parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
+def _hiredis_packer(pool: Any) -> Callable[[tuple[Any, ...]], bytes] | None:
+    """hiredis's ``pack_command`` if the pool's blocking connections pack with it
+    (redis-py does whenever hiredis is installed, unless a ``command_packer`` is given
+    or the class packs or sends its own way, or a client-side cache wraps it): then our
+    arguments (``str`` and ``int`` only) are packed by it directly, skipping
+    redis-py's per-argument pass that only converts ``bytearray`` and ``memoryview``."""
+    base = redis.connection.AbstractConnection
+    cls = pool.connection_class
+    if not (
+        getattr(redis.utils, "HIREDIS_PACK_AVAILABLE", HIREDIS_AVAILABLE)
+        and pool.connection_kwargs.get("command_packer") is None
+        and getattr(cls, "pack_command", None) is base.pack_command
+        and getattr(cls, "send_command", None) is base.send_command
+        and getattr(pool, "cache", None) is None
+    ):
+        return None
+    import hiredis
+
+    pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
+    return pack
+
+
+class LoneCallConnection:
+    """One connection of the store's own blocking pool, kept for lone script calls.
+
+    ``execute_command(*args)`` like a client's, for the one thread that the
+    coalescer lets send at a time. Before each call the connection is checked the way
+    the pool checks one it hands out (unread data or a closed socket: reconnected);
+    a failed call disconnects it, as redis-py's client does, and the next call
+    reconnects (to a Sentinel's current master); a forked child takes its own."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._args: tuple[str, ...] = ("EVALSHA",) if _checkout_takes_name(pool) else ()
+        self._connection: Any = None
+        self._pack = _hiredis_packer(pool)
+
+    def execute_command(self, *args: Any) -> Any:
+        """Send one command on the kept connection; its reply (an error reply raised)."""
+        connection = self._connection
+        if connection is None or connection.pid != os.getpid():
+            connection = self._connection = self._pool.get_connection(*self._args)
+        else:
+            connection.connect()  # at once when connected
+            try:
+                if connection.can_read():
+                    raise redis.exceptions.ConnectionError("connection has unread data")
+            except _RECONNECT:
+                connection.disconnect()
+                connection.connect()
+        try:
+            if self._pack is not None:  # hiredis's packer, as send_command's, without its copy
+                connection.send_packed_command([self._pack(args)])
+            else:
+                connection.send_command(*args)
+            return connection.read_response()
+        except redis.exceptions.ResponseError:
+            raise  # an error reply: the connection is in step
+        except BaseException:
+            connection.disconnect()  # as the client does (a Sentinel's connection won't)
+            raise
+
+    def close(self) -> None:
+        """Give the connection back to the pool (the store then closes the pool)."""
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.pid == os.getpid():
+            self._pool.release(connection)
+
+
+def _has_data(connection: Any) -> Awaitable[bool]:
+    """Whether an asyncio connection has unread data or was closed (``can_read``
+    from redis-py 8, ``can_read_destructive`` before)."""
+    check = getattr(type(connection), "can_read", None)
+    if check is None:
+        check = type(connection).can_read_destructive
+    result: Awaitable[bool] = check(connection)
+    return result
+
+
+class AsyncLoneCallConnection:
+    """:class:`LoneCallConnection` for the asyncio store: one connection of its own
+    pool, for the one lone call that its coalescer has in flight at a time."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._args: tuple[str, ...] = ("EVALSHA",) if _checkout_takes_name(pool) else ()
+        self._connection: Any = None
+        self.busy = False
+        """A call is on the connection (set by the store around each call)."""
+
+    async def execute_command(self, *args: Any) -> Any:
+        """Send one command on the kept connection; its reply (an error reply raised)."""
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = await self._pool.get_connection(*self._args)
+        else:
+            # The pool's check, also where redis-py 8's pool skips it (maintenance
+            # notifications on): a connection Redis closed while idle is replaced
+            # before the call instead of failing it.
+            await connection.connect()  # at once when connected
+            try:
+                if await _has_data(connection):
+                    raise redis.exceptions.ConnectionError("connection has unread data")
+            except _RECONNECT:
+                await connection.disconnect()
+                await connection.connect()
+        try:
+            await connection.send_command(*args)
+            return await connection.read_response()
+        except redis.exceptions.ResponseError:
+            raise  # an error reply: the connection is in step
+        except BaseException:
+            await connection.disconnect(nowait=True)  # as the client does
+            raise
+
+    async def aclose(self) -> None:
+        """Give the connection back to the pool (the store then closes the pool)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await self._pool.release(connection)

@@ -92,10 +92,10 @@ class ThreadCoalescer:
             reply = mine.reply  # another thread sent it
         else:
             try:
+                if not self._waiting:  # alone (a call queued from now on waits its turn)
+                    return self._send_one(call)
                 with self._lock:
                     others, self._waiting = self._waiting, []
-                if not others:
-                    return self._send_one(call)
                 reply = self._send_with(call, others)
             finally:
                 self._hand_over()

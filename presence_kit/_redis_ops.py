@@ -156,11 +156,14 @@ def store_errors(operation: str) -> Iterator[None]:
 def script_call(script: Any, keys: list[str], args: list[str | int]) -> Op[Any]:
     """A handler's script call: ``EVALSHA`` sent as a plain command (redis-py's ``Script``
     wrapper costs about as much again on the hot path); if Redis lost the script
-    (NOSCRIPT, e.g. after a failover), the ``Script`` call loads it and sends it again."""
+    (NOSCRIPT, e.g. after a failover) it is loaded and sent again, by the same client
+    (the store's kept connection, for a lone call: no second connection needed)."""
+    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
     try:
-        return (yield Command("execute_command", ("EVALSHA", script.sha, len(keys), *keys, *args)))
+        return (yield Command("execute_command", command))
     except NoScriptError:
-        return (yield Script(script, keys, args))
+        yield Command("execute_command", ("SCRIPT", "LOAD", script.script))
+        return (yield Command("execute_command", command))
 
 
 def batch_replies(scripts: Scripts, calls: Sequence[tuple[Any, Invocation]]) -> Op[list[Any]]:

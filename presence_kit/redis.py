@@ -48,7 +48,14 @@ from ._model import (
     OrgQuery,
     UserPresence,
 )
-from ._redis_client import async_handler_client, pool_size, sync_handler_client
+from ._redis_client import (
+    AsyncLoneCallConnection,
+    LoneCallConnection,
+    async_handler_client,
+    lone_call_pool,
+    pool_size,
+    sync_handler_client,
+)
 from ._redis_coalesce import ScriptCall, TaskCoalescer, ThreadCoalescer, within
 from ._redis_ops import FAILURES, run, run_async, store_error, store_errors
 from ._redis_scripts import (
@@ -111,6 +118,10 @@ class RedisStore:
     ) -> None:
         self._client, self._owned = sync_handler_client(client, timeout, max_connections)
         self._cluster = isinstance(self._client, redis.cluster.RedisCluster)
+        lone_pool = lone_call_pool(self._client, self._owned)
+        self._lone = None if lone_pool is None else LoneCallConnection(lone_pool)
+        # Lone calls (the coalescer sends one at a time) skip the pool checkout.
+        self._lone_client: Any = self._client if self._lone is None else self._lone
         self._scripts = Scripts(self._client.register_script)
         self._coalescer = ThreadCoalescer(
             self._send_one,
@@ -201,6 +212,8 @@ class RedisStore:
         redis-py leaves a pool that was passed in open when its client closes, so the
         pool the store built is disconnected here, on every redis-py version."""
         if self._owned:
+            if self._lone is not None:
+                self._lone.close()
             self._client.close()
             pool = getattr(self._client, "connection_pool", None)  # none on a cluster
             if pool is not None:
@@ -218,7 +231,7 @@ class RedisStore:
 
     def _send_one(self, call: ScriptCall) -> Any:
         script, (keys, args) = call
-        return run(self._client, ops.script_call(script, keys, args))
+        return run(self._lone_client, ops.script_call(script, keys, args))
 
     def _send_batch(self, calls: list[ScriptCall]) -> list[Any]:
         return run(self._client, ops.batch_replies(self._scripts, calls))
@@ -241,8 +254,12 @@ class AsyncRedisStore:
         self._cluster = isinstance(self._client, redis.asyncio.cluster.RedisCluster)
         self._timeout = timeout
         pool: Any = getattr(self._client, "connection_pool", None)
-        # Calls in flight at once: never more than the pool holds (a burst waits).
-        self._slots = asyncio.Semaphore(pool_size(pool, max_connections))
+        lone_pool = lone_call_pool(self._client, self._owned)
+        self._lone = None if lone_pool is None else AsyncLoneCallConnection(lone_pool)
+        # Calls in flight at once, besides a lone call on its kept connection: never
+        # more than the pool holds (a burst waits).
+        size = pool_size(pool, max_connections)
+        self._slots = asyncio.Semaphore(size if self._lone is None else size - 1)
         self._scripts = Scripts(self._client.register_script)
         self._coalescer = TaskCoalescer(self._send_one, self._send_batch, self._deadline)
 
@@ -327,6 +344,8 @@ class AsyncRedisStore:
 
         As :meth:`RedisStore.close`: the pool the store built is disconnected too."""
         if self._owned:
+            if self._lone is not None:
+                await self._lone.aclose()
             client: Any = self._client  # owned: a redis.asyncio.Redis (never a cluster)
             await client.aclose()
             await client.connection_pool.disconnect()
@@ -342,22 +361,29 @@ class AsyncRedisStore:
 
     def _send_one(self, operation: str, call: ScriptCall) -> Awaitable[Any]:
         script, (keys, args) = call
+        if self._lone is not None:
+            return self._lone_call(operation, self._lone, call)
         sent = run_async(self._client, ops.script_call(script, keys, args))
-        if self._owned and not self._slots.locked():
-            return self._direct(operation, sent)
         return self._bounded(operation, sent)
 
-    async def _direct(self, operation: str, call: Awaitable[T]) -> T:
-        """A lone script call on the store's own pool with a connection free: each of
-        its reads and writes is bounded by the pool's socket timeout (redis-py arms it),
-        so it needs no deadline timer of ours (the handler's hot path)."""
-        await self._slots.acquire()  # free: returns at once
+    async def _lone_call(
+        self, operation: str, lone: AsyncLoneCallConnection, call: ScriptCall
+    ) -> Any:
+        """A lone script call on the store's kept connection: each of its reads and
+        writes is bounded by the pool's socket timeout (redis-py arms it), so it needs
+        no pool slot and no deadline timer of ours (the handler's hot path)."""
+        script, (keys, args) = call
+        if lone.busy:  # only if a caller held a lone call unawaited: take the pool
+            return await self._bounded(
+                operation, run_async(self._client, ops.script_call(script, keys, args))
+            )
+        lone.busy = True
         try:
-            return await call
+            return await run_async(lone, ops.script_call(script, keys, args))
         except FAILURES as exc:
             raise store_error(operation, exc) from exc
         finally:
-            self._slots.release()
+            lone.busy = False
 
     def _send_batch(self, calls: list[ScriptCall]) -> Awaitable[list[Any]]:
         return self._limited(run_async(self._client, ops.batch_replies(self._scripts, calls)))

@@ -4,6 +4,7 @@ that the integrator's client is left as it was."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Any
 
@@ -565,3 +566,100 @@ async def test_nodes_lists_the_incarnations_on_a_cluster(redis_cluster: Any) -> 
     sync_kit.close()
     await async_kit.aclose()
     await aclose_client(client)
+
+
+# --- the connection kept for lone calls ----------------------------------------------
+
+
+def _kill_clients_named(server: RedisServer, name: str) -> int:
+    admin = server.client()
+    ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
+    for client_id in ids:
+        admin.client_kill_filter(_id=client_id)
+    return len(ids)
+
+
+def test_lone_calls_share_one_connection_that_is_replaced_when_redis_drops_it(
+    redis_server: RedisServer,
+) -> None:
+    """Sequential handler calls all go over one kept connection; when Redis closes it
+    (CLIENT KILL, an idle timeout), the next call notices before sending and
+    reconnects, as a pool does with a connection it hands out: no call fails."""
+    store = RedisStore(redis_server.client(client_name="lone"))
+    for n in range(20):
+        assert store.connect(connect_request(f"s{n}")).first is (n == 0)
+    assert _clients_of(redis_server, "lone") == 1
+    assert _kill_clients_named(redis_server, "lone") == 1
+    assert store.disconnect(disconnect_request("s0")).last is False
+    assert _clients_of(redis_server, "lone") == 1
+    store.close()
+    assert _clients_of(redis_server, "lone") == 0
+
+
+async def test_async_lone_calls_share_one_connection_that_is_replaced_when_redis_drops_it(
+    redis_server: RedisServer,
+) -> None:
+    import asyncio
+
+    client = redis_server.async_client(client_name="alone")
+    store = AsyncRedisStore(client)
+    for n in range(20):
+        assert (await store.connect(connect_request(f"s{n}"))).first is (n == 0)
+    assert _clients_of(redis_server, "alone") == 1
+    assert _kill_clients_named(redis_server, "alone") == 1
+    await asyncio.sleep(0.05)  # the event loop reads the close (as an idle connection's)
+    assert (await store.disconnect(disconnect_request("s0"))).last is False
+    assert _clients_of(redis_server, "alone") == 1
+    await store.aclose()
+    await aclose_client(client)
+    assert _clients_of(redis_server, "alone") == 0
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_a_burst_of_threads_stays_within_a_small_pool(
+    redis_server: RedisServer, size: int
+) -> None:
+    """The kept connection counts against max_connections: with 2 the burst shares one
+    more; with 1 nothing is kept (it would starve the pipelines) and all still succeed."""
+    import concurrent.futures
+
+    store = RedisStore(redis_server.client(client_name=f"small-{size}"), max_connections=size)
+    requests = [CORE.prepare_connect(f"s{n}", {**TEACHER, "user_id": n})[3] for n in range(300)]
+    with concurrent.futures.ThreadPoolExecutor(16) as threads:
+        outcomes = list(threads.map(store.connect, requests))
+    assert all(o.first for o in outcomes)
+    assert 1 <= _clients_of(redis_server, f"small-{size}") <= size
+    store.close()
+
+
+async def test_an_async_burst_stays_within_a_pool_of_one(redis_server: RedisServer) -> None:
+    import asyncio
+
+    client = redis_server.async_client(client_name="asmall")
+    store = AsyncRedisStore(client, max_connections=1)
+    requests = [CORE.prepare_connect(f"s{n}", {**TEACHER, "user_id": n})[3] for n in range(300)]
+    outcomes = await asyncio.gather(*(store.connect(r) for r in requests))
+    assert all(o.first for o in outcomes)
+    assert _clients_of(redis_server, "asmall") == 1
+    await store.aclose()
+    await aclose_client(client)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_takes_its_own_connection(redis_server: RedisServer) -> None:
+    """A store used before a fork (a preforking server) keeps working in both
+    processes: the child never writes on the parent's socket."""
+    store = RedisStore(redis_server.client())
+    assert store.connect(connect_request("parent-1")).first is True
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        try:
+            ok = store.connect(connect_request("child-1")).first is False
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.connect(connect_request("parent-2")).first is False
+    assert redis_server.client().hlen("alive:org_1_user_2") >= 4  # state, n and 3 records
+    store.close()
