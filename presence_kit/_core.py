@@ -51,7 +51,7 @@ from ._policies import (
     DisconnectPolicy,
     default_policies,
 )
-from ._prepared import PreparedConnect, PreparedDisconnect
+from ._prepared import Held, PreparedConnect, PreparedDisconnect, hold, same_session
 from ._session import (
     REASON_PATTERN,
     Id,
@@ -144,6 +144,7 @@ class KitCore:
         self._attempts = itertools.count(1)
         self.local_sessions: dict[str, Mapping[str, Any]] = {}
         """Sessions of the connections this kit holds, to register them again if fenced."""
+        self._held: dict[str, Held] = {}  # what their connects validated
         self._id_pattern = re.compile(self.settings.id_pattern)
         s = self.settings
         self.layout = StoreLayout(
@@ -157,6 +158,7 @@ class KitCore:
         )
         self.keys = KeySchema(alive_template=s.alive_key, prefix=s.key_prefix)
         self._node_indexes: tuple[str, list[str]] = ("", [])  # (incarnation, bucket keys)
+        self._swept_indexes: tuple[str, list[str]] = ("", [])  # (member, bucket keys)
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(KitStats.__dataclass_fields__, 0)
 
@@ -193,6 +195,14 @@ class KitCore:
             self._node_indexes = (self.incarnation, buckets)
         return buckets[node_bucket(sid)]
 
+    def _index_buckets(self, member: str) -> list[str]:
+        """Every bucket key of ``member``'s index (the last member's kept: a sweep)."""
+        swept, buckets = self._swept_indexes
+        if swept != member:
+            buckets = self.keys.node_indexes(member)
+            self._swept_indexes = (member, buckets)
+        return buckets
+
     def new_incarnation(self) -> None:
         """Become a new incarnation (after being fenced: presumed dead and swept)."""
         self.incarnation = secrets.token_hex(3)
@@ -227,6 +237,14 @@ class KitCore:
         )
         return PreparedConnect(sid, session, policy, request)
 
+    def connected(self, prepared: PreparedConnect, raw_session: Mapping[str, Any]) -> None:
+        """Hold connection ``sid`` as local (its connect was handled, written or not)."""
+        sid = prepared.sid
+        self.local_sessions[sid] = raw_session
+        held = hold(raw_session, prepared)
+        if held is not None:
+            self._held[sid] = held
+
     def connect_effects(
         self,
         sid: str,
@@ -256,14 +274,24 @@ class KitCore:
         self, sid: object, raw_session: object, reason: object
     ) -> PreparedDisconnect:
         """Validate a disconnect and build the store request; raises before any I/O."""
-        sid = validate_sid(sid)
-        reason_text = validate_reason(reason)
-        session, policy = self._parse(raw_session, connect=False)
-        keys = self.user_keys(session, policy)
+        if (
+            type(sid) is str
+            and (held := self._held.pop(sid, None)) is not None
+            and same_session(held, raw_session)
+            and self.policies.for_role(held.session.role) is held.policy
+        ):  # the values its connect validated: reuse what it built
+            reason_text = validate_reason(reason)
+            session, policy, keys, tombstone_key = held[1:]
+        else:
+            sid = validate_sid(sid)
+            reason_text = validate_reason(reason)
+            session, policy = self._parse(raw_session, connect=False)
+            keys = self.user_keys(session, policy)
+            tombstone_key = self.keys.tombstone(keys.alive, sid)
         request = _make_disconnect_request(
             sid,
             keys,
-            self.keys.tombstone(keys.alive, sid),
+            tombstone_key,
             self.node_index_key(sid),
             policy.tracks_alive,
             reason_text,
@@ -288,15 +316,16 @@ class KitCore:
             logger.warning("skipping a malformed node-index entry", extra={"member": member})
             return None
         keys = self.keys.user(org_id, user_id, role, tracks_alive=policy.tracks_alive)
-        return DisconnectRequest(
-            sid=sid,
-            keys=keys,
-            tombstone_key=self.keys.tombstone(keys.alive, sid),
-            node_index_key=self.keys.node_index(member, node_bucket(sid)),
-            tracks_alive=policy.tracks_alive,
-            reason=reason or self.settings.lost_reason,
-            layout=self.layout,
-            remember=reason is not None,
+        return _make_disconnect_request(
+            sid,
+            keys,
+            self.keys.tombstone(keys.alive, sid),
+            self._index_buckets(member)[node_bucket(sid)],
+            policy.tracks_alive,
+            reason or self.settings.lost_reason,
+            self.layout,
+            reason is not None,  # remember
+            "",  # attempt
         )
 
     def queue(self, op: PendingOperation) -> None:

@@ -174,7 +174,8 @@ class KitFlows:
         self, sid: object, session: Mapping[str, Any]
     ) -> Flow[ConnectOutcome | None]:
         core = self._core
-        sid, parsed, policy, request = core.prepare_connect(sid, session)
+        prepared = core.prepare_connect(sid, session)
+        sid, parsed, policy, request = prepared
         if not self._background_started:
             self._start_background()
         strict = self.settings.strict_connect
@@ -192,7 +193,7 @@ class KitFlows:
                 _log_store_failure(self._failure_logs, "connect", sid, exc)
                 if not strict:
                     core.queue(PendingOperation("connect", sid, parsed, policy, request))
-        core.local_sessions[sid] = session
+        core.connected(prepared, session)
         yield from self._effects_flow(core.connect_effects(sid, parsed, policy, outcome))
         if failure is not None and strict:
             raise StoreError("presence store failed during connect") from failure

@@ -28,6 +28,7 @@ from presence_kit import (
     PresenceKit,
     Settings,
     StoreError,
+    TeacherAppPolicy,
 )
 from presence_kit.memory import MemoryStore
 from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics, RecordingSockets
@@ -429,3 +430,53 @@ def test_async_facade_refuses_a_blocking_store() -> None:
 
     with pytest.raises(TypeError, match="AsyncRedisStore"):
         AsyncPresenceKit(sockets=AsyncRecordingSockets(), store=Blocking())
+
+
+# --- a disconnect reuses what its connect validated, only for the same values ---------
+
+
+def test_a_disconnect_reads_the_session_as_it_is_now(parts: Any) -> None:
+    """The disconnect of a session whose ids changed since its connect is made for the
+    ids it has now (as it always was), not for those its connect validated; equal
+    values in a new dict are the same session."""
+    kit, store, sockets, _ = parts
+    session = dict(TEACHER)
+    kit.handle_connect("t1", session)
+    session["user_id"] = 8  # changed by the application after the connect
+    assert kit.handle_disconnect("t1", session) is not None
+    assert store.hgetall("alive:org_1_user_7")["state"] == "connect"  # user 7 untouched
+    assert [e[0] for e in sockets.emitted].count("teacher_disconnect") == 0
+    kit.handle_connect("t2", dict(TEACHER))
+    kit.handle_disconnect("t2", dict(TEACHER))  # equal values, another dict
+    assert store.hgetall("alive:org_1_user_7")["state"] == "connect"  # t1 still holds it
+    kit.handle_disconnect("t1", dict(TEACHER))
+    assert store.hgetall("alive:org_1_user_7")["state"] == "disconnect"
+    assert [e[0] for e in sockets.emitted].count("teacher_disconnect") == 1
+
+
+@pytest.mark.parametrize(("reason", "sid"), [(5, "t1"), ("ok", "t 1")])
+def test_a_bad_reason_or_sid_after_a_connect_is_refused_before_anything_is_written(
+    parts: Any, reason: Any, sid: str
+) -> None:
+    kit, store, sockets, _ = parts
+    kit.handle_connect("t1", TEACHER)
+    keys, rooms = store.keys(), dict(sockets.rooms)
+    with pytest.raises(PresenceError):
+        kit.handle_disconnect(sid, TEACHER, reason=reason)
+    assert store.keys() == keys
+    assert store.hgetall("alive:org_1_user_7")["state"] == "connect"
+    assert sockets.rooms == rooms
+
+
+def test_a_policy_registered_after_the_connect_decides_its_disconnect(parts: Any) -> None:
+    kit, _store, sockets, _ = parts
+    kit.handle_connect("t1", TEACHER)
+
+    class Quiet(TeacherAppPolicy):
+        def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
+            return [Emit(event="quiet_leave", data={"user_id": facts.session.user_id}, to="org:1")]
+
+    kit.register_policy("TeacherAPP", Quiet())
+    kit.handle_disconnect("t1", TEACHER)
+    assert sockets.emitted[-1] == ("quiet_leave", {"user_id": 7}, "org:1")
+    assert [e[0] for e in sockets.emitted].count("teacher_disconnect") == 0
