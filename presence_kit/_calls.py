@@ -5,14 +5,17 @@ returned; :func:`call` types that seam with a ``ParamSpec``, so each call site c
 its arguments against the port method and gets its result type. The drivers (the
 facades of :mod:`presence_kit._kit`) run each call: the blocking one as it is, the
 asyncio one awaiting the coroutine that the same method of an ``Async`` port returns.
+A flow may also :func:`start` a call and :func:`collect` it later: the asyncio driver
+runs it in the meantime (a sweep's next round trip while it announces the last one's
+leaves), the blocking one has made it by then.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Mapping
-from typing import ParamSpec, TypeVar, cast
+from typing import Generic, ParamSpec, TypeVar, cast
 
-__all__ = ["Call", "Flow", "call", "effect_call", "enqueue"]
+__all__ = ["Call", "Flow", "Started", "call", "collect", "effect_call", "enqueue", "start"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -51,3 +54,35 @@ def enqueue(fn: Callable[P, None], /, *args: P.args, **kwargs: P.kwargs) -> Call
     """As :func:`effect_call`, for a call that returns at once in both facades and is
     never awaited (``Analytics.track``, shared by both)."""
     return (fn, args, kwargs, False)
+
+
+Begin = Callable[[Callable[..., object], tuple[object, ...], Mapping[str, object]], object]
+"""A facade's way to start a call: make it now (blocking), or schedule it (asyncio)."""
+
+Finish = Callable[[object], object]
+"""A facade's way to collect a started call: its result (or error), or an awaitable."""
+
+
+class Started(Generic[R]):
+    """A call a flow started with :func:`start` and collects with :func:`collect`."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: object) -> None:
+        self.handle = handle
+        """What the facade's ``begin`` returned: the call's outcome, or an asyncio task."""
+
+
+def start(
+    begin: Begin, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+) -> Flow[Started[R]]:
+    """Have the driver start ``fn(*args, **kwargs)`` without waiting for it: the
+    asyncio facade's ``begin`` schedules it as a task, the blocking one's makes it."""
+    handle = yield (begin, (fn, args, kwargs), {}, False)
+    return Started(handle)
+
+
+def collect(finish: Finish, started: Started[R]) -> Flow[R]:
+    """The result of a started call (its failure raised here), once it is done."""
+    result = yield (finish, (started.handle,), {}, True)
+    return cast(R, result)

@@ -19,13 +19,14 @@ background to replay.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-from ._calls import Call, Flow, call, effect_call, enqueue
+from ._calls import Begin, Call, Finish, Flow, Started, call, collect, effect_call, enqueue, start
 from ._core import KitCore, KitStats, group_online
 from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
 from ._errors import StoreError
@@ -133,6 +134,10 @@ class KitFlows:
         self._background_started = False
         self._stopping = False
         self._failure_logs = RateLimit(_STORE_FAILURE_LOG_INTERVAL)
+
+    # How the facade's driver starts a call and collects it later (_calls.start).
+    _begin: Begin
+    _finish: Finish
 
     # --- public state ---------------------------------------------------------------
 
@@ -318,13 +323,53 @@ class KitFlows:
                 return recovered
             for buckets in _chunks(keys.node_indexes(member), _BUCKETS_PER_READ):
                 entries = yield from call(store.node_connections, buckets)
-                requests = [core.sweep_request(member, sid, e) for sid, e in entries.items()]
-                usable = [r for r in requests if r is not None]
-                for batch in _chunks(usable, self.settings.sweep_batch):
-                    recovered += yield from self._recover_flow(batch)
-                    yield from call(store.renew_claim, keys, member, ttl_ms)
+                recovered += yield from self._sweep_entries_flow(member, list(entries.items()))
             yield from call(store.release_node, keys, member)
             logger.info("swept a lost node", extra={"presence_node": member})
+
+    def _sweep_entries_flow(self, member: str, entries: Sequence[tuple[str, str]]) -> Flow[int]:
+        """Run the leaves of a swept node's connections, ``sweep_batch`` per round trip,
+        renewing the claim after each batch. Each round trip (and renewal) is started
+        before the last batch's leaves are announced and collected after: the asyncio
+        kit keeps Redis writing one batch while it announces the other; the blocking
+        kit makes them in turn. If one fails, the batch in flight is still collected
+        and its leaves announced before the failure is raised."""
+        core, store, recovered = self._core, self._store, 0
+        keys, ttl_ms = core.keys, core.node_timeout_ms
+        in_flight: tuple[list[DisconnectRequest], Started[list[DisconnectOutcome]]] | None = None
+        renewing: Started[None] | None = None
+        try:
+            for chunk in [*_chunks(entries, self.settings.sweep_batch), ()]:
+                requests = [core.sweep_request(member, sid, entry) for sid, entry in chunk]
+                usable = [r for r in requests if r is not None]
+                started = (
+                    (yield from start(self._begin, store.disconnect_many, usable))
+                    if usable
+                    else None
+                )
+                done, in_flight = in_flight, None if started is None else (usable, started)
+                if done is None:
+                    continue
+                recovered += yield from self._recovered_flow(*done)
+                if renewing is not None:
+                    last, renewing = renewing, None
+                    yield from collect(self._finish, last)
+                renewing = yield from start(self._begin, store.renew_claim, keys, member, ttl_ms)
+            if renewing is not None:
+                last, renewing = renewing, None
+                yield from collect(self._finish, last)
+        except Exception:
+            # Started and not collected yet: a batch that went through still has its
+            # leaves announced (Redis forgot those connections), then the first
+            # failure is raised.
+            if in_flight is not None:
+                with contextlib.suppress(Exception):
+                    yield from self._recovered_flow(*in_flight)
+            if renewing is not None:
+                with contextlib.suppress(Exception):
+                    yield from collect(self._finish, renewing)
+            raise
+        return recovered
 
     def _sweep_if_safe_flow(self) -> Flow[int]:
         # Decided after this step's heartbeat: only with Redis answering continuously.
@@ -382,7 +427,14 @@ class KitFlows:
     def _recover_flow(self, requests: Sequence[DisconnectRequest]) -> Flow[int]:
         if not requests:
             return 0
-        outcomes = yield from call(self._store.disconnect_many, requests)
+        started = yield from start(self._begin, self._store.disconnect_many, requests)
+        return (yield from self._recovered_flow(requests, started))
+
+    def _recovered_flow(
+        self, requests: Sequence[DisconnectRequest], started: Started[list[DisconnectOutcome]]
+    ) -> Flow[int]:
+        """Collect a started ``disconnect_many`` and announce what it recovered."""
+        outcomes = yield from collect(self._finish, started)
         recovered = 0
         for request, outcome in zip(requests, outcomes, strict=True):
             if outcome.status is DisconnectStatus.REMOVED:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -80,6 +80,23 @@ class PresenceKit(KitFlows):
             policies=policies,
         )
         self._background_done = False
+
+    @staticmethod
+    def _begin(
+        fn: Callable[..., object], args: tuple[object, ...], kwargs: Mapping[str, object]
+    ) -> object:
+        """Make a started call now: its result, or its failure for :meth:`_finish`."""
+        try:
+            return (True, fn(*args, **kwargs))
+        except Exception as exc:
+            return (False, exc)
+
+    @staticmethod
+    def _finish(handle: object) -> object:
+        made, result = cast(tuple[bool, object], handle)
+        if not made:
+            raise cast(Exception, result)
+        return result
 
     def _drive(self, flow: Flow[T]) -> T:
         try:
@@ -293,6 +310,17 @@ class AsyncPresenceKit(KitFlows):
         )
         self._async_store = async_store
         self._async_sockets = sockets
+
+    @staticmethod
+    def _begin(
+        fn: Callable[..., object], args: tuple[object, ...], kwargs: Mapping[str, object]
+    ) -> object:
+        """Schedule a started call (a coroutine of an Async port) as a task."""
+        return asyncio.ensure_future(cast(Awaitable[object], fn(*args, **kwargs)))
+
+    @staticmethod
+    def _finish(handle: object) -> object:
+        return handle  # the task: the driver awaits it
 
     async def _drive(self, flow: Flow[T]) -> T:
         try:

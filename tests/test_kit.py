@@ -480,3 +480,18 @@ def test_a_policy_registered_after_the_connect_decides_its_disconnect(parts: Any
     kit.handle_disconnect("t1", TEACHER)
     assert sockets.emitted[-1] == ("quiet_leave", {"user_id": 7}, "org:1")
     assert [e[0] for e in sockets.emitted].count("teacher_disconnect") == 0
+
+
+def test_a_session_that_is_not_a_dict_is_validated_at_each_call(parts: Any) -> None:
+    """Only a plain dict's values are kept from the connect; any other mapping (read
+    only, say) is read again at its disconnect, with the same result."""
+    from types import MappingProxyType
+
+    kit, store, sockets, _ = parts
+    session = MappingProxyType(dict(TEACHER))
+    kit.handle_connect("t1", session)
+    assert kit.handle_disconnect("t1", session) is not None
+    assert store.hgetall("alive:org_1_user_7")["state"] == "disconnect"
+    kit.handle_connect("t2", dict(TEACHER))
+    assert kit.handle_disconnect("t2", MappingProxyType(dict(TEACHER))) is not None
+    assert [e[0] for e in sockets.emitted].count("teacher_disconnect") == 2

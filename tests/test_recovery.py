@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from presence_kit import AsyncPresenceKit, KeySchema, PresenceKit, Settings
+from presence_kit import AsyncPresenceKit, KeySchema, PresenceKit, Settings, StoreError
 from presence_kit.redis import AsyncRedisStore, RedisStore
 from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics, RecordingSockets
 from tests.support.redis_servers import RedisServer, aclose_client
@@ -260,3 +260,43 @@ async def test_nodes_lists_every_incarnation_with_heartbeat_and_connections(
     sync_kit.close()
     await async_kit.aclose()
     await aclose_client(client)
+
+
+class FailingOnce(RedisStore):
+    """The real store, whose ``fail_at``-th ``disconnect_many`` fails as Redis would."""
+
+    def __init__(self, client: Any, fail_at: int) -> None:
+        super().__init__(client)
+        self.calls, self.fail_at = 0, fail_at
+
+    def disconnect_many(self, requests: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise StoreError("redis failed during disconnect_many")
+        return super().disconnect_many(requests)
+
+
+def test_a_sweep_that_fails_midway_is_finished_later_each_leave_once(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    lost = make_node()
+    lost.kit.heartbeat()
+    for user in range(40):
+        lost.kit.handle_connect(f"t{user}", {**T1, "user_id": user})
+    sockets = RecordingSockets()
+    sweeper = PresenceKit(
+        store=FailingOnce(redis_server.client(), fail_at=3),
+        sockets=sockets,
+        settings=Settings(**{**FAST, "sweep_batch": 5}),
+    )
+    time.sleep(TIMEOUT + 0.1)
+    with pytest.raises(StoreError):
+        sweeper.sweep_dead_nodes()
+    first = [d["user_id"] for e, d, _to in sockets.emitted if e == "teacher_disconnect"]
+    assert 5 <= len(first) < 40
+    assert all(state(redis_server, user) == "disconnect" for user in first)
+    time.sleep(TIMEOUT + 0.1)  # the sweeper's claim expires
+    assert sweeper.sweep_dead_nodes() == 40 - len(first)
+    leaves = [d["user_id"] for e, d, _to in sockets.emitted if e == "teacher_disconnect"]
+    assert sorted(leaves) == list(range(40))
+    sweeper.close()

@@ -6,7 +6,9 @@ import asyncio
 import time
 from typing import Any
 
-from presence_kit import AsyncPresenceKit, Settings
+import pytest
+
+from presence_kit import AsyncPresenceKit, Settings, StoreError
 from presence_kit.redis import AsyncRedisStore
 from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics
 from tests.support.redis_servers import RedisServer, aclose_client
@@ -85,3 +87,62 @@ async def test_async_background_and_handover(redis_server: RedisServer) -> None:
         assert staying.kit.stats.recovered == 1
     finally:
         await staying.close()
+
+
+def teacher_leaves(sockets: AsyncRecordingSockets) -> list[Any]:
+    return [d["user_id"] for name, d, _to in sockets.emitted if name == "teacher_disconnect"]
+
+
+async def state_of(client: Any, users: list[Any]) -> list[Any]:
+    return [await client.hget(f"alive:org_1_user_{user}", "state") for user in users]
+
+
+class FailingOnce(AsyncRedisStore):
+    """The real store, whose ``fail_at``-th ``disconnect_many`` fails as Redis would."""
+
+    def __init__(self, client: Any, fail_at: int) -> None:
+        super().__init__(client)
+        self.calls, self.fail_at = 0, fail_at
+
+    async def disconnect_many(self, requests: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            await asyncio.sleep(0.01)  # fails while the next batch is in flight
+            raise StoreError("redis failed during disconnect_many")
+        return await super().disconnect_many(requests)
+
+
+async def test_a_sweep_that_fails_midway_leaves_nothing_running_and_is_finished_later(
+    redis_server: RedisServer, caplog: Any
+) -> None:
+    """The asyncio sweep keeps a batch's round trip in flight while it announces the
+    last one's leaves: when a batch fails, the sweep raises once the batch in flight
+    has ended (no task is left behind), and the next sweep runs the remaining leaves,
+    each announced once."""
+    lost = Node(redis_server)
+    await lost.kit.heartbeat()
+    for user in range(40):
+        await lost.kit.handle_connect(f"t{user}", {**T1, "user_id": user})
+    client = redis_server.async_client()
+    sockets = AsyncRecordingSockets()
+    sweeper = AsyncPresenceKit(
+        store=FailingOnce(client, fail_at=3),
+        sockets=sockets,
+        settings=Settings(heartbeat_interval=0.1, node_timeout=TIMEOUT, sweep_batch=5),
+    )
+    await asyncio.sleep(TIMEOUT + 0.1)  # the lost node's heartbeat is now stale
+    with pytest.raises(StoreError):
+        await sweeper.sweep_dead_nodes()
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert not [t for t in tasks if "disconnect_many" in repr(t.get_coro())]
+    first = teacher_leaves(sockets)
+    # Before the failure: the batches before it and the one in flight, all announced.
+    assert 5 <= len(first) < 40
+    assert await state_of(client, first) == [b"disconnect"] * len(first)
+    await asyncio.sleep(TIMEOUT + 0.1)  # the sweeper's claim expires
+    assert await sweeper.sweep_dead_nodes() == 40 - len(first)  # the failed batch's too
+    assert sorted(teacher_leaves(sockets)) == list(range(40))  # each announced once
+    assert "never retrieved" not in caplog.text
+    await sweeper.aclose(timeout=1)
+    await aclose_client(client)
+    await lost.close()
