@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis
 import redis.asyncio
 
@@ -54,18 +55,31 @@ _recording: contextvars.ContextVar[list[tuple[Any, ...]] | None] = contextvars.C
 )
 
 
+def text_of(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _record(args: tuple[Any, ...]) -> None:
     calls = _recording.get()
-    if calls is not None and args and str(args[0]).upper() == "EVALSHA":
+    if calls is not None and args and text_of(args[0]).upper() == "EVALSHA":
         calls.append(args)
 
 
 class RecordingConnection(redis.Connection):
-    """Notes the ``EVALSHA`` calls made in a recording context (not the kit's thread)."""
+    """Notes the ``EVALSHA`` calls made in a recording context (not the kit's thread).
 
-    def send_command(self, *args: Any, **kwargs: Any) -> None:
-        _record(args)
-        super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+    It reads them back from the packed bytes, since the store packs its own calls with
+    hiredis and sends them packed (overriding ``send_command`` would turn that off and
+    measure a store that packs the slower way)."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if _recording.get() is not None:
+            reader = hiredis.Reader()
+            for chunk in [command] if isinstance(command, bytes | str) else command:
+                reader.feed(chunk)
+            while (args := reader.gets()) is not False:
+                _record(tuple(args))
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
 
 class RecordingAsyncConnection(redis.asyncio.Connection):
