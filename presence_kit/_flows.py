@@ -339,6 +339,7 @@ class KitFlows:
         in_flight: tuple[list[DisconnectRequest], Started[list[DisconnectOutcome]]] | None = None
         renewing: Started[None] | None = None
         try:
+            # The empty chunk at the end starts nothing and collects the last batch.
             for chunk in [*_chunks(entries, self.settings.sweep_batch), ()]:
                 requests = [core.sweep_request(member, sid, entry) for sid, entry in chunk]
                 usable = [r for r in requests if r is not None]

@@ -118,7 +118,7 @@ class RedisStore:
     ) -> None:
         self._client, self._owned = sync_handler_client(client, timeout, max_connections)
         self._cluster = isinstance(self._client, redis.cluster.RedisCluster)
-        lone_pool = lone_call_pool(self._client, self._owned)
+        lone_pool = lone_call_pool(self._client, self._owned and not self._cluster)
         self._lone = None if lone_pool is None else LoneCallConnection(lone_pool)
         # Lone calls (the coalescer sends one at a time) skip the pool checkout.
         self._lone_client: Any = self._client if self._lone is None else self._lone
@@ -254,7 +254,7 @@ class AsyncRedisStore:
         self._cluster = isinstance(self._client, redis.asyncio.cluster.RedisCluster)
         self._timeout = timeout
         pool: Any = getattr(self._client, "connection_pool", None)
-        lone_pool = lone_call_pool(self._client, self._owned)
+        lone_pool = lone_call_pool(self._client, self._owned and not self._cluster)
         self._lone = None if lone_pool is None else AsyncLoneCallConnection(lone_pool)
         # Calls in flight at once, besides a lone call on its kept connection: never
         # more than the pool holds (a burst waits).
