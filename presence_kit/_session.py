@@ -63,6 +63,14 @@ REASON_PATTERN = re.compile(r"[\x20-\x7e]{1,128}")
 """A disconnect reason (and ``Settings.lost_reason``): 1-128 printable ASCII characters."""
 _MAX_INT_DIGITS = 128
 _MAX_INT = 10**_MAX_INT_DIGITS
+DEFAULT_ID_PATTERN = r"[A-Za-z0-9-]{1,128}"
+"""``Settings.id_pattern``'s default: 1-128 ASCII letters, digits and hyphens."""
+_DIGITS_ALWAYS_MATCH = frozenset({DEFAULT_ID_PATTERN})
+"""Id patterns that match the digits of every int id (1 to :data:`_MAX_INT_DIGITS` of
+them): an int id needs no regular expression there."""
+_REFUSE_FORBIDDEN = frozenset({DEFAULT_ID_PATTERN})
+"""Id patterns that match no text with a :data:`_FORBIDDEN` character: a str id needs
+only the pattern there."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -114,9 +122,15 @@ def validate_id(field: str, value: object, pattern: re.Pattern[str]) -> Id:
     """Return ``value`` if it is a valid id (int or str matching ``pattern``), else raise."""
     # The common cases first: this runs three times per event.
     if type(value) is int:
-        if 0 <= value < _MAX_INT and pattern.fullmatch(int.__repr__(value)):
+        if 0 <= value < _MAX_INT and (
+            pattern.pattern in _DIGITS_ALWAYS_MATCH or pattern.fullmatch(int.__repr__(value))
+        ):
             return value
-    elif type(value) is str and not _FORBIDDEN.search(value) and pattern.fullmatch(value):
+    elif (
+        type(value) is str
+        and (pattern.pattern in _REFUSE_FORBIDDEN or not _FORBIDDEN.search(value))
+        and pattern.fullmatch(value)
+    ):
         return value
     return _checked_id(field, value, pattern)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ._errors import InvalidSettingsError
-from ._session import REASON_PATTERN
+from ._session import DEFAULT_ID_PATTERN, REASON_PATTERN
 
 __all__ = ["Settings"]
 
@@ -69,7 +69,7 @@ class Settings:
     """Seconds a finished disconnect is remembered, so a repeat returns the same outcome."""
 
     # --- identifiers ---
-    id_pattern: str = r"[A-Za-z0-9-]{1,128}"
+    id_pattern: str = DEFAULT_ID_PATTERN
     """Regular expression (full match) that ``org_id``, ``user_id``, ``lesson_id`` and
     ``room_id`` must match once turned into text. Must refuse ``{``, ``}`` and ``_``
     only if your key templates rely on it; the default refuses both."""

@@ -274,3 +274,29 @@ def test_a_stored_record_is_parsed_strictly() -> None:
     for corrupt in (text + "x", text + " []", "", "[1,2]", b"\xff"):
         with pytest.raises(StoreError, match="corrupt connection record"):
             ConnectionRecord.from_json("s1", corrupt)
+
+
+SAME_AS_DEFAULT = re.compile(f"(?:{Settings().id_pattern})")  # the same ids, no fast path
+
+
+@given(
+    st.one_of(
+        st.integers(min_value=-5, max_value=10**130),
+        st.text(max_size=140),
+        st.text(alphabet="AZaz09-_{} \n", max_size=130),
+    )
+)
+def test_the_default_patterns_fast_path_accepts_exactly_what_the_pattern_does(
+    value: object,
+) -> None:
+    """With the default id_pattern an int id skips the regular expression and a str id
+    the forbidden-character check: the same ids are accepted and refused as with the
+    same pattern written another way (which takes every check)."""
+
+    def outcome(pattern: re.Pattern[str]) -> object:
+        try:
+            return parse_session({**TEACHER, "user_id": value}, id_pattern=pattern).user_id
+        except InvalidSessionError as exc:
+            return ("refused", exc.field)
+
+    assert outcome(DEFAULT) == outcome(SAME_AS_DEFAULT)
