@@ -303,9 +303,10 @@ class LoneCallConnection:
         else:
             connection.connect()  # at once when connected
             try:
-                if connection.can_read():
-                    raise redis.exceptions.ConnectionError("connection has unread data")
+                stale = connection.can_read()  # unread data, or closed by Redis
             except _RECONNECT:
+                stale = True
+            if stale:
                 connection.disconnect()
                 connection.connect()
         try:
@@ -327,14 +328,13 @@ class LoneCallConnection:
             self._pool.release(connection)
 
 
-def _has_data(connection: Any) -> Awaitable[bool]:
-    """Whether an asyncio connection has unread data or was closed (``can_read``
-    from redis-py 8, ``can_read_destructive`` before)."""
-    check = getattr(type(connection), "can_read", None)
-    if check is None:
-        check = type(connection).can_read_destructive
-    result: Awaitable[bool] = check(connection)
-    return result
+def _can_read(connection_class: Any) -> Callable[[Any], Awaitable[bool]]:
+    """An asyncio connection's check for unread data or a closed socket: ``can_read``
+    from redis-py 8, ``can_read_destructive`` before."""
+    check: Callable[[Any], Awaitable[bool]] = (
+        getattr(connection_class, "can_read", None) or connection_class.can_read_destructive
+    )
+    return check
 
 
 class AsyncLoneCallConnection:
@@ -345,6 +345,7 @@ class AsyncLoneCallConnection:
         self._pool = pool
         self._args: tuple[str, ...] = ("EVALSHA",) if _checkout_takes_name(pool) else ()
         self._connection: Any = None
+        self._can_read = _can_read(pool.connection_class)
         self.busy = False
         """A call is on the connection (set by the store around each call)."""
 
@@ -359,9 +360,10 @@ class AsyncLoneCallConnection:
             # before the call instead of failing it.
             await connection.connect()  # at once when connected
             try:
-                if await _has_data(connection):
-                    raise redis.exceptions.ConnectionError("connection has unread data")
+                stale = await self._can_read(connection)
             except _RECONNECT:
+                stale = True
+            if stale:
                 await connection.disconnect()
                 await connection.connect()
         try:

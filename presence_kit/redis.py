@@ -119,9 +119,8 @@ class RedisStore:
         self._client, self._owned = sync_handler_client(client, timeout, max_connections)
         self._cluster = isinstance(self._client, redis.cluster.RedisCluster)
         lone_pool = lone_call_pool(self._client, self._owned and not self._cluster)
-        self._lone = None if lone_pool is None else LoneCallConnection(lone_pool)
         # Lone calls (the coalescer sends one at a time) skip the pool checkout.
-        self._lone_client: Any = self._client if self._lone is None else self._lone
+        self._lone = None if lone_pool is None else LoneCallConnection(lone_pool)
         self._scripts = Scripts(self._client.register_script)
         self._coalescer = ThreadCoalescer(
             self._send_one,
@@ -231,7 +230,8 @@ class RedisStore:
 
     def _send_one(self, call: ScriptCall) -> Any:
         script, (keys, args) = call
-        return run(self._lone_client, ops.script_call(script, keys, args))
+        client = self._client if self._lone is None else self._lone
+        return run(client, ops.script_call(script, keys, args))
 
     def _send_batch(self, calls: list[ScriptCall]) -> list[Any]:
         return run(self._client, ops.batch_replies(self._scripts, calls))
@@ -360,9 +360,11 @@ class AsyncRedisStore:
         return await self._bounded(operation, run_async(self._client, op), scale)
 
     def _send_one(self, operation: str, call: ScriptCall) -> Awaitable[Any]:
+        lone = self._lone
+        # Busy only if a caller held a lone call unawaited: then this one takes the pool.
+        if lone is not None and not lone.busy:
+            return self._lone_call(operation, lone, call)  # awaited at once: busy first
         script, (keys, args) = call
-        if self._lone is not None:
-            return self._lone_call(operation, self._lone, call)
         sent = run_async(self._client, ops.script_call(script, keys, args))
         return self._bounded(operation, sent)
 
@@ -373,10 +375,6 @@ class AsyncRedisStore:
         writes is bounded by the pool's socket timeout (redis-py arms it), so it needs
         no pool slot and no deadline timer of ours (the handler's hot path)."""
         script, (keys, args) = call
-        if lone.busy:  # only if a caller held a lone call unawaited: take the pool
-            return await self._bounded(
-                operation, run_async(self._client, ops.script_call(script, keys, args))
-            )
         lone.busy = True
         try:
             return await run_async(lone, ops.script_call(script, keys, args))
