@@ -53,6 +53,25 @@ RECORD_FIELD = "c:"
 """Prefix of the hash fields that hold connection records (``c:<sid>``)."""
 
 
+OUTCOME_FIELD = "o:"
+"""Prefix of the hash fields that keep each recorded connect's outcome (``o:<sid>`` ->
+``first:version:attempt``), returned again to its repeats."""
+
+
+def encode_connect_outcome(first: bool, version: int, attempt: str) -> str:
+    """The stored outcome of a connect (``lua/connect.lua`` writes the same text)."""
+    return f"{int(first)}:{version}:{attempt}"
+
+
+def decode_connect_outcome(text: str | None) -> tuple[bool, int, str]:
+    """``(first, version, attempt)`` of a stored connect outcome; a record kept before
+    outcomes were (``None``) reads as ``(False, 0, "?")``."""
+    if text is None:
+        return False, 0, "?"
+    first, version, attempt = text.split(":", 2)
+    return first == "1", int(version), attempt
+
+
 def records_of(fields: dict[str, str]) -> dict[str, str]:
     """``sid -> record`` from a record hash's fields."""
     n = len(RECORD_FIELD)

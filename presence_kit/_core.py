@@ -138,8 +138,11 @@ class KitCore:
         self.node_id = self.settings.node_id or generate_node_id()
         self.incarnation = secrets.token_hex(3)
         self.liveness = NodeLiveness()
+        self.former_members: list[str] = []
+        """Earlier incarnations of this kit whose node indexes may still hold entries:
+        written after their sweep, before the kit learnt it had been fenced."""
         self.outbox = Outbox(self.settings.outbox_size)
-        # Disconnect attempts are "<random>.<n>": unique across kits, cheap per call.
+        # Attempt ids of store calls are "<random>.<n>" (see _next_attempt).
         self._attempt_prefix = secrets.token_hex(4) + "."
         self._attempts = itertools.count(1)
         self.local_sessions: dict[str, Mapping[str, Any]] = {}
@@ -204,8 +207,14 @@ class KitCore:
         return buckets
 
     def new_incarnation(self) -> None:
-        """Become a new incarnation (after being fenced: presumed dead and swept)."""
+        """Become a new incarnation (after being fenced: presumed dead and swept); the
+        old one is kept in :attr:`former_members` until reconciling has cleared it."""
+        self.former_members.append(self.member)
         self.incarnation = secrets.token_hex(3)
+
+    def _next_attempt(self) -> str:
+        """A new store call's attempt id: unique across kits, cheap per call."""
+        return f"{self._attempt_prefix}{next(self._attempts):x}"
 
     # --- connect --------------------------------------------------------------------
 
@@ -234,6 +243,7 @@ class KitCore:
             make_record(sid, self.namespace, self.node_id, self.incarnation, session),
             policy.tracks_alive,
             self.layout,
+            self._next_attempt(),
         )
         return PreparedConnect(sid, session, policy, request)
 
@@ -297,7 +307,8 @@ class KitCore:
             reason_text,
             self.layout,
             True,  # remember: a handler's disconnect leaves a tombstone
-            f"{self._attempt_prefix}{next(self._attempts):x}",
+            self._next_attempt(),
+            "",  # owner: whoever wrote the record
         )
         return PreparedDisconnect(sid, session, policy, request)
 
@@ -326,6 +337,7 @@ class KitCore:
             self.layout,
             reason is not None,  # remember
             "",  # attempt
+            member,  # owner: only a record that incarnation wrote
         )
 
     def queue(self, op: PendingOperation) -> None:
@@ -346,15 +358,21 @@ class KitCore:
         """The announcements a replayed operation grants (rooms were handled at the time).
 
         A repeat made by this operation's own earlier try means that call did run: its
-        result never reached us, so it was never announced, and is announced now, once.
-        A repeat made by another call (a reconcile of the record, a duplicate handler
-        call) was announced by that call: nothing is announced again. The handler call
-        was counted when it was made; only the announcements are counted here.
+        result never reached us, so it was never announced, and is announced now, once,
+        from that try's own outcome (the store returns it: first or not, its version).
+        A repeat made by another call (a reconcile of the record, a re-registration, a
+        duplicate handler call) was announced by that call: nothing is announced again.
+        The handler call was counted when it was made; only the announcements are
+        counted here.
         """
         self.count("replayed")
         effects: Sequence[Effect]
         if isinstance(outcome, ConnectOutcome):
-            if outcome.status is ConnectStatus.REPEAT:
+            assert isinstance(op.request, ConnectRequest)
+            if outcome.status is ConnectStatus.REPEAT and outcome.attempt in (
+                None,
+                op.request.attempt,
+            ):
                 outcome = replace(outcome, status=ConnectStatus.NEW)
             effects = self._join_effects(op.sid, op.session, op.policy, outcome)
         else:

@@ -313,6 +313,8 @@ class KitFlows:
         for sid, session in list(core.local_sessions.items()):
             if live is None or sid in live:
                 yield from self._connect_flow(sid, session)
+        # Clear what the former incarnation wrote after its sweep (when nothing queued).
+        yield from self._reconcile_flow()
 
     def _sweep_flow(self) -> Flow[int]:
         core, store, recovered = self._core, self._store, 0
@@ -379,22 +381,33 @@ class KitFlows:
         return (yield from self._sweep_flow())
 
     def _reconcile_flow(self) -> Flow[int]:
+        """Make this node's records match its live sockets: remove the stale ones,
+        record the missing ones, and clear the indexes of its former incarnations."""
         core = self._core
         if self._local_sids() is None:
             return 0
-        entries = yield from call(
-            self._store.node_connections, core.keys.node_indexes(core.member)
-        )
+        # Entries of former incarnations (written after their sweep, before this kit
+        # learnt it was fenced) are read only once no queued operation can add more.
+        former = list(core.former_members) if not core.outbox else []
+        indexes = [(member, core.keys.node_indexes(member)) for member in [*former, core.member]]
+        read = []
+        for member, buckets in indexes:
+            read.append((member, (yield from call(self._store.node_connections, buckets))))
         # Read the sockets after the records: a record is written after its socket
         # joined the server, so a record whose socket is missing now really is stale.
         live = self._local_sids() or set()
-        requests = [
-            core.sweep_request(core.member, sid, entry, reason="stale connection")
-            for sid, entry in entries.items()
-            if sid not in live
-        ]
-        recovered = yield from self._recover_flow([r for r in requests if r is not None])
-        repaired = yield from self._repair_flow(live.difference(entries))
+        stale: dict[str, DisconnectRequest | None] = {}  # the newest incarnation's last
+        for member, entries in read:
+            for sid, entry in entries.items():
+                if sid not in live:
+                    stale[sid] = core.sweep_request(member, sid, entry, reason="stale connection")
+        recovered = yield from self._recover_flow([r for r in stale.values() if r is not None])
+        # A live socket missing from this incarnation's index is recorded again; one
+        # whose record an earlier incarnation wrote is moved here (connect.lua).
+        repaired = yield from self._repair_flow(live.difference(read[-1][1]))
+        for member in former:
+            yield from call(self._store.release_node, core.keys, member)
+            core.former_members.remove(member)
         return recovered + repaired
 
     def _repair_flow(self, unrecorded: set[str]) -> Flow[int]:

@@ -40,7 +40,9 @@ class ConnectStatus(str, Enum):
     NEW = "new"
     """The connection was recorded."""
     REPEAT = "repeat"
-    """The same sid was already recorded (a retried call): nothing changed."""
+    """The same sid was already recorded (a retried call): the first call's outcome is
+    returned again, and nothing changed (but that a record written by an earlier
+    incarnation of the same node now names this one)."""
     STALE = "stale"
     """The sid already disconnected: a late connect is refused, nothing changed."""
 
@@ -146,6 +148,10 @@ class ConnectRequest(_UserKeyed):
     tracks_alive: bool
     """Whether this role's connections drive the alive hash (``TeacherAPP``)."""
     layout: StoreLayout
+    attempt: str = ""
+    """Identifies this connect call (``[A-Za-z0-9.-]``, at most 64 characters); the store
+    keeps it with the call's outcome, so a repeat tells whether the first call was this
+    one (see :attr:`ConnectOutcome.attempt`)."""
 
     @property
     def node_entry(self) -> str:
@@ -171,6 +177,12 @@ class ConnectOutcome:
     """This connection cancelled a leave held back by the grace period."""
     snapshot: tuple[tuple[Id, Id], ...] = ()
     """``(user_id, lesson_id)`` per connection in the requested snapshot's index."""
+    attempt: str | None = None
+    """The :attr:`ConnectRequest.attempt` of the call that recorded the connection (for
+    ``REPEAT``, the first call's; ``None``: the store does not say). With ``REPEAT``,
+    ``first`` and ``version`` are the first call's too: a replayed call whose own
+    earlier try recorded the connection announces what that try did; a repeat made by
+    another call (a reconcile, a re-registration) announces nothing."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -192,6 +204,11 @@ class DisconnectRequest(_UserKeyed):
     attempt: str = ""
     """Identifies this handler call (``[A-Za-z0-9.-]``, at most 64 characters); the
     tombstone keeps it, so a repeat tells whether the first call was this one."""
+    owner: str = ""
+    """Remove the record only if this node incarnation (``node_id/incarnation``) wrote
+    it; empty: whoever did. A sweep's and a reconcile's removals set it, so a record
+    that a node swept while alive moved to its new incarnation is never removed by
+    the sweep of the old one (``UNKNOWN``)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

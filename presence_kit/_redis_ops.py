@@ -28,6 +28,7 @@ from ._model import (
     ConnectStatus,
     DisconnectOutcome,
     DisconnectRequest,
+    DisconnectStatus,
     FinishLeaveOutcome,
     FinishLeaveRequest,
     Heartbeat,
@@ -224,13 +225,14 @@ def cluster_disconnect(scripts: Scripts, r: DisconnectRequest) -> Op[DisconnectO
     queued, its org index entry kept until the leave runs)."""
     keys, args = disconnect_call(r, local_index=False)
     outcome = disconnect_outcome(r.sid, (yield Script(scripts.disconnect, keys, args)))
-    index: tuple[Any, ...]
+    cleanup: Commands = [("hdel", r.node_index_key, r.sid)]
     if outcome.deferred:  # queued until its grace ends; its org index entry stays
         due = outcome.at * 1000 + r.layout.leave_grace_ms
-        index = ("zadd", r.keys.leave_queue, {r.keys.queue_member: due})
-    else:
-        index = ("hdel", r.keys.org_index, r.sid)
-    yield Pipeline([("hdel", r.node_index_key, r.sid), index])
+        cleanup.append(("zadd", r.keys.leave_queue, {r.keys.queue_member: due}))
+    elif not (r.owner and outcome.status is DisconnectStatus.UNKNOWN):
+        # (a record not this owner's may be live: reads verify the entry instead)
+        cleanup.append(("hdel", r.keys.org_index, r.sid))
+    yield Pipeline(cleanup)
     return outcome
 
 

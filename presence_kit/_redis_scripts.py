@@ -106,6 +106,7 @@ def connect_call(r: ConnectRequest, *, local_index: bool) -> Invocation:
         _flag(local_index),
         _flag(snapshot),
         k.queue_member,  # the node entry: the same text
+        r.attempt,
     ]
     return keys, args
 
@@ -135,6 +136,7 @@ def disconnect_call(r: DisconnectRequest, *, local_index: bool) -> Invocation:
         _flag(local_index),
         _flag(r.remember),
         r.attempt,
+        r.owner,
     ]
     return keys, args
 
@@ -217,7 +219,7 @@ _make_disconnect_outcome = maker(DisconnectOutcome)
 
 def connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
     """What ``lua/connect.lua`` did."""
-    status, first, connections, version, now_ms, resumed, snapshot = reply
+    status, first, connections, version, now_ms, resumed, snapshot, attempt = reply
     return _make_connect_outcome(
         _CONNECT_STATUS.get(status) or ConnectStatus(text(status)),
         int(first) == 1,
@@ -226,6 +228,7 @@ def connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
         int(now_ms) / 1000,
         int(resumed) == 1,
         tuple(map(parse_index_entry, snapshot)) if snapshot else (),
+        text(attempt),
     )
 
 

@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._codec import (
+    OUTCOME_FIELD,
     RECORD_FIELD,
     ConnectionRecord,
     Tombstone,
+    decode_connect_outcome,
     decode_tombstone,
+    encode_connect_outcome,
     encode_tombstone,
     parse_index_entry,
     records_of,
@@ -51,6 +54,11 @@ __all__ = ["MemoryStore"]
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
+
+
+def _owned(record: str | None, owner: str) -> bool:
+    """A record exists and ``owner`` (``node/incarnation``; empty: anyone) wrote it."""
+    return record is not None and (not owner or json.loads(record)[4] == owner)
 
 
 @dataclass(slots=True)
@@ -96,15 +104,27 @@ class MemoryStore:
                     version=0,
                     at=now,
                     snapshot=snapshot,
+                    attempt=request.attempt,
                 )
+            outcome_field = OUTCOME_FIELD + request.sid
             if field in records:
+                record = request.record.to_json()
+                if records[field] != record:  # an earlier incarnation's: make it ours
+                    records[field] = record
+                    node_index = self._hash(request.node_index_key, now) or {}
+                    node_index[request.sid] = request.node_entry
+                    self._keys[request.node_index_key] = _Entry(node_index)
+                first, version, attempt = decode_connect_outcome(records.get(outcome_field))
+                if attempt == "?":  # kept before outcomes were: the version now
+                    version = self._version(request.alive_key, now) if request.tracks_alive else 0
                 return ConnectOutcome(
                     status=ConnectStatus.REPEAT,
-                    first=count == 1,
+                    first=first,
                     connections=count,
-                    version=self._version(request.alive_key, now) if request.tracks_alive else 0,
+                    version=version,
                     at=now,
                     snapshot=snapshot,
+                    attempt=attempt,
                 )
             records[field] = request.record.to_json()
             count += 1
@@ -135,6 +155,7 @@ class MemoryStore:
                     alive["since"] = str(_ms(now))
                 alive[layout.state_field] = layout.connect_state
                 self._keys[request.alive_key] = _Entry(alive, None)
+            records[outcome_field] = encode_connect_outcome(first, version, request.attempt)
             return ConnectOutcome(
                 status=ConnectStatus.NEW,
                 first=first,
@@ -143,6 +164,7 @@ class MemoryStore:
                 at=now,
                 resumed=resumed,
                 snapshot=self._snapshot(request, now),
+                attempt=request.attempt,
             )
 
     def disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
@@ -165,7 +187,7 @@ class MemoryStore:
             records = self._hash(request.connections_key, now)
             field = RECORD_FIELD + request.sid
             self._hdel(request.node_index_key, request.sid, now)
-            if records is None or field not in records:
+            if records is None or not _owned(records.get(field), request.owner):
                 return DisconnectOutcome(
                     status=DisconnectStatus.UNKNOWN,
                     last=False,
@@ -175,6 +197,7 @@ class MemoryStore:
                     attempt=request.attempt,
                 )
             record = records.pop(field)
+            records.pop(OUTCOME_FIELD + request.sid, None)
             count = int(records.pop("n", "1")) - 1
             if count > 0:
                 records["n"] = str(count)

@@ -158,6 +158,46 @@ def test_a_stalled_node_is_fenced_and_registers_its_sockets_again(
     assert a.kit.heartbeat() is True
 
 
+def test_records_written_after_a_sweep_move_to_the_new_incarnation(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    """Node a is cut off and swept while it still serves three teachers. Healed, its
+    reconcile writes their records with its old, released incarnation before a
+    heartbeat tells it it was fenced (as a replay or a handler call can). Once fenced,
+    the records move to its new incarnation and the old index is cleared, so when a
+    then dies, its sweep takes every teacher offline: no ghost, no key left behind,
+    and each transition announced once."""
+    a, b = make_node(), make_node()
+    a.kit.heartbeat()
+    teachers = {f"a-t{n}": {**T1, "user_id": n} for n in (1, 2, 3)}
+    for sid, session in teachers.items():
+        a.kit.handle_connect(sid, session)
+        a.sockets.connected.add(sid)
+    b.ready_to_sweep()  # a is cut off meanwhile
+    assert b.kit.sweep_dead_nodes() == 3
+    assert a.kit.reconcile() == 3  # healed: recorded again, under the old incarnation
+    assert a.kit.heartbeat() is False  # fenced: a new incarnation, the records move
+    assert a.kit.stats.fenced == 1
+    assert [(r.sid, r.incarnation) for r in a.kit.connections(1, 2)] == [
+        ("a-t2", a.kit.incarnation)
+    ]
+    raw = redis_server.client(decode_responses=True)
+    assert [
+        n.connections for n in b.kit.nodes() if n.member == a.kit.node_id + "/" + a.kit.incarnation
+    ] == [3]
+    b.ready_to_sweep()  # a dies (it never beats again)
+    assert b.kit.sweep_dead_nodes() == 3
+    assert [state(redis_server, n) for n in (1, 2, 3)] == ["disconnect"] * 3
+    assert b.kit.online_users(1) == []
+    assert list(raw.scan_iter("presence:{presence:node:*")) == []
+    assert [
+        k for k in raw.scan_iter("*") if raw.ttl(k) == -1 and "{presence:nodes}" not in k
+    ] == []
+    connects = sorted(d["user_id"] for e, d, _ in a.sockets.emitted if e == "teacher_connect")
+    assert connects == [1, 1, 2, 2, 3, 3]  # online, then back online after the sweep
+    assert sorted(b.leaves()) == [1, 1, 2, 2, 3, 3]  # "node lost" twice: a died twice
+
+
 def test_a_node_restarted_under_the_same_id_is_a_new_incarnation(
     make_node: Any, redis_server: RedisServer
 ) -> None:

@@ -246,6 +246,63 @@ def test_a_repeat_names_the_attempt_that_made_the_removal(harness: Harness) -> N
     assert harness.store_disconnect(other).attempt == request.attempt
 
 
+def test_a_repeated_connect_returns_the_first_calls_outcome(harness: Harness) -> None:
+    """A connect retried after another connection of the user was added still learns
+    that it was the first (and its version); another call for the same sid learns
+    whose the first call was (so a replay announces exactly what that call did)."""
+    request = harness.core.prepare_connect("sid-1", TEACHER)[3]
+    other = harness.core.prepare_connect("sid-1", TEACHER)[3]
+    assert request.attempt and other.attempt and request.attempt != other.attempt
+    first = harness.store_connect(request)
+    assert (first.status, first.first, first.version, first.attempt) == (
+        ConnectStatus.NEW,
+        True,
+        1,
+        request.attempt,
+    )
+    harness.connect("sid-2", TEACHER)
+    retried = harness.store_connect(request)
+    assert (retried.status, retried.first, retried.connections, retried.version) == (
+        ConnectStatus.REPEAT,
+        True,
+        2,
+        1,
+    )
+    assert retried.attempt == request.attempt
+    assert harness.store_connect(other).attempt == request.attempt
+    harness.disconnect("sid-1", TEACHER)
+    again = harness.connect("sid-2", TEACHER)  # not first when it ran, alone now
+    assert (again.status, again.first, again.connections) == (ConnectStatus.REPEAT, False, 1)
+    assert "o:sid-1" not in harness.hgetall(ALIVE)  # the removal forgot the outcome
+
+
+def test_a_record_of_an_earlier_incarnation_moves_to_the_new_one(harness: Harness) -> None:
+    """A node that learnt it was swept takes a new incarnation and connects its sockets
+    again: a record its old incarnation wrote after the sweep now names the new one,
+    and the new incarnation's index holds it (where a sweep of the node looks)."""
+    core = harness.core
+    harness.connect("sid-1", TEACHER)
+    old_member, old_index = core.member, core.node_index_key("sid-1")
+    core.new_incarnation()
+    again = harness.connect("sid-1", TEACHER)
+    assert (again.status, again.first, again.version) == (ConnectStatus.REPEAT, True, 1)
+    assert core.node_index_key("sid-1") != old_index
+    assert "sid-1" in harness.hgetall(core.node_index_key("sid-1"))
+    record = harness.hgetall(ALIVE)["c:sid-1"]
+    assert core.member in record and old_member not in record
+    assert harness.hgetall(ALIVE)["n"] == "1"
+    # A sweep of the old incarnation (racing the move) leaves the moved record alone.
+    swept = core.sweep_request(old_member, "sid-1", '[1,2,"TeacherAPP"]')
+    assert swept is not None and swept.owner == old_member
+    assert harness.store_disconnect(swept).status is DisconnectStatus.UNKNOWN
+    assert (harness.hgetall(ALIVE)["n"], harness.hgetall(ALIVE)["state"]) == ("1", "connect")
+    # ... while the sweep of the incarnation that wrote it removes it.
+    own = core.sweep_request(core.member, "sid-1", '[1,2,"TeacherAPP"]')
+    assert own is not None
+    assert harness.store_disconnect(own).status is DisconnectStatus.REMOVED
+    assert harness.hgetall(ALIVE)["state"] == "disconnect"
+
+
 def test_unknown_disconnect_writes_nothing(harness: Harness) -> None:
     outcome = harness.disconnect("never-seen", TEACHER)
     assert (outcome.status, outcome.last, outcome.record) == (

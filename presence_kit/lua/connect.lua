@@ -1,6 +1,9 @@
 -- presence_kit: record one connection, atomically for its user.
--- Returns {status, first (0/1), connections, version, now_ms, resumed (0/1), snapshot}
--- with integers and strings only (snapshot: an array of index entries).
+-- Returns {status, first (0/1), connections, version, now_ms, resumed (0/1), snapshot,
+-- attempt} with integers and strings only (snapshot: an array of index entries). On a
+-- repeat, first, version and attempt are the first call's (kept beside the record as
+-- 'o:<sid>' -> 'first:version:attempt'), so a replay of a call whose reply was lost
+-- announces what that call did, and nothing else does.
 local alive_key = KEYS[1]       -- alive hash (the spec's key)
 local records_key = KEYS[2]     -- the user's connection records in this role: fields
                                 -- 'c:<sid>' -> record and 'n' (their count); for roles
@@ -21,10 +24,12 @@ local index_entry = ARGV[7]     -- org index entry
 local with_index = ARGV[8] == '1'     -- write the org and node indexes here (standalone)
 local with_snapshot = ARGV[9] == '1'  -- return a snapshot
 local node_entry = ARGV[10]     -- node index entry
+local this_attempt = ARGV[11]   -- this call's attempt id ([A-Za-z0-9.-]*)
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local field = 'c:' .. sid
+local outcome_field = 'o:' .. sid
 
 local function count()
   return tonumber(redis.call('HGET', records_key, 'n') or '0')
@@ -42,16 +47,22 @@ end
 
 if redis.call('EXISTS', tombstone_key) == 1 then
   -- this sid already disconnected: a late (or retried) connect must not revive it
-  return {'stale', 0, count(), 0, now_ms, 0, snapshot()}
+  return {'stale', 0, count(), 0, now_ms, 0, snapshot(), this_attempt}
 end
-if redis.call('HEXISTS', records_key, field) == 1 then
-  -- already recorded (a retried call): nothing changes
-  local n = count()
-  return {'repeat', n == 1 and 1 or 0, n, version(), now_ms, 0, snapshot()}
+local stored = redis.call('HMGET', records_key, field, outcome_field)
+if stored[1] then
+  -- already recorded (a retried, replayed or repeated call): the first call's outcome
+  if stored[1] ~= record then
+    -- written by an earlier incarnation of this node, before it learnt it had been
+    -- swept: the connection is this incarnation's now, indexed where its sweep looks
+    redis.call('HSET', records_key, field, record)
+    if with_index then redis.call('HSET', node_index_key, sid, node_entry) end
+  end
+  local first, v, attempt = '0', version(), '?'  -- '?': recorded before outcomes were kept
+  if stored[2] then first, v, attempt = string.match(stored[2], '^(%d):(%d+):(.*)$') end
+  return {'repeat', tonumber(first), count(), tonumber(v), now_ms, 0, snapshot(), attempt}
 end
 
--- (HSETNX would save the HEXISTS, but needs a command the documented ACL lacks)
-redis.call('HSET', records_key, field, record)
 local n = redis.call('HINCRBY', records_key, 'n', 1)
 if records_key ~= alive_key then redis.call('EXPIRE', records_key, record_ttl) end
 if with_index then
@@ -80,4 +91,7 @@ if tracks then
     v = version()
   end
 end
-return {'new', first, n, v, now_ms, resumed, snapshot()}
+-- (HSETNX would save the HMGET, but needs a command the documented ACL lacks)
+redis.call('HSET', records_key, field, record,
+  outcome_field, first .. ':' .. v .. ':' .. this_attempt)
+return {'new', first, n, v, now_ms, resumed, snapshot(), this_attempt}

@@ -25,6 +25,8 @@ local remember = ARGV[11] == '1'    -- remember the outcome for repeats (a sweep
                                     -- stalled can register its sockets again)
 local this_attempt = ARGV[12]   -- this call's attempt id ([A-Za-z0-9.-]*), kept in the
                                 -- tombstone
+local owner = ARGV[13]          -- remove the record only if this node incarnation wrote
+                                -- it (a sweep's or reconcile's removal; '' = whoever)
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -45,16 +47,21 @@ end
 
 local field = 'c:' .. sid
 local record = redis.call('HGET', records_key, field)
+if record and owner ~= '' and cjson.decode(record)[5] ~= owner then
+  -- the node moved it to a later incarnation (it was swept while alive): not ours
+  record = nil
+end
 if with_index then redis.call('HDEL', node_index_key, sid) end
 if not record then
   return {'unknown', 0, 0, now_ms, '', 0, this_attempt}
 end
 local last = 0
+local outcome_field = 'o:' .. sid  -- the connect's outcome (see connect.lua)
 if redis.call('HINCRBY', records_key, 'n', -1) <= 0 then
   last = 1
-  redis.call('HDEL', records_key, field, 'n')
+  redis.call('HDEL', records_key, field, outcome_field, 'n')
 else
-  redis.call('HDEL', records_key, field)
+  redis.call('HDEL', records_key, field, outcome_field)
 end
 local deferred = 0
 local v = 0
