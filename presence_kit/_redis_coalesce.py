@@ -80,7 +80,9 @@ class ThreadCoalescer:
 
     def call(self, call: ScriptCall) -> Any:
         """The reply to ``call``; a failed call raises its error (``TimeoutError`` if it
-        got no turn in time: then it was never sent)."""
+        got no turn in time: then it was never sent). A call another thread took into
+        its batch is never given up: it may run, so its caller waits for the batch's
+        reply (the batch is bounded by the connection's own timeout)."""
         with self._lock:
             queued = self._sending
             if queued:
@@ -112,7 +114,10 @@ class ThreadCoalescer:
                 return True
             if mine in self._waiting:
                 self._waiting.remove(mine)  # never sent
-        raise TimeoutError("no turn to send within the deadline")
+                raise TimeoutError("no turn to send within the deadline")
+        # Taken into another thread's batch, in flight: it may have run already.
+        mine.done.wait()
+        return False
 
     def _send_with(self, call: ScriptCall, others: list[_Turn]) -> Any:
         """Send ``call`` with the calls of ``others`` (one round trip); ``call``'s reply.
