@@ -28,7 +28,7 @@ can: a room of a sid this process holds is left locally (in a disconnect handler
 python-socketio already counts the sid as gone, and its pub/sub manager would publish
 the leave to the other hosts instead), and an emit through a pub/sub manager waits at
 most ``publish_timeout`` seconds for the broker: the local clients have it by then,
-and the publish finishes in the background (counted in :attr:`late_emits`, a failure
+and the publish finishes in the background (counted in :attr:`SocketIORooms.late_emits`, a failure
 logged).
 """
 
