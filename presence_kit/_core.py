@@ -40,7 +40,6 @@ from ._model import (
     FinishLeaveOutcome,
     FinishLeaveRequest,
     Heartbeat,
-    OnlineUser,
     OrgQuery,
     StoreLayout,
 )
@@ -53,39 +52,27 @@ from ._policies import (
 )
 from ._prepared import Held, PreparedConnect, PreparedDisconnect, hold, same_session
 from ._session import (
-    REASON_PATTERN,
     Id,
     Session,
     parse_session,
     read_role,
     validate_id,
+    validate_reason,
     validate_role,
     validate_sid,
 )
 from ._settings import Settings
 
-__all__ = ["KitCore", "KitStats", "NodeLiveness", "Outbox", "PendingOperation", "group_online"]
+__all__ = ["KitCore", "KitStats", "NodeLiveness", "Outbox", "PendingOperation"]
 
 logger = logging.getLogger("presence_kit")
 
-UNKNOWN_REASON = "unknown"
 
 # The hot path builds these from validated parts (positional, in field order).
 _make_connect_request = maker(ConnectRequest)
 _make_disconnect_request = maker(DisconnectRequest)
 _make_connect_facts = maker(ConnectFacts)
 _make_disconnect_facts = maker(DisconnectFacts)
-
-
-def validate_reason(reason: object) -> str:
-    """The disconnect reason: ``None`` becomes ``"unknown"``; else 1-128 printable ASCII."""
-    if reason is None:
-        return UNKNOWN_REASON
-    if not isinstance(reason, str):
-        raise InvalidSessionError("reason", f"must be a str or None, got {type(reason).__name__}")
-    if not REASON_PATTERN.fullmatch(reason):
-        raise InvalidSessionError("reason", "must be 1-128 printable ASCII characters")
-    return reason
 
 
 def generate_node_id() -> str:
@@ -518,18 +505,3 @@ class KitCore:
             role=role,
         )
         return session, policy
-
-
-def group_online(entries: Mapping[str, tuple[Id, Id]], lesson_id: Id | None) -> list[OnlineUser]:
-    """Fold index entries into one :class:`OnlineUser` per user (in a lesson, if given)."""
-    counts: dict[Id, int] = {}
-    lessons: dict[Id, dict[Id, None]] = {}
-    for user_id, user_lesson in entries.values():
-        if lesson_id is not None and str(user_lesson) != str(lesson_id):
-            continue
-        counts[user_id] = counts.get(user_id, 0) + 1
-        lessons.setdefault(user_id, {})[user_lesson] = None
-    return [
-        OnlineUser(user_id=user_id, connections=n, lesson_ids=tuple(lessons[user_id]))
-        for user_id, n in sorted(counts.items(), key=lambda item: str(item[0]))
-    ]

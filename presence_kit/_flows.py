@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from ._calls import Begin, Call, Finish, Flow, Started, call, collect, effect_call, enqueue, start
-from ._core import KitCore, KitStats, group_online
+from ._core import KitCore, KitStats
 from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
 from ._errors import StoreError
 from ._model import (
@@ -40,6 +40,7 @@ from ._model import (
     NodeInfo,
     OnlineUser,
     UserPresence,
+    group_online,
 )
 from ._outbox import PendingOperation
 from ._policies import DisconnectPolicy

@@ -7,6 +7,7 @@ templates or policies, and an adapter for another database implements two method
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -31,6 +32,7 @@ __all__ = [
     "OrgQuery",
     "StoreLayout",
     "UserPresence",
+    "group_online",
 ]
 
 
@@ -311,3 +313,18 @@ class Heartbeat:
         return heartbeat_args(
             self.member, first=self.first, info=self.info, offset_ms=self.offset_ms
         )
+
+
+def group_online(entries: Mapping[str, tuple[Id, Id]], lesson_id: Id | None) -> list[OnlineUser]:
+    """Fold index entries into one :class:`OnlineUser` per user (in a lesson, if given)."""
+    counts: dict[Id, int] = {}
+    lessons: dict[Id, dict[Id, None]] = {}
+    for user_id, user_lesson in entries.values():
+        if lesson_id is not None and str(user_lesson) != str(lesson_id):
+            continue
+        counts[user_id] = counts.get(user_id, 0) + 1
+        lessons.setdefault(user_id, {})[user_lesson] = None
+    return [
+        OnlineUser(user_id=user_id, connections=n, lesson_ids=tuple(lessons[user_id]))
+        for user_id, n in sorted(counts.items(), key=lambda item: str(item[0]))
+    ]

@@ -26,6 +26,7 @@ __all__ = [
     "parse_session",
     "read_role",
     "validate_id",
+    "validate_reason",
     "validate_role",
     "validate_sid",
 ]
@@ -201,3 +202,17 @@ def parse_session(
         validate_id("lesson_id", _read(mapping, "lesson_id"), id_pattern),
         room_id,
     )
+
+
+UNKNOWN_REASON = "unknown"
+
+
+def validate_reason(reason: object) -> str:
+    """The disconnect reason: ``None`` becomes ``"unknown"``; else 1-128 printable ASCII."""
+    if reason is None:
+        return UNKNOWN_REASON
+    if not isinstance(reason, str):
+        raise InvalidSessionError("reason", f"must be a str or None, got {type(reason).__name__}")
+    if not REASON_PATTERN.fullmatch(reason):
+        raise InvalidSessionError("reason", "must be 1-128 printable ASCII characters")
+    return reason

@@ -57,8 +57,14 @@ def _ms(seconds: float) -> int:
 
 
 def _owned(record: str | None, owner: str) -> bool:
-    """A record exists and ``owner`` (``node/incarnation``; empty: anyone) wrote it."""
-    return record is not None and (not owner or json.loads(record)[4] == owner)
+    """A record exists and ``owner`` (``node/incarnation``; empty: anyone) wrote it (a
+    record that cannot be parsed is anyone's, as ``lua/disconnect.lua`` has it)."""
+    if record is None or not owner:
+        return record is not None
+    try:
+        return bool(json.loads(record)[4] == owner)
+    except (ValueError, IndexError, TypeError):
+        return True
 
 
 @dataclass(slots=True)

@@ -18,8 +18,7 @@ from presence_kit import (
     Settings,
 )
 from presence_kit._codec import compact, id_list
-from presence_kit._core import validate_reason
-from presence_kit._session import parse_session, read_role, validate_sid
+from presence_kit._session import parse_session, read_role, validate_reason, validate_sid
 
 DEFAULT = re.compile(Settings().id_pattern)
 TEACHER = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 3}

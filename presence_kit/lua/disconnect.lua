@@ -47,9 +47,12 @@ end
 
 local field = 'c:' .. sid
 local record = redis.call('HGET', records_key, field)
-if record and owner ~= '' and cjson.decode(record)[5] ~= owner then
-  -- the node moved it to a later incarnation (it was swept while alive): not ours
-  record = nil
+if record and owner ~= '' then
+  local parsed, fields = pcall(cjson.decode, record)
+  if parsed and fields[5] ~= owner then
+    -- the node moved it to a later incarnation (it was swept while alive): not ours
+    record = nil
+  end
 end
 if with_index then redis.call('HDEL', node_index_key, sid) end
 if not record then
