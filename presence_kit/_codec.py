@@ -171,15 +171,23 @@ class Tombstone(NamedTuple):
     """The removed connection's record, as :func:`encode_record` wrote it."""
 
 
-def encode_tombstone(stone: Tombstone) -> str:
+SOFT_TOMBSTONE = "~"
+"""First character of a sweep's tombstone: its repeats get its outcome, but it refuses
+no connect (a node that was only cut off registers the sid again, which deletes it)."""
+
+
+def encode_tombstone(stone: Tombstone, *, soft: bool = False) -> str:
     """The tombstone's stored text."""
     last, version, at_ms, deferred, attempt, record = stone
-    return f"{int(last)}:{version}:{at_ms}:{int(deferred)}:{attempt}:{record}"
+    mark = SOFT_TOMBSTONE if soft else ""
+    return f"{mark}{int(last)}:{version}:{at_ms}:{int(deferred)}:{attempt}:{record}"
 
 
 def decode_tombstone(text: str) -> Tombstone:
     """Parse what :func:`encode_tombstone` (or the script) wrote."""
-    last, version, at_ms, deferred, attempt, record = text.split(":", 5)
+    last, version, at_ms, deferred, attempt, record = text.removeprefix(SOFT_TOMBSTONE).split(
+        ":", 5
+    )
     return Tombstone(last == "1", int(version), int(at_ms), deferred == "1", attempt, record)
 
 

@@ -125,6 +125,9 @@ class KitCore:
         self.node_id = self.settings.node_id or generate_node_id()
         self.incarnation = secrets.token_hex(3)
         self.liveness = NodeLiveness()
+        self.unconfirmed: dict[str, DisconnectRequest] = {}
+        """Removals of sweeps and reconciles whose call failed after it may have run, by
+        sid: made again with the same attempt, so a lost reply loses no leave."""
         self.former_members: list[str] = []
         """Earlier incarnations of this kit whose node indexes may still hold entries:
         written after their sweep, before the kit learnt it had been fenced."""
@@ -322,10 +325,33 @@ class KitCore:
             policy.tracks_alive,
             reason or self.settings.lost_reason,
             self.layout,
-            reason is not None,  # remember
-            "",  # attempt
+            reason is not None,  # remember (a sweep's tombstone is soft)
+            self._next_attempt(),
             member,  # owner: only a record that incarnation wrote
         )
+
+    def keep_unconfirmed(self, requests: Sequence[DisconnectRequest]) -> None:
+        """Keep removals whose call failed (the first request of a sid stays: its
+        attempt is the one that may have run)."""
+        for request in requests:
+            self.unconfirmed.setdefault(request.sid, request)
+
+    def take_unconfirmed(self) -> list[DisconnectRequest]:
+        """The kept removals, to make again (kept again if that fails)."""
+        requests, self.unconfirmed = list(self.unconfirmed.values()), {}
+        return requests
+
+    @staticmethod
+    def own_removal(
+        request: DisconnectRequest, outcome: DisconnectOutcome
+    ) -> DisconnectOutcome | None:
+        """The removal ``request`` made, as ``REMOVED``: now, or in an earlier try whose
+        reply was lost (a repeat naming its attempt); ``None``: it made none."""
+        if outcome.status is DisconnectStatus.REMOVED:
+            return outcome
+        if outcome.status is DisconnectStatus.REPEAT and outcome.attempt == request.attempt:
+            return replace(outcome, status=DisconnectStatus.REMOVED)
+        return None
 
     def queue(self, op: PendingOperation) -> None:
         """Keep a failed store operation for replay (the oldest is forced out when full)."""

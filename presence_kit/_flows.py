@@ -36,7 +36,6 @@ from ._model import (
     ConnectStatus,
     DisconnectOutcome,
     DisconnectRequest,
-    DisconnectStatus,
     NodeInfo,
     OnlineUser,
     UserPresence,
@@ -318,7 +317,8 @@ class KitFlows:
         yield from self._reconcile_flow()
 
     def _sweep_flow(self) -> Flow[int]:
-        core, store, recovered = self._core, self._store, 0
+        core, store = self._core, self._store
+        recovered = yield from self._unconfirmed_flow()
         keys, timeout_ms, ttl_ms = core.keys, core.node_timeout_ms, core.node_timeout_ms
         while True:
             member = yield from call(store.claim_node, keys, timeout_ms, ttl_ms)
@@ -387,6 +387,7 @@ class KitFlows:
         core = self._core
         if self._local_sids() is None:
             return 0
+        confirmed = yield from self._unconfirmed_flow()
         # Entries of former incarnations (written after their sweep, before this kit
         # learnt it was fenced) are read only once no queued operation can add more.
         former = list(core.former_members) if not core.outbox else []
@@ -400,7 +401,7 @@ class KitFlows:
         stale: dict[str, DisconnectRequest | None] = {}  # the newest incarnation's last
         for member, entries in read:
             for sid, entry in entries.items():
-                if sid not in live:
+                if sid not in live and sid not in core.unconfirmed:
                     stale[sid] = core.sweep_request(member, sid, entry, reason="stale connection")
         recovered = yield from self._recover_flow([r for r in stale.values() if r is not None])
         # A live socket missing from this incarnation's index is recorded again; one
@@ -409,7 +410,7 @@ class KitFlows:
         for member in former:
             yield from call(self._store.release_node, core.keys, member)
             core.former_members.remove(member)
-        return recovered + repaired
+        return confirmed + recovered + repaired
 
     def _repair_flow(self, unrecorded: set[str]) -> Flow[int]:
         """Record again the live sockets of this node that Redis does not know (their
@@ -428,7 +429,13 @@ class KitFlows:
             if session is None or sid in pending:  # not ours, or the replay will make it
                 continue
             sid, parsed, policy, request = core.prepare_connect(sid, session)
-            outcome = yield from call(self._store.connect, request)
+            try:
+                outcome = yield from call(self._store.connect, request)
+            except Exception:
+                # It may have run (its reply lost): the replay makes it again with the
+                # same attempt, and announces what it did.
+                core.queue(PendingOperation("connect", sid, parsed, policy, request))
+                raise
             if outcome.status is not ConnectStatus.NEW:
                 continue  # recorded meanwhile (REPEAT), or disconnected meanwhile (STALE)
             repaired += 1
@@ -439,6 +446,11 @@ class KitFlows:
                 yield from self._effects_flow(core.recovered_effects(removed, undo.reason))
         return repaired
 
+    def _unconfirmed_flow(self) -> Flow[int]:
+        """Make the removals again whose replies were lost (see :meth:`_recovered_flow`):
+        the first step of every sweep and reconcile."""
+        return (yield from self._recover_flow(self._core.take_unconfirmed()))
+
     def _recover_flow(self, requests: Sequence[DisconnectRequest]) -> Flow[int]:
         if not requests:
             return 0
@@ -448,15 +460,21 @@ class KitFlows:
     def _recovered_flow(
         self, requests: Sequence[DisconnectRequest], started: Started[list[DisconnectOutcome]]
     ) -> Flow[int]:
-        """Collect a started ``disconnect_many`` and announce what it recovered."""
-        outcomes = yield from collect(self._finish, started)
+        """Collect a started ``disconnect_many`` and announce what it recovered. If it
+        failed, it may have run (its reply lost): its requests are kept, and made again
+        with the same attempts until their outcomes are known."""
+        core = self._core
+        try:
+            outcomes = yield from collect(self._finish, started)
+        except Exception:
+            core.keep_unconfirmed(requests)
+            raise
         recovered = 0
         for request, outcome in zip(requests, outcomes, strict=True):
-            if outcome.status is DisconnectStatus.REMOVED:
+            removal = core.own_removal(request, outcome)
+            if removal is not None:
                 recovered += 1
-                yield from self._effects_flow(
-                    self._core.recovered_effects(outcome, request.reason)
-                )
+                yield from self._effects_flow(core.recovered_effects(removal, request.reason))
         self._core.count("recovered", recovered)
         return recovered
 

@@ -201,8 +201,9 @@ class DisconnectRequest(_UserKeyed):
     reason: str
     layout: StoreLayout
     remember: bool = True
-    """Keep a tombstone so a repeat returns this outcome (a sweep does not: a node that
-    was only stalled may register the same sid again)."""
+    """Leave a tombstone that refuses a late connect of the sid. A sweep's removal
+    (``False``) leaves a soft one: a repeat still gets this outcome, but a node that
+    was only cut off may register the same sid again."""
     attempt: str = ""
     """Identifies this handler call (``[A-Za-z0-9.-]``, at most 64 characters); the
     tombstone keeps it, so a repeat tells whether the first call was this one."""

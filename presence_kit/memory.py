@@ -21,6 +21,7 @@ from typing import Any
 from ._codec import (
     OUTCOME_FIELD,
     RECORD_FIELD,
+    SOFT_TOMBSTONE,
     ConnectionRecord,
     Tombstone,
     decode_connect_outcome,
@@ -102,7 +103,10 @@ class MemoryStore:
             count = int(records.get("n", "0"))
             field = RECORD_FIELD + request.sid
             snapshot = self._snapshot(request, now)
-            if self._get(request.tombstone_key, now) is not None:
+            stone = self._get(request.tombstone_key, now)
+            if isinstance(stone, str) and stone.startswith(SOFT_TOMBSTONE):
+                del self._keys[request.tombstone_key]  # swept, registered again
+            elif stone is not None:
                 return ConnectOutcome(
                     status=ConnectStatus.STALE,
                     first=False,
@@ -179,6 +183,9 @@ class MemoryStore:
             now = self._clock()
             layout = request.layout
             done = self._get(request.tombstone_key, now)
+            if isinstance(done, str) and done.startswith(SOFT_TOMBSTONE) and request.remember:
+                done = done[len(SOFT_TOMBSTONE) :]  # a handler call after the sweep
+                self._keys[request.tombstone_key] = _Entry(done, now + layout.tombstone_ttl)
             if isinstance(done, str):
                 stone = decode_tombstone(done)
                 return DisconnectOutcome(
@@ -228,11 +235,10 @@ class MemoryStore:
             if not deferred:
                 self._hdel(request.org_index_key, request.sid, now)
             at_ms = _ms(now)
-            if request.remember:
-                stone = Tombstone(last, version, at_ms, deferred, request.attempt, record)
-                self._keys[request.tombstone_key] = _Entry(
-                    encode_tombstone(stone), now + layout.tombstone_ttl
-                )
+            stone = Tombstone(last, version, at_ms, deferred, request.attempt, record)
+            self._keys[request.tombstone_key] = _Entry(
+                encode_tombstone(stone, soft=not request.remember), now + layout.tombstone_ttl
+            )
             return DisconnectOutcome(
                 status=DisconnectStatus.REMOVED,
                 last=last,

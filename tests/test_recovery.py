@@ -24,11 +24,31 @@ P1 = {"role": "ParticipantWeb", "org_id": 1, "user_id": 9, "lesson_id": 5, "room
 HUB = {"role": "TeacherHub", "org_id": 1, "user_id": 100, "lesson_id": 5}
 
 
+class _ReplyLosingStore(RedisStore):
+    """A real RedisStore whose next ``lose`` calls of the named operations run, but
+    whose replies are lost (as if they timed out after Redis ran them)."""
+
+    lose: dict[str, int]
+
+    def _maybe_lose(self, operation: str, outcome: Any) -> Any:
+        if self.lose.get(operation):
+            self.lose[operation] -= 1
+            raise StoreError(f"timed out after {operation} ran")
+        return outcome
+
+    def connect(self, request: Any) -> Any:
+        return self._maybe_lose("connect", super().connect(request))
+
+    def disconnect_many(self, requests: Any) -> Any:
+        return self._maybe_lose("disconnect_many", super().disconnect_many(requests))
+
+
 class Node:
     def __init__(self, server: Any, **settings: Any) -> None:
         self.sockets = RecordingSockets()
         self.analytics = RecordingAnalytics()
-        self.store = RedisStore(server.client())
+        self.store = _ReplyLosingStore(server.client())
+        self.store.lose = {}
         self.kit = PresenceKit(
             store=self.store,
             sockets=self.sockets,
@@ -196,6 +216,59 @@ def test_records_written_after_a_sweep_move_to_the_new_incarnation(
     connects = sorted(d["user_id"] for e, d, _ in a.sockets.emitted if e == "teacher_connect")
     assert connects == [1, 1, 2, 2, 3, 3]  # online, then back online after the sweep
     assert sorted(b.leaves()) == [1, 1, 2, 2, 3, 3]  # "node lost" twice: a died twice
+
+
+def test_a_sweep_whose_reply_was_lost_announces_each_leave_once(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    """b's sweep of dead node a runs in Redis, but its reply is lost: the leaves are
+    not known yet. b's next sweep makes the same removals again (the same attempts),
+    learns that its own try made them, and announces each leave once."""
+    a, b = make_node(), make_node()
+    a.kit.heartbeat()
+    a.kit.handle_connect("a-t1", T1)
+    a.kit.handle_connect("a-p1", P1)
+    b.ready_to_sweep()
+    b.store.lose["disconnect_many"] = 1
+    with pytest.raises(StoreError):
+        b.kit.sweep_dead_nodes()
+    assert state(redis_server, 1) == "disconnect"  # it ran
+    assert b.leaves() == []
+    assert b.kit.sweep_dead_nodes() == 2  # the lost removals, confirmed
+    assert b.leaves() == [1]
+    assert [e.properties["reason"] for e in b.analytics.events] == ["node lost"]
+    assert b.kit.sweep_dead_nodes() == 0
+    assert b.leaves() == [1]
+
+
+def test_reconciles_whose_replies_were_lost_announce_once(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    """A reconcile's removal of a stale record, and its repair of an unrecorded live
+    socket, run in Redis but their replies are lost: the removal is confirmed by the
+    next reconcile and the repair by the replay, each announced once."""
+    a = make_node()
+    a.kit.handle_connect("gone", T1)  # its socket is gone: a stale record
+    a.store.lose["connect"] = 1
+    a.kit.handle_connect("live", T2)  # its reply is lost: queued, and replayed
+    assert a.kit.replay_outbox() == 1
+    raw = redis_server.client()
+    raw.delete("alive:org_1_user_2")  # as if its connect had been forced out of the outbox
+    for index in raw.scan_iter("presence:{presence:node:*"):
+        raw.hdel(index, "live")
+    a.sockets.connected.add("live")
+    a.store.lose = {"disconnect_many": 1, "connect": 1}
+    with pytest.raises(StoreError):
+        a.kit.reconcile()  # the removal ran, its reply is lost
+    with pytest.raises(StoreError):
+        a.kit.reconcile()  # confirmed; the repair ran, its reply is lost: queued
+    assert a.leaves() == [1]
+    assert a.kit.pending == 1
+    assert a.kit.replay_outbox() == 1
+    connects = [d["user_id"] for e, d, _ in a.sockets.emitted if e == "teacher_connect"]
+    assert connects == [1, 2, 2]  # the handler calls' and the repair's, once each
+    assert a.kit.reconcile() == 0
+    assert (state(redis_server, 1), state(redis_server, 2)) == ("disconnect", "connect")
 
 
 def test_a_node_restarted_under_the_same_id_is_a_new_incarnation(

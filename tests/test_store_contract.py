@@ -303,6 +303,36 @@ def test_a_record_of_an_earlier_incarnation_moves_to_the_new_one(harness: Harnes
     assert harness.hgetall(ALIVE)["state"] == "disconnect"
 
 
+def test_a_sweeps_tombstone_answers_repeats_and_refuses_no_connect(harness: Harness) -> None:
+    """A sweep's removal leaves a soft tombstone: a repeat of that removal gets its
+    outcome (a sweep whose reply was lost learns it ran), the node that was only cut
+    off records the sid again, and a handler's disconnect after the sweep makes the
+    tombstone a hard one (no late connect revives the sid)."""
+    core = harness.core
+    harness.connect("sid-1", TEACHER)
+    entry = '[1,2,"TeacherAPP"]'
+    swept = core.sweep_request(core.member, "sid-1", entry)
+    assert swept is not None and not swept.remember
+    first = harness.store_disconnect(swept)
+    assert (first.status, first.last) == (DisconnectStatus.REMOVED, True)
+    again = harness.store_disconnect(swept)
+    assert (again.status, again.attempt, again.version) == (
+        DisconnectStatus.REPEAT,
+        swept.attempt,
+        first.version,
+    )
+    back = harness.connect("sid-1", TEACHER)  # the node registers it again
+    assert (back.status, back.first) == (ConnectStatus.NEW, True)
+    assert harness.disconnect("sid-1", TEACHER).status is DisconnectStatus.REMOVED
+    harness.connect("sid-2", TEACHER)
+    swept = core.sweep_request(core.member, "sid-2", entry)
+    assert swept is not None
+    harness.store_disconnect(swept)
+    handler = harness.disconnect("sid-2", TEACHER)  # after its sweep
+    assert (handler.status, handler.attempt) == (DisconnectStatus.REPEAT, swept.attempt)
+    assert harness.connect("sid-2", TEACHER).status is ConnectStatus.STALE
+
+
 def test_unknown_disconnect_writes_nothing(harness: Harness) -> None:
     outcome = harness.disconnect("never-seen", TEACHER)
     assert (outcome.status, outcome.last, outcome.record) == (

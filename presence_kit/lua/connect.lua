@@ -45,9 +45,14 @@ local function snapshot()
   return {}
 end
 
-if redis.call('EXISTS', tombstone_key) == 1 then
-  -- this sid already disconnected: a late (or retried) connect must not revive it
-  return {'stale', 0, count(), 0, now_ms, 0, snapshot(), this_attempt}
+local stone = redis.call('GET', tombstone_key)
+if stone then
+  if string.sub(stone, 1, 1) ~= '~' then
+    -- this sid already disconnected: a late (or retried) connect must not revive it
+    return {'stale', 0, count(), 0, now_ms, 0, snapshot(), this_attempt}
+  end
+  -- swept as a lost node's, which was only cut off: it registers the sid again
+  redis.call('DEL', tombstone_key)
 end
 local stored = redis.call('HMGET', records_key, field, outcome_field)
 if stored[1] then

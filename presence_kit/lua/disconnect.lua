@@ -20,9 +20,10 @@ local grace_ms = tonumber(ARGV[8])  -- leave grace (0 = announce at once)
 local queue_member = ARGV[9]    -- leave-queue member
 local with_index = ARGV[10] == '1'  -- update the org and node indexes and queue a
                                     -- held-back leave here (standalone)
-local remember = ARGV[11] == '1'    -- remember the outcome for repeats (a sweep of a lost
-                                    -- node does not, so that a node that was only
-                                    -- stalled can register its sockets again)
+local remember = ARGV[11] == '1'    -- leave a tombstone that refuses a late connect; a
+                                    -- sweep of a lost node leaves a soft one ('~'
+                                    -- first): its repeats get the outcome, but a node
+                                    -- that was only stalled can register the sid again
 local this_attempt = ARGV[12]   -- this call's attempt id ([A-Za-z0-9.-]*), kept in the
                                 -- tombstone
 local owner = ARGV[13]          -- remove the record only if this node incarnation wrote
@@ -32,6 +33,12 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local done = redis.call('GET', tombstone_key)
+if done and string.sub(done, 1, 1) == '~' then
+  done = string.sub(done, 2)
+  if remember then  -- a handler call after its sweep: no connect may revive it now
+    redis.call('SET', tombstone_key, done, 'EX', tombstone_ttl)
+  end
+end
 if done then
   -- a repeat: what the first call did ("last:version:at_ms:deferred:attempt:record";
   -- tombstones written before attempts were kept lack that field: attempt '?')
@@ -87,9 +94,7 @@ if tracks then
   end
 end
 if with_index and deferred == 0 then redis.call('HDEL', org_index_key, sid) end
-if remember then
-  redis.call('SET', tombstone_key,
-    last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. this_attempt .. ':' .. record,
-    'EX', tombstone_ttl)
-end
+redis.call('SET', tombstone_key, (remember and '' or '~') ..
+  last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. this_attempt .. ':' .. record,
+  'EX', tombstone_ttl)
 return {'removed', last, v, now_ms, record, deferred, this_attempt}
