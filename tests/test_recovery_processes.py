@@ -6,79 +6,23 @@ exactly once, within node_timeout plus a few seconds."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.mixpanel_endpoint import MixpanelEndpoint
+from tests.support.node_process import NodeProcess, nodes
 from tests.support.redis_servers import RedisServer
 from tests.support.sio_harness import RecordingAsyncClient, connect_async_client, eventually
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.partition_proxy import PartitionProxy
 
-ROOT = Path(__file__).resolve().parent.parent
 NODE_TIMEOUT = 1.0
 HUB = {"role": "TeacherHub", "org_id": 1, "user_id": 100, "lesson_id": 5}
 T1 = {"role": "TeacherAPP", "org_id": 1, "user_id": 1, "lesson_id": 5}
 T2 = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 5}
 P1 = {"role": "ParticipantWeb", "org_id": 1, "user_id": 9, "lesson_id": 5, "room_id": "r-9"}
-
-
-class NodeProcess:
-    def __init__(self, redis_url: str, mixpanel_url: str, node_id: str) -> None:
-        env = {
-            **os.environ,
-            "REDIS_URL": redis_url,
-            "MIXPANEL_URL": mixpanel_url,
-            "NODE_ID": node_id,
-            "NODE_TIMEOUT": str(NODE_TIMEOUT),
-            "PYTHONPATH": str(ROOT),
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.node_server"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY "):
-            self.proc.kill()
-            raise RuntimeError(f"node {node_id} did not start: {line!r}")
-        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-@contextmanager
-def nodes(redis_url: str, mixpanel_url: str, count: int) -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    try:
-        for n in range(1, count + 1):
-            started.append(NodeProcess(redis_url, mixpanel_url, f"node-{n}"))
-        yield started
-    finally:
-        for node in started:
-            node.stop()
 
 
 def teacher_events(client: RecordingAsyncClient, event: str) -> list[Any]:
@@ -172,10 +116,11 @@ async def test_a_stalled_node_is_swept_then_fenced_and_registers_again(
 async def test_a_node_cut_off_from_redis_is_swept_then_fenced(
     redis_server: RedisServer, mixpanel_endpoint: MixpanelEndpoint
 ) -> None:
-    """Node 2 reaches Redis through a TCP proxy that the test cuts for longer than
-    node_timeout: node 1 sweeps it; when the link is restored node 2 learns it was
-    fenced and registers the teacher it still serves again."""
-    proxy = TcpProxy(redis_server.port)
+    """Node 2 reaches Redis through a proxy that the test cuts (its connections reset)
+    for longer than node_timeout: node 1 sweeps it; when the link is restored node 2
+    learns it was fenced and registers the teacher it still serves again. (Partitions
+    that hold bytes, and one-way cuts, are in ``test_partitions.py``.)"""
+    proxy = PartitionProxy(redis_server.port)
     node1 = NodeProcess(redis_server.url, mixpanel_endpoint.url, "node-1")
     node2 = NodeProcess(proxy.url, mixpanel_endpoint.url, "node-2")
     hub = teacher = None
@@ -185,7 +130,9 @@ async def test_a_node_cut_off_from_redis_is_swept_then_fenced(
         await eventually(lambda: raw.pubsub_numsub("socketio")[0][1] >= 1, 5)
         teacher = await connect_async_client(node2.url, T1)
         await eventually(lambda: teacher_events(hub, "teacher_connect") == [1], 5)
-        proxy.cut()
+        proxy.hold("both")
+        proxy.heal("reset")  # the open connections reset
+        proxy.hold("both")  # new ones hang
         try:
             try:
                 await eventually(lambda: teacher_events(hub, "teacher_disconnect") == [1], 10)
@@ -200,7 +147,7 @@ async def test_a_node_cut_off_from_redis_is_swept_then_fenced(
                 ) from None
             assert raw.hget("alive:org_1_user_1", "state") == b"disconnect"
         finally:
-            proxy.restore()
+            proxy.heal("flush")
         await eventually(lambda: teacher_events(hub, "teacher_connect") == [1, 1], 10)
         assert raw.hget("alive:org_1_user_1", "state") == b"connect"
         assert teacher.connected

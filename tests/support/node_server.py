@@ -4,14 +4,27 @@ python-socketio ``AsyncServer`` on aiohttp with an ``AsyncRedisManager`` (so emi
 clients on every node), ``AsyncPresenceKit`` over ``AsyncRedisStore``, and Mixpanel
 pointed at the test's local endpoint. Configured by environment variables; prints
 ``READY <port>`` once it listens.
+
+Environment: ``REDIS_URL`` (required; the store and the client manager both use it),
+``NODE_ID``, ``HEARTBEAT_INTERVAL``, ``NODE_TIMEOUT``, ``SHUTDOWN_GRACE``,
+``RECONCILE_INTERVAL``, ``INCLUDE_VERSION=1`` (teacher events carry ``"version"``),
+``MIXPANEL_URL``, ``PORT``.
+
+``GET /_test/state`` answers JSON for the partition tests: this node's local sids with
+their sessions, ``kit.stats``, ``kit.pending``, ``kit.incarnation`` and how long the
+kit's connect/disconnect calls took (the slowest, and how many went over
+:data:`HANDLER_DEADLINE`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
-from typing import Any
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import mixpanel
 import redis.asyncio
@@ -24,6 +37,31 @@ from presence_kit.redis import AsyncRedisStore
 from presence_kit.socketio import AsyncSocketIORooms
 from tests.support.redis_servers import aclose_client
 
+HANDLER_DEADLINE = 2.0
+"""Seconds a connect or disconnect handler's kit call may take (issue 18)."""
+
+T = TypeVar("T")
+
+
+class HandlerTimes:
+    """The slowest kit call per handler, and how many went over the deadline."""
+
+    def __init__(self) -> None:
+        self.slowest = {"connect": 0.0, "disconnect": 0.0}
+        self.calls = 0
+        self.over_deadline = 0
+
+    async def timed(self, handler: str, call: Awaitable[T]) -> T:
+        started = time.monotonic()
+        try:
+            return await call
+        finally:
+            took = time.monotonic() - started
+            self.calls += 1
+            self.slowest[handler] = max(self.slowest[handler], took)
+            if took > HANDLER_DEADLINE:
+                self.over_deadline += 1
+
 
 async def main() -> None:
     redis_url = os.environ["REDIS_URL"]
@@ -33,6 +71,8 @@ async def main() -> None:
         node_timeout=float(os.environ.get("NODE_TIMEOUT", "1.0")),
         shutdown_grace=float(os.environ.get("SHUTDOWN_GRACE", "1.0")),
         leave_poll_interval=0.1,
+        reconcile_interval=float(os.environ.get("RECONCILE_INTERVAL", "30")),
+        include_version=os.environ.get("INCLUDE_VERSION") == "1",
     )
     sio = socketio.AsyncServer(
         async_mode="aiohttp", client_manager=socketio.AsyncRedisManager(redis_url)
@@ -42,26 +82,50 @@ async def main() -> None:
         consumer = mixpanel.Consumer(events_url=os.environ["MIXPANEL_URL"])
         analytics = MixpanelAnalytics(mixpanel.Mixpanel("node-token", consumer=consumer))
     client = redis.asyncio.Redis.from_url(redis_url)
+    rooms = AsyncSocketIORooms(sio)
     kit = AsyncPresenceKit(
-        store=AsyncRedisStore(client),
-        sockets=AsyncSocketIORooms(sio),
-        analytics=analytics,
-        settings=settings,
+        store=AsyncRedisStore(client), sockets=rooms, analytics=analytics, settings=settings
     )
+    times = HandlerTimes()
 
     async def connect(sid: str, environ: dict[str, Any], auth: dict[str, Any]) -> None:
         await sio.save_session(sid, auth)
         try:
-            await kit.handle_connect(sid, auth)
+            await times.timed("connect", kit.handle_connect(sid, auth))
         except PresenceError as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from exc
 
     async def disconnect(sid: str, reason: str) -> None:
-        await kit.handle_disconnect(sid, await sio.get_session(sid), reason=reason)
+        session = await sio.get_session(sid)
+        await times.timed("disconnect", kit.handle_disconnect(sid, session, reason=reason))
+
+    async def state(request: web.Request) -> web.Response:
+        sockets: dict[str, Any] = {}
+        for sid in sorted(rooms.local_sids()):
+            try:
+                sockets[sid] = await sio.get_session(sid)
+            except KeyError:  # gone between the listing and the lookup
+                continue
+        return web.json_response(
+            {
+                "node_id": kit.node_id,
+                "incarnation": kit.incarnation,
+                "pending": kit.pending,
+                "stats": dataclasses.asdict(kit.stats),
+                "sockets": sockets,
+                "handlers": {
+                    "calls": times.calls,
+                    "slowest": times.slowest,
+                    "over_deadline": times.over_deadline,
+                    "deadline": HANDLER_DEADLINE,
+                },
+            }
+        )
 
     sio.on("connect", connect)
     sio.on("disconnect", disconnect)
     app = web.Application()
+    app.router.add_get("/_test/state", state)
     sio.attach(app)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()

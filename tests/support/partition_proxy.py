@@ -46,6 +46,9 @@ class _Link:
         self.eof = [False, False]
         self.dead = False
 
+    def is_dead(self) -> bool:
+        return self.dead
+
     def sockets(self) -> list[socket.socket]:
         return [s for s in (self.client, self.upstream) if s is not None]
 
@@ -185,7 +188,7 @@ class PartitionProxy:
             return
         upstream.settimeout(None)
         with self._cond:
-            if link.dead:  # reset while connecting
+            if link.is_dead():  # reset while connecting (not narrowed: other threads)
                 _reset(upstream)
                 return
             link.upstream = upstream
