@@ -14,9 +14,9 @@ import pytest
 
 from tests.support.mixpanel_endpoint import MixpanelEndpoint
 from tests.support.node_process import NodeProcess, nodes
+from tests.support.partition_proxy import PartitionProxy
 from tests.support.redis_servers import RedisServer
 from tests.support.sio_harness import RecordingAsyncClient, connect_async_client, eventually
-from tests.support.partition_proxy import PartitionProxy
 
 NODE_TIMEOUT = 1.0
 HUB = {"role": "TeacherHub", "org_id": 1, "user_id": 100, "lesson_id": 5}
