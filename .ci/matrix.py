@@ -79,6 +79,7 @@ DEPS_TESTS = [
     "tests/test_store_contract.py",
     "tests/test_redis_store.py",
     "tests/test_socketio_adapter.py",
+    "tests/test_socketio_partition.py",
     "tests/test_integration_sync.py",
     "tests/test_integration_async.py",
     "tests/test_examples.py",

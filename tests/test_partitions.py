@@ -259,8 +259,11 @@ async def inject(
 async def test_soak(cluster3: Cluster) -> None:
     """``SOAK_SECONDS=300 pytest -m slow -k soak -s``: churn and random, overlapping
     faults on node-2 and node-3 (cuts of every kind, heals of both modes, SIGKILL and
-    restart); then a settle, and everyone leaves."""
+    restart); then a settle, and everyone leaves. What the kits announced must match
+    Redis exactly; what the channel did with it (an emit lost with its killed node, or
+    published twice by python-socketio's retry after a one-way cut) is reported."""
     cluster = cluster3
+    cluster.strict_delivery = False
     seconds = float(os.environ.get("SOAK_SECONDS", "300"))
     seed = int(os.environ.get("SOAK_SEED", str(random.randrange(1 << 30))))
     faults: Counter[str] = Counter()

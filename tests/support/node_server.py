@@ -8,7 +8,9 @@ pointed at the test's local endpoint. Configured by environment variables; print
 Environment: ``REDIS_URL`` (required; the store and the client manager both use it),
 ``NODE_ID``, ``HEARTBEAT_INTERVAL``, ``NODE_TIMEOUT``, ``SHUTDOWN_GRACE``,
 ``RECONCILE_INTERVAL``, ``INCLUDE_VERSION=1`` (teacher events carry ``"version"``),
-``MIXPANEL_URL``, ``PORT``.
+``MIXPANEL_URL``, ``PORT``, ``EMIT_LOG`` (a file that gets one JSON line
+``[event, data]`` per emit the kit makes, written before the emit is handed to
+python-socketio: what the kit announced, even if the process is killed later).
 
 ``GET /_test/state`` answers JSON for the partition tests: this node's local sids with
 their sessions, ``kit.stats``, ``kit.pending``, ``kit.incarnation`` and how long the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -31,11 +34,57 @@ import redis.asyncio
 import socketio
 from aiohttp import web
 
-from presence_kit import AsyncPresenceKit, PresenceError, Settings
+from presence_kit import AsyncPresenceKit, PresenceError, Settings, TeacherAppPolicy
 from presence_kit.mixpanel import MixpanelAnalytics
 from presence_kit.redis import AsyncRedisStore
 from presence_kit.socketio import AsyncSocketIORooms
 from tests.support.redis_servers import aclose_client
+
+
+class LoggedRooms(AsyncSocketIORooms):
+    """The adapter, logging each emit the kit makes before handing it on."""
+
+    def __init__(self, sio: Any, log: Any) -> None:
+        super().__init__(sio)
+        self._log = log
+
+    async def emit(self, event: str, data: Any, *, to: str) -> None:
+        if self._log is not None:
+            self._log.write(json.dumps([event, data]) + "\n")
+            self._log.flush()
+        await super().emit(event, data, to=to)
+
+
+class LoggedTeacherPolicy(TeacherAppPolicy):
+    """The default TeacherAPP policy, logging each transition it is granted (what the
+    kit decided, before any emit) as ``["decided", event, user_id, version, sid]``."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def _logged(self, event: str, facts: Any) -> None:
+        if self._log is not None:
+            version = facts.outcome.version if facts.outcome is not None else None
+            line = ["decided", event, facts.session.user_id, version, facts.sid]
+            self._log.write(json.dumps(line) + "\n")
+            self._log.flush()
+
+    def on_connect(self, facts: Any) -> Any:
+        if facts.came_online:
+            self._logged("teacher_connect", facts)
+        return super().on_connect(facts)
+
+    def on_disconnect(self, facts: Any) -> Any:
+        if facts.went_offline:
+            self._logged("teacher_disconnect", facts)
+        return super().on_disconnect(facts)
+
+
+def open_emit_log() -> Any:
+    """The ``EMIT_LOG`` file, appended to (``None`` without one)."""
+    path = os.environ.get("EMIT_LOG")
+    return open(path, "a", encoding="utf-8") if path else None
+
 
 HANDLER_DEADLINE = 2.0
 """Seconds a connect or disconnect handler's kit call may take (issue 18)."""
@@ -82,9 +131,14 @@ async def main() -> None:
         consumer = mixpanel.Consumer(events_url=os.environ["MIXPANEL_URL"])
         analytics = MixpanelAnalytics(mixpanel.Mixpanel("node-token", consumer=consumer))
     client = redis.asyncio.Redis.from_url(redis_url)
-    rooms = AsyncSocketIORooms(sio)
+    log = open_emit_log()
+    rooms = LoggedRooms(sio, log)
     kit = AsyncPresenceKit(
-        store=AsyncRedisStore(client), sockets=rooms, analytics=analytics, settings=settings
+        store=AsyncRedisStore(client),
+        sockets=rooms,
+        analytics=analytics,
+        settings=settings,
+        policies={"TeacherAPP": LoggedTeacherPolicy(log)},
     )
     times = HandlerTimes()
 

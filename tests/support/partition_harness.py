@@ -6,15 +6,25 @@ that every partition test (and the soak) runs after a heal and a settle.
 ``node-1`` carries the hub and is never cut: Socket.IO's pub/sub emits are at most once
 only towards a node cut off from the broker, so with the hub's node always connected
 every announcement that was published must reach the hub.
+
+What the kits announced is read from each node process's emit log (written before the
+emit is handed to python-socketio, so it survives a SIGKILL); what the hub heard is
+compared with it separately: the channel can lose an emit (its node was killed before
+publishing) or repeat one (python-socketio publishes again after a connection error,
+though the first PUBLISH may have run: a one-way cut). ``strict_delivery`` makes
+those problems too (the scenarios); the soak reports them as figures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from presence_kit import AsyncPresenceKit, ClientRole, Settings
@@ -60,6 +70,8 @@ class Node:
     name: str
     proxy: PartitionProxy
     process: NodeProcess | None = None
+    log: Path | None = None
+    """The current process's emit log."""
 
     @property
     def alive(self) -> bool:
@@ -95,8 +107,13 @@ class Cluster:
     clients: list[Tracked] = field(default_factory=list)
     users: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     hub: RecordingAsyncClient | None = None
+    strict_delivery: bool = True
+    """The hub must hear exactly what the kits emitted (see the module's notes)."""
 
     def __post_init__(self) -> None:
+        self._logs = Path(tempfile.mkdtemp(prefix="presence-emits-"))
+        self._starts = 0
+        self._killed: set[str] = set()  # emit logs of processes killed with SIGKILL
         self.raw = self.redis_server.async_client(decode_responses=True)
         self._admin = self.redis_server.client()
         self.query = AsyncPresenceKit(
@@ -124,7 +141,10 @@ class Cluster:
     async def start_node(self, name: str) -> None:
         """Start (or start again, after a kill) the node process of slot ``name``."""
         node = self.nodes[name]
+        self._starts += 1
+        node.log = self._logs / f"{name}-{self._starts}.jsonl"
         env = {
+            "EMIT_LOG": str(node.log),
             "HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
             "INCLUDE_VERSION": "1",
             "RECONCILE_INTERVAL": "1",
@@ -192,9 +212,10 @@ class Cluster:
 
     def kill(self, name: str) -> None:
         """SIGKILL the node process of ``name``."""
-        process = self.nodes[name].process
-        assert process is not None
-        process.kill()
+        node = self.nodes[name]
+        assert node.process is not None and node.log is not None
+        node.process.kill()
+        self._killed.add(node.log.stem)
 
     # --- what the hub heard ---------------------------------------------------------------
 
@@ -206,6 +227,35 @@ class Cluster:
             for name, args in list(self.hub.events)
             if name in TEACHER_EVENTS and (event is None or name == event)
         ]
+
+    def emitted(self) -> list[tuple[str, int, int | None]]:
+        """``(event, user_id, version)`` of every teacher event the kits emitted (every
+        node process's emit log, killed ones' included)."""
+        found = []
+        for log in sorted(self._logs.glob("*.jsonl")):
+            for line in log.read_text(encoding="utf-8").splitlines():
+                event, data, *_ = json.loads(line)
+                if event in TEACHER_EVENTS:
+                    found.append((event, data["user_id"], data.get("version")))
+        return found
+
+    def lost_with_a_kill(self, item: tuple[str, int, int | None]) -> bool:
+        """``item`` was granted only to node processes that were SIGKILLed before they
+        emitted it: the one loss no kit can prevent (a decision dies with its process)."""
+        granted = self.decided().get(item, [])
+        return bool(granted) and all(stem in self._killed for stem in granted)
+
+    def decided(self) -> dict[tuple[str, int, int | None], list[str]]:
+        """Which node processes' policies were granted each teacher transition (the
+        log's ``decided`` lines; a process killed before its emit shows here only)."""
+        found: dict[tuple[str, int, int | None], list[str]] = defaultdict(list)
+        for log in sorted(self._logs.glob("*.jsonl")):
+            for line in log.read_text(encoding="utf-8").splitlines():
+                kind, *rest = json.loads(line)
+                if kind == "decided":
+                    event, user, version, _sid = rest
+                    found[(event, user, version)].append(log.stem)
+        return found
 
     def heard_users(self, event: str) -> list[int]:
         return sorted(user for _, user, _ in self.heard(event))
@@ -335,20 +385,26 @@ class Cluster:
 
     async def _announcement_problems(self) -> list[str]:
         found: list[str] = []
-        heard = self.heard()
-        for item, times in sorted(Counter(heard).items()):
+        emitted = self.emitted()
+        for item, times in sorted(Counter(emitted).items()):
             if times > 1:
-                found.append(f"duplicate: {item} heard {times} times")
+                found.append(f"duplicate: {item} announced {times} times")
+        if self.strict_delivery and (delivery := self.delivery()):
+            found.append(f"delivery: {delivery}")
         for user in sorted(self.users["TeacherAPP"]):
             version = int(await self.raw.hget(f"alive:org_{ORG}_user_{user}", "version") or 0)
             want = {
                 (TEACHER_EVENTS[0] if v % 2 else TEACHER_EVENTS[1], user, v)
                 for v in range(1, version + 1)
             }
-            got = {item for item in heard if item[1] == user}
-            if missing := sorted(want - got, key=lambda i: i[2]):
+            got = {item for item in emitted if item[1] == user}
+            missing = [m for m in want - got if not self.lost_with_a_kill(m)]
+            if missing:
+                decided = self.decided()
                 found.append(
-                    f"teacher {user}: Redis counted version {version}, never announced {missing}"
+                    f"teacher {user}: Redis counted version {version}, never announced "
+                    f"{sorted(missing, key=lambda i: i[2])} "
+                    f"(granted to {[decided.get(m, []) for m in missing]})"
                 )
             if extra := sorted(got - want, key=lambda i: i[2] or 0):
                 found.append(f"teacher {user}: Redis counted version {version}, announced {extra}")
@@ -365,11 +421,27 @@ class Cluster:
             return []
         return [f"{len(lasting)} key(s) without a TTL once everyone left: {sorted(lasting)[:20]}"]
 
+    def delivery(self) -> dict[str, Any]:
+        """How the hub's events differ from the kits' emits (empty: not at all)."""
+        heard, emitted = Counter(self.heard()), Counter(self.emitted())
+        differs: dict[str, Any] = {}
+        if lost := sorted((emitted - heard).elements(), key=str):
+            differs["emitted, never heard"] = lost
+        if repeated := sorted((heard - emitted).elements(), key=str):
+            differs["heard more often than emitted"] = repeated
+        return differs
+
     def summary(self) -> dict[str, Any]:
-        heard = self.heard()
+        emitted = self.emitted()
+        delivery = self.delivery()
         return {
-            "announcements": len(heard),
-            "duplicates": sum(t - 1 for t in Counter(heard).values() if t > 1),
+            "announcements": len(emitted),
+            "duplicates": sum(t - 1 for t in Counter(emitted).values() if t > 1),
+            "delivery_lost": len(delivery.get("emitted, never heard", [])),
+            "delivery_repeated": len(delivery.get("heard more often than emitted", [])),
+            "lost_with_a_killed_node": sum(
+                1 for item in self.decided() if item not in emitted and self.lost_with_a_kill(item)
+            ),
         }
 
 
