@@ -98,8 +98,10 @@ class _BackgroundEmit:
     """A blocking server's emit, run as one of its background tasks so that the
     handler can stop waiting for it: then its failure is logged, not raised."""
 
-    def __init__(self, event: str, send: Callable[[], object]) -> None:
-        self._event, self._send = event, send
+    def __init__(
+        self, event: str, send: Callable[[], object], finished_late: Callable[[], None]
+    ) -> None:
+        self._event, self._send, self._finished_late = event, send, finished_late
         self._lock = threading.Lock()
         self._finished = self._abandoned = False
         self.error: Exception | None = None
@@ -112,8 +114,10 @@ class _BackgroundEmit:
         with self._lock:
             self._finished, abandoned = True, self._abandoned
         done.set()
-        if abandoned and self.error is not None:
-            _log_late_emit(self._event, self.error)
+        if abandoned:
+            self._finished_late()
+            if self.error is not None:
+                _log_late_emit(self._event, self.error)
 
     def abandon(self) -> bool:
         """Stop waiting, unless it finished meanwhile (``False``: its outcome stands)."""
@@ -159,6 +163,7 @@ class SocketIORooms:
         self._namespace = namespace
         self._publish_timeout = publish_timeout
         self._late = 0
+        self._publishing = 0
         self._lock = threading.Lock()
 
     @property
@@ -166,6 +171,15 @@ class SocketIORooms:
         """Emits that waited ``publish_timeout`` for the broker and went on in the
         background (see the module's notes)."""
         return self._late
+
+    @property
+    def publishing(self) -> int:
+        """Late emits still publishing in the background now."""
+        return self._publishing
+
+    def _late_done(self) -> None:
+        with self._lock:
+            self._publishing -= 1
 
     @property
     def namespace(self) -> str:
@@ -214,12 +228,20 @@ class SocketIORooms:
                 raise SocketsError(f"could not emit {event!r} to {to!r}") from exc
             return
         namespace = self._namespace
-        emit = _BackgroundEmit(event, lambda: server.emit(event, data, to=to, namespace=namespace))
+        emit = _BackgroundEmit(
+            event, lambda: server.emit(event, data, to=to, namespace=namespace), self._late_done
+        )
+        with self._lock:  # counted before it can finish late
+            self._publishing += 1
         done = server.eio.create_event()  # the server's kind of event, and of task
         server.start_background_task(emit.run, done)
-        if not done.wait(self._publish_timeout) and emit.abandon():
-            with self._lock:
+        abandoned = not done.wait(self._publish_timeout) and emit.abandon()
+        with self._lock:
+            if abandoned:
                 self._late += 1
+            else:
+                self._publishing -= 1
+        if abandoned:
             return
         if emit.error is not None:
             raise SocketsError(f"could not emit {event!r} to {to!r}") from emit.error
@@ -275,6 +297,11 @@ class AsyncSocketIORooms:
         """Emits that waited ``publish_timeout`` for the broker and went on in the
         background (see the module's notes)."""
         return self._late
+
+    @property
+    def publishing(self) -> int:
+        """Late emits still publishing in the background now."""
+        return len(self._publishing)
 
     @property
     def namespace(self) -> str:
