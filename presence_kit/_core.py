@@ -388,6 +388,10 @@ class KitCore:
             ):
                 outcome = replace(outcome, status=ConnectStatus.NEW)
             effects = self._join_effects(op.sid, op.session, op.policy, outcome)
+            if outcome.earlier_version:  # its first try's coming online, swept since
+                first_try = replace(outcome, first=True, version=outcome.earlier_version)
+                earlier = self._join_effects(op.sid, op.session, op.policy, first_try)
+                effects = [*earlier, *effects]
         else:
             assert isinstance(op.request, DisconnectRequest)
             if outcome.status is DisconnectStatus.REPEAT and outcome.attempt in (

@@ -185,6 +185,10 @@ class ConnectOutcome:
     ``first`` and ``version`` are the first call's too: a replayed call whose own
     earlier try recorded the connection announces what that try did; a repeat made by
     another call (a reconcile, a re-registration) announces nothing."""
+    earlier_version: int = 0
+    """For a replayed call whose first try ran (its reply lost) and brought the user
+    online, after which a sweep took the connection away before the replay recorded it
+    again: the version that first try reached, announced by nobody yet (0: none)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -219,7 +219,7 @@ _make_disconnect_outcome = maker(DisconnectOutcome)
 
 def connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
     """What ``lua/connect.lua`` did."""
-    status, first, connections, version, now_ms, resumed, snapshot, attempt = reply
+    status, first, connections, version, now_ms, resumed, snapshot, attempt, earlier = reply
     return _make_connect_outcome(
         _CONNECT_STATUS.get(status) or ConnectStatus(text(status)),
         int(first) == 1,
@@ -229,6 +229,7 @@ def connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
         int(resumed) == 1,
         tuple(map(parse_index_entry, snapshot)) if snapshot else (),
         text(attempt),
+        int(earlier),
     )
 
 

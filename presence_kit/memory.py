@@ -30,6 +30,7 @@ from ._codec import (
     encode_tombstone,
     parse_index_entry,
     records_of,
+    split_soft_tombstone,
 )
 from ._keys import KeySchema
 from ._model import (
@@ -104,8 +105,12 @@ class MemoryStore:
             field = RECORD_FIELD + request.sid
             snapshot = self._snapshot(request, now)
             stone = self._get(request.tombstone_key, now)
+            earlier = 0
             if isinstance(stone, str) and stone.startswith(SOFT_TOMBSTONE):
                 del self._keys[request.tombstone_key]  # swept, registered again
+                first, version, attempt = decode_connect_outcome(split_soft_tombstone(stone)[0])
+                if first and attempt == request.attempt:  # see ConnectOutcome
+                    earlier = version
             elif stone is not None:
                 return ConnectOutcome(
                     status=ConnectStatus.STALE,
@@ -175,6 +180,7 @@ class MemoryStore:
                 resumed=resumed,
                 snapshot=self._snapshot(request, now),
                 attempt=request.attempt,
+                earlier_version=earlier,
             )
 
     def disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
@@ -183,9 +189,10 @@ class MemoryStore:
             now = self._clock()
             layout = request.layout
             done = self._get(request.tombstone_key, now)
-            if isinstance(done, str) and done.startswith(SOFT_TOMBSTONE) and request.remember:
-                done = done[len(SOFT_TOMBSTONE) :]  # a handler call after the sweep
-                self._keys[request.tombstone_key] = _Entry(done, now + layout.tombstone_ttl)
+            if isinstance(done, str) and done.startswith(SOFT_TOMBSTONE):
+                done = split_soft_tombstone(done)[1]
+                if request.remember:  # a handler call after the sweep: now a plain one
+                    self._keys[request.tombstone_key] = _Entry(done, now + layout.tombstone_ttl)
             if isinstance(done, str):
                 stone = decode_tombstone(done)
                 return DisconnectOutcome(
@@ -210,7 +217,7 @@ class MemoryStore:
                     attempt=request.attempt,
                 )
             record = records.pop(field)
-            records.pop(OUTCOME_FIELD + request.sid, None)
+            connected = records.pop(OUTCOME_FIELD + request.sid, "0:0:")
             count = int(records.pop("n", "1")) - 1
             if count > 0:
                 records["n"] = str(count)
@@ -237,7 +244,8 @@ class MemoryStore:
             at_ms = _ms(now)
             stone = Tombstone(last, version, at_ms, deferred, request.attempt, record)
             self._keys[request.tombstone_key] = _Entry(
-                encode_tombstone(stone, soft=not request.remember), now + layout.tombstone_ttl
+                encode_tombstone(stone, swept_connect=None if request.remember else connected),
+                now + layout.tombstone_ttl,
             )
             return DisconnectOutcome(
                 status=DisconnectStatus.REMOVED,

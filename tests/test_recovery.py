@@ -241,6 +241,33 @@ def test_a_sweep_whose_reply_was_lost_announces_each_leave_once(
     assert b.leaves() == [1]
 
 
+def test_a_replayed_connect_swept_meanwhile_announces_its_first_try(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    """a's connect brings teacher 1 online (version 1), but its reply is lost: queued.
+    a is cut off and swept, and b announces the leave (version 2). Back, a's replay
+    records the connection again (version 3) and announces its first try's coming
+    online too: every version Redis counted is announced once, in any order a hub can
+    sort by version."""
+    a, b = make_node(include_version=True), make_node(include_version=True)
+    a.kit.heartbeat()
+    a.store.lose["connect"] = 1
+    a.kit.handle_connect("a-t1", T1)
+    a.sockets.connected.add("a-t1")
+    b.ready_to_sweep()
+    assert b.kit.sweep_dead_nodes() == 1
+    assert a.kit.replay_outbox() == 1
+    assert a.kit.heartbeat() is False  # fenced: registers a-t1 again, nothing to announce
+    assert a.kit.reconcile() == 0
+
+    def announced(node: Node) -> list[tuple[str, int]]:
+        return [(e, d["version"]) for e, d, _ in node.sockets.emitted if e.startswith("teacher")]
+
+    assert announced(b) == [("teacher_disconnect", 2)]
+    assert announced(a) == [("teacher_connect", 1), ("teacher_connect", 3)]
+    assert state(redis_server, 1) == "connect"
+
+
 def test_reconciles_whose_replies_were_lost_announce_once(
     make_node: Any, redis_server: RedisServer
 ) -> None:

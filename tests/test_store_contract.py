@@ -309,7 +309,8 @@ def test_a_sweeps_tombstone_answers_repeats_and_refuses_no_connect(harness: Harn
     off records the sid again, and a handler's disconnect after the sweep makes the
     tombstone a hard one (no late connect revives the sid)."""
     core = harness.core
-    harness.connect("sid-1", TEACHER)
+    connect = core.prepare_connect("sid-1", TEACHER)[3]
+    assert harness.store_connect(connect).version == 1
     entry = '[1,2,"TeacherAPP"]'
     swept = core.sweep_request(core.member, "sid-1", entry)
     assert swept is not None and not swept.remember
@@ -322,8 +323,21 @@ def test_a_sweeps_tombstone_answers_repeats_and_refuses_no_connect(harness: Harn
         first.version,
     )
     back = harness.connect("sid-1", TEACHER)  # the node registers it again
-    assert (back.status, back.first) == (ConnectStatus.NEW, True)
-    assert harness.disconnect("sid-1", TEACHER).status is DisconnectStatus.REMOVED
+    assert (back.status, back.first, back.earlier_version) == (ConnectStatus.NEW, True, 0)
+    harness.disconnect("sid-1", TEACHER)
+    # A replay of a connect whose reply was lost, swept since: its first try's version.
+    connect = core.prepare_connect("sid-3", TEACHER)[3]
+    ran = harness.store_connect(connect)
+    swept = core.sweep_request(core.member, "sid-3", entry)
+    assert swept is not None
+    harness.store_disconnect(swept)
+    replayed = harness.store_connect(connect)
+    assert (replayed.status, replayed.version, replayed.earlier_version) == (
+        ConnectStatus.NEW,
+        ran.version + 2,
+        ran.version,
+    )
+    assert harness.disconnect("sid-3", TEACHER).status is DisconnectStatus.REMOVED
     harness.connect("sid-2", TEACHER)
     swept = core.sweep_request(core.member, "sid-2", entry)
     assert swept is not None

@@ -1,9 +1,12 @@
 -- presence_kit: record one connection, atomically for its user.
 -- Returns {status, first (0/1), connections, version, now_ms, resumed (0/1), snapshot,
--- attempt} with integers and strings only (snapshot: an array of index entries). On a
--- repeat, first, version and attempt are the first call's (kept beside the record as
--- 'o:<sid>' -> 'first:version:attempt'), so a replay of a call whose reply was lost
--- announces what that call did, and nothing else does.
+-- attempt, earlier} with integers and strings only (snapshot: an array of index
+-- entries). On a repeat, first, version and attempt are the first call's (kept beside
+-- the record as 'o:<sid>' -> 'first:version:attempt'), so a replay of a call whose
+-- reply was lost announces what that call did, and nothing else does. earlier: when
+-- this call is such a replay, and its first try brought the user online at a version
+-- that nobody announced before a sweep took the connection away (the sweep's soft
+-- tombstone keeps that try's outcome): that version (0: none).
 local alive_key = KEYS[1]       -- alive hash (the spec's key)
 local records_key = KEYS[2]     -- the user's connection records in this role: fields
                                 -- 'c:<sid>' -> record and 'n' (their count); for roles
@@ -45,13 +48,16 @@ local function snapshot()
   return {}
 end
 
+local earlier = 0  -- see the header
 local stone = redis.call('GET', tombstone_key)
 if stone then
   if string.sub(stone, 1, 1) ~= '~' then
     -- this sid already disconnected: a late (or retried) connect must not revive it
-    return {'stale', 0, count(), 0, now_ms, 0, snapshot(), this_attempt}
+    return {'stale', 0, count(), 0, now_ms, 0, snapshot(), this_attempt, 0}
   end
   -- swept as a lost node's, which was only cut off: it registers the sid again
+  local first, v, attempt = string.match(stone, '^~(%d):(%d+):([^:]*):')
+  if attempt == this_attempt and first == '1' then earlier = tonumber(v) end
   redis.call('DEL', tombstone_key)
 end
 local stored = redis.call('HMGET', records_key, field, outcome_field)
@@ -65,7 +71,7 @@ if stored[1] then
   end
   local first, v, attempt = '0', version(), '?'  -- '?': recorded before outcomes were kept
   if stored[2] then first, v, attempt = string.match(stored[2], '^(%d):(%d+):(.*)$') end
-  return {'repeat', tonumber(first), count(), tonumber(v), now_ms, 0, snapshot(), attempt}
+  return {'repeat', tonumber(first), count(), tonumber(v), now_ms, 0, snapshot(), attempt, 0}
 end
 
 local n = redis.call('HINCRBY', records_key, 'n', 1)
@@ -99,4 +105,4 @@ end
 -- (HSETNX would save the HMGET, but needs a command the documented ACL lacks)
 redis.call('HSET', records_key, field, record,
   outcome_field, first .. ':' .. v .. ':' .. this_attempt)
-return {'new', first, n, v, now_ms, resumed, snapshot(), this_attempt}
+return {'new', first, n, v, now_ms, resumed, snapshot(), this_attempt, earlier}

@@ -34,7 +34,8 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local done = redis.call('GET', tombstone_key)
 if done and string.sub(done, 1, 1) == '~' then
-  done = string.sub(done, 2)
+  -- a sweep's: '~<the removed connect's outcome>:<the removal's outcome>'
+  done = string.match(done, '^~%d:%d+:[^:]*:(.*)$')
   if remember then  -- a handler call after its sweep: no connect may revive it now
     redis.call('SET', tombstone_key, done, 'EX', tombstone_ttl)
   end
@@ -53,7 +54,9 @@ if done then
 end
 
 local field = 'c:' .. sid
-local record = redis.call('HGET', records_key, field)
+local outcome_field = 'o:' .. sid  -- the connect's outcome (see connect.lua)
+local stored = redis.call('HMGET', records_key, field, outcome_field)
+local record, connected = stored[1], stored[2] or '0:0:'
 if record and owner ~= '' then
   local parsed, fields = pcall(cjson.decode, record)
   if parsed and fields[5] ~= owner then
@@ -66,7 +69,6 @@ if not record then
   return {'unknown', 0, 0, now_ms, '', 0, this_attempt}
 end
 local last = 0
-local outcome_field = 'o:' .. sid  -- the connect's outcome (see connect.lua)
 if redis.call('HINCRBY', records_key, 'n', -1) <= 0 then
   last = 1
   redis.call('HDEL', records_key, field, outcome_field, 'n')
@@ -94,7 +96,9 @@ if tracks then
   end
 end
 if with_index and deferred == 0 then redis.call('HDEL', org_index_key, sid) end
-redis.call('SET', tombstone_key, (remember and '' or '~') ..
-  last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. this_attempt .. ':' .. record,
-  'EX', tombstone_ttl)
+local stone = last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. this_attempt ..
+  ':' .. record
+-- a sweep's also keeps the removed connect's outcome, for that connect's replay
+if not remember then stone = '~' .. connected .. ':' .. stone end
+redis.call('SET', tombstone_key, stone, 'EX', tombstone_ttl)
 return {'removed', last, v, now_ms, record, deferred, this_attempt}
