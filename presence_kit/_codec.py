@@ -172,31 +172,35 @@ class Tombstone(NamedTuple):
 
 
 SOFT_TOMBSTONE = "~"
-"""First character of a sweep's tombstone, ``~<connect outcome>:<tombstone>``: its
-repeats get its outcome, but it refuses no connect (a node that was only cut off
-registers the sid again, which deletes it), and it keeps the removed connection's
-connect outcome (:func:`encode_connect_outcome`) for that connect's replay."""
+"""First character of a sweep's tombstone: its repeats get its outcome, but it refuses
+no connect (a node that was only cut off registers the sid again, which deletes it)."""
+
+HARD_TOMBSTONE = "+"
+"""First character of every other tombstone: a late connect of the sid is refused."""
 
 
-def encode_tombstone(stone: Tombstone, *, swept_connect: str | None = None) -> str:
-    """The tombstone's stored text; a sweep's (soft) with ``swept_connect``, the stored
-    outcome of the connect whose record it removed."""
+def encode_tombstone(stone: Tombstone, *, connect: str, soft: bool = False) -> str:
+    """The tombstone's stored text, ``<mark><connect>:<outcome>``: the removed
+    connection's connect outcome (:func:`encode_connect_outcome`), for a replay of that
+    connect, then the removal's."""
     last, version, at_ms, deferred, attempt, record = stone
-    text = f"{int(last)}:{version}:{at_ms}:{int(deferred)}:{attempt}:{record}"
-    return text if swept_connect is None else f"{SOFT_TOMBSTONE}{swept_connect}:{text}"
+    mark = SOFT_TOMBSTONE if soft else HARD_TOMBSTONE
+    return f"{mark}{connect}:{int(last)}:{version}:{at_ms}:{int(deferred)}:{attempt}:{record}"
 
 
-def split_soft_tombstone(text: str) -> tuple[str | None, str]:
-    """``(swept connect outcome, tombstone text)``; ``None`` for a plain tombstone."""
-    if not text.startswith(SOFT_TOMBSTONE):
+def split_tombstone(text: str) -> tuple[str | None, str]:
+    """``(the removed connect's outcome, the removal's)`` of a tombstone's text (``None``:
+    a tombstone of 0.2, which lacks it)."""
+    if not text.startswith((SOFT_TOMBSTONE, HARD_TOMBSTONE)):
         return None, text
-    first, version, attempt, rest = text[len(SOFT_TOMBSTONE) :].split(":", 3)
+    first, version, attempt, rest = text[1:].split(":", 3)
     return f"{first}:{version}:{attempt}", rest
 
 
 def decode_tombstone(text: str) -> Tombstone:
-    """Parse what :func:`encode_tombstone` (or the script) wrote."""
-    last, version, at_ms, deferred, attempt, record = split_soft_tombstone(text)[1].split(":", 5)
+    """Parse the removal's outcome from what :func:`encode_tombstone` (or the script)
+    wrote."""
+    last, version, at_ms, deferred, attempt, record = split_tombstone(text)[1].split(":", 5)
     return Tombstone(last == "1", int(version), int(at_ms), deferred == "1", attempt, record)
 
 

@@ -388,8 +388,14 @@ class KitCore:
             ):
                 outcome = replace(outcome, status=ConnectStatus.NEW)
             effects = self._join_effects(op.sid, op.session, op.policy, outcome)
-            if outcome.earlier_version:  # its first try's coming online, swept since
-                first_try = replace(outcome, first=True, version=outcome.earlier_version)
+            if outcome.earlier_version:  # its first try's coming online, removed since
+                first_try = replace(
+                    outcome,
+                    status=ConnectStatus.NEW,
+                    first=True,
+                    version=outcome.earlier_version,
+                    resumed=False,
+                )
                 earlier = self._join_effects(op.sid, op.session, op.policy, first_try)
                 effects = [*earlier, *effects]
         else:

@@ -187,8 +187,9 @@ class ConnectOutcome:
     another call (a reconcile, a re-registration) announces nothing."""
     earlier_version: int = 0
     """For a replayed call whose first try ran (its reply lost) and brought the user
-    online, after which a sweep took the connection away before the replay recorded it
-    again: the version that first try reached, announced by nobody yet (0: none)."""
+    online, after which the connection was removed (its disconnect, or a sweep) before
+    the replay: the version that first try reached, announced by nobody yet (0: none).
+    The replay announces it (and, if it records the connection again, that too)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._codec import (
+    HARD_TOMBSTONE,
     OUTCOME_FIELD,
     RECORD_FIELD,
     SOFT_TOMBSTONE,
@@ -30,7 +31,7 @@ from ._codec import (
     encode_tombstone,
     parse_index_entry,
     records_of,
-    split_soft_tombstone,
+    split_tombstone,
 )
 from ._keys import KeySchema
 from ._model import (
@@ -106,21 +107,23 @@ class MemoryStore:
             snapshot = self._snapshot(request, now)
             stone = self._get(request.tombstone_key, now)
             earlier = 0
-            if isinstance(stone, str) and stone.startswith(SOFT_TOMBSTONE):
-                del self._keys[request.tombstone_key]  # swept, registered again
-                first, version, attempt = decode_connect_outcome(split_soft_tombstone(stone)[0])
+            if isinstance(stone, str):
+                connected = split_tombstone(stone)[0]
+                first, version, attempt = decode_connect_outcome(connected)
                 if first and attempt == request.attempt:  # see ConnectOutcome
                     earlier = version
-            elif stone is not None:
-                return ConnectOutcome(
-                    status=ConnectStatus.STALE,
-                    first=False,
-                    connections=count,
-                    version=0,
-                    at=now,
-                    snapshot=snapshot,
-                    attempt=request.attempt,
-                )
+                if not stone.startswith(SOFT_TOMBSTONE):
+                    return ConnectOutcome(
+                        status=ConnectStatus.STALE,
+                        first=False,
+                        connections=count,
+                        version=0,
+                        at=now,
+                        snapshot=snapshot,
+                        attempt=request.attempt,
+                        earlier_version=earlier,
+                    )
+                del self._keys[request.tombstone_key]  # swept, registered again
             outcome_field = OUTCOME_FIELD + request.sid
             if field in records:
                 record = request.record.to_json()
@@ -189,10 +192,9 @@ class MemoryStore:
             now = self._clock()
             layout = request.layout
             done = self._get(request.tombstone_key, now)
-            if isinstance(done, str) and done.startswith(SOFT_TOMBSTONE):
-                done = split_soft_tombstone(done)[1]
-                if request.remember:  # a handler call after the sweep: now a plain one
-                    self._keys[request.tombstone_key] = _Entry(done, now + layout.tombstone_ttl)
+            if isinstance(done, str) and done.startswith(SOFT_TOMBSTONE) and request.remember:
+                done = HARD_TOMBSTONE + done[1:]  # a handler call after the sweep
+                self._keys[request.tombstone_key] = _Entry(done, now + layout.tombstone_ttl)
             if isinstance(done, str):
                 stone = decode_tombstone(done)
                 return DisconnectOutcome(
@@ -244,7 +246,7 @@ class MemoryStore:
             at_ms = _ms(now)
             stone = Tombstone(last, version, at_ms, deferred, request.attempt, record)
             self._keys[request.tombstone_key] = _Entry(
-                encode_tombstone(stone, swept_connect=None if request.remember else connected),
+                encode_tombstone(stone, connect=connected, soft=not request.remember),
                 now + layout.tombstone_ttl,
             )
             return DisconnectOutcome(

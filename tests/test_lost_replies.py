@@ -8,12 +8,14 @@ between. Two kits share one real redis-server; kit A's next reply is lost.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from presence_kit import AsyncPresenceKit, PresenceKit, Settings, StoreError
 from presence_kit.redis import AsyncRedisStore, RedisStore
 from presence_kit.testing import AsyncRecordingSockets, RecordingSockets
 from tests.support.redis_servers import RedisServer, aclose_client
+from tests.support.sio_harness import eventually
 
 T7 = {"role": "TeacherAPP", "org_id": 1, "user_id": 7, "lesson_id": 5}
 
@@ -137,3 +139,51 @@ async def test_asyncio_replays_announce_the_first_tries_outcome(
         await kit_b.aclose()
         await aclose_client(client_a)
         await aclose_client(client_b)
+
+
+class _AsyncSlowReplyLosingStore(AsyncRedisStore):
+    """A real AsyncRedisStore whose next connect runs, then waits for ``release`` and
+    loses its reply: its handler call is still in flight meanwhile."""
+
+    lose_next_reply = False
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.release = asyncio.Event()
+
+    async def connect(self, request: Any) -> Any:
+        outcome = await super().connect(request)
+        if self.lose_next_reply:
+            self.lose_next_reply = False
+            await self.release.wait()
+            raise StoreError("timed out after the script ran")
+        return outcome
+
+
+async def test_a_replayed_connect_whose_sid_left_meanwhile_announces_its_first_try(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """A connect brings the teacher online (version 1) but its reply is slow, then
+    lost; meanwhile the socket's disconnect goes straight to Redis and takes the
+    teacher offline (version 2, announced). The connect's replay meets the disconnect's
+    tombstone (STALE) and still announces its first try's coming online: every version
+    Redis counted is announced once."""
+    client = fresh_redis_server.async_client()
+    store = _AsyncSlowReplyLosingStore(client)
+    sockets = AsyncRecordingSockets()
+    kit = AsyncPresenceKit(store=store, sockets=sockets, settings=_settings())
+    raw = fresh_redis_server.client(decode_responses=True)
+    try:
+        store.lose_next_reply = True
+        connecting = asyncio.create_task(kit.handle_connect("a1", T7))
+        await eventually(lambda: raw.hget("alive:org_1_user_7", "state") == "connect")
+        await kit.handle_disconnect("a1", T7)  # nothing queued yet: straight to Redis
+        store.release.set()
+        assert await connecting is None  # failed: queued for replay
+        assert _announced(sockets) == [("teacher_disconnect", 2)]
+        assert await kit.replay_outbox() == 1
+        assert _announced(sockets) == [("teacher_disconnect", 2), ("teacher_connect", 1)]
+        assert raw.hget("alive:org_1_user_7", "state") == "disconnect"
+    finally:
+        await kit.aclose()
+        await aclose_client(client)

@@ -519,7 +519,9 @@ async def test_aclose_disconnects_the_async_stores_own_pool(redis_server: RedisS
 def test_a_tombstone_written_before_attempts_still_answers_a_repeat(
     redis_server: RedisServer,
 ) -> None:
-    """0.1 kept "last:version:at_ms:deferred:record"; a rolling upgrade may meet one."""
+    """0.1 kept "last:version:at_ms:deferred:record", 0.2 the same with the attempt
+    before the record; this version puts "+first:version:attempt:" of the removed
+    connect in front. A rolling upgrade may meet either older one."""
     from presence_kit import DisconnectStatus
 
     store = RedisStore(redis_server.client())
@@ -527,9 +529,14 @@ def test_a_tombstone_written_before_attempts_still_answers_a_repeat(
     request: Any = disconnect_request()
     first = store.disconnect(request)
     raw = redis_server.client(decode_responses=True)
-    new_format = raw.get(request.tombstone_key)
-    assert new_format.split(":")[4] == request.attempt
-    last, version, at_ms, deferred, _, record = new_format.split(":", 5)
+    stored = raw.get(request.tombstone_key)
+    assert stored.startswith("+1:1:")  # the connect brought the user online, version 1
+    of_02 = stored.split(":", 3)[3]
+    assert of_02.split(":")[4] == request.attempt
+    raw.set(request.tombstone_key, of_02, ex=60)
+    repeat = store.disconnect(request)
+    assert (repeat.status, repeat.attempt) == (DisconnectStatus.REPEAT, request.attempt)
+    last, version, at_ms, deferred, _, record = of_02.split(":", 5)
     raw.set(request.tombstone_key, f"{last}:{version}:{at_ms}:{deferred}:{record}", ex=60)
     repeat = store.disconnect(request)
     assert repeat.status is DisconnectStatus.REPEAT

@@ -4,9 +4,9 @@
 -- entries). On a repeat, first, version and attempt are the first call's (kept beside
 -- the record as 'o:<sid>' -> 'first:version:attempt'), so a replay of a call whose
 -- reply was lost announces what that call did, and nothing else does. earlier: when
--- this call is such a replay, and its first try brought the user online at a version
--- that nobody announced before a sweep took the connection away (the sweep's soft
--- tombstone keeps that try's outcome): that version (0: none).
+-- this call is such a replay and its first try brought the user online at a version
+-- that nobody announced before the connection was removed (its disconnect, or a sweep:
+-- the tombstone keeps that try's outcome): that version (0: none).
 local alive_key = KEYS[1]       -- alive hash (the spec's key)
 local records_key = KEYS[2]     -- the user's connection records in this role: fields
                                 -- 'c:<sid>' -> record and 'n' (their count); for roles
@@ -51,13 +51,14 @@ end
 local earlier = 0  -- see the header
 local stone = redis.call('GET', tombstone_key)
 if stone then
+  -- the removed connection's connect outcome comes first (tombstones of 0.2 lack it)
+  local first, v, attempt = string.match(stone, '^[~+](%d):(%d+):([^:]*):')
+  if attempt == this_attempt and first == '1' then earlier = tonumber(v) end
   if string.sub(stone, 1, 1) ~= '~' then
     -- this sid already disconnected: a late (or retried) connect must not revive it
-    return {'stale', 0, count(), 0, now_ms, 0, snapshot(), this_attempt, 0}
+    return {'stale', 0, count(), 0, now_ms, 0, snapshot(), this_attempt, earlier}
   end
   -- swept as a lost node's, which was only cut off: it registers the sid again
-  local first, v, attempt = string.match(stone, '^~(%d):(%d+):([^:]*):')
-  if attempt == this_attempt and first == '1' then earlier = tonumber(v) end
   redis.call('DEL', tombstone_key)
 end
 local stored = redis.call('HMGET', records_key, field, outcome_field)

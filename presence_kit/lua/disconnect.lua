@@ -20,10 +20,11 @@ local grace_ms = tonumber(ARGV[8])  -- leave grace (0 = announce at once)
 local queue_member = ARGV[9]    -- leave-queue member
 local with_index = ARGV[10] == '1'  -- update the org and node indexes and queue a
                                     -- held-back leave here (standalone)
-local remember = ARGV[11] == '1'    -- leave a tombstone that refuses a late connect; a
-                                    -- sweep of a lost node leaves a soft one ('~'
-                                    -- first): its repeats get the outcome, but a node
-                                    -- that was only stalled can register the sid again
+local remember = ARGV[11] == '1'    -- leave a tombstone that refuses a late connect
+                                    -- ('+' first); a sweep of a lost node leaves a soft
+                                    -- one ('~' first): its repeats get the outcome, but
+                                    -- a node that was only cut off can register the sid
+                                    -- again
 local this_attempt = ARGV[12]   -- this call's attempt id ([A-Za-z0-9.-]*), kept in the
                                 -- tombstone
 local owner = ARGV[13]          -- remove the record only if this node incarnation wrote
@@ -33,12 +34,14 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local done = redis.call('GET', tombstone_key)
-if done and string.sub(done, 1, 1) == '~' then
-  -- a sweep's: '~<the removed connect's outcome>:<the removal's outcome>'
-  done = string.match(done, '^~%d:%d+:[^:]*:(.*)$')
-  if remember then  -- a handler call after its sweep: no connect may revive it now
-    redis.call('SET', tombstone_key, done, 'EX', tombstone_ttl)
-  end
+local mark = done and string.sub(done, 1, 1)
+if mark == '~' and remember then
+  -- a sweep's, and a handler call after it: no connect may revive the sid now
+  redis.call('SET', tombstone_key, '+' .. string.sub(done, 2), 'EX', tombstone_ttl)
+end
+if mark == '~' or mark == '+' then
+  -- '<mark><the removed connect's outcome>:<the removal's outcome>'
+  done = string.match(done, '^.%d:%d+:[^:]*:(.*)$')
 end
 if done then
   -- a repeat: what the first call did ("last:version:at_ms:deferred:attempt:record";
@@ -98,7 +101,7 @@ end
 if with_index and deferred == 0 then redis.call('HDEL', org_index_key, sid) end
 local stone = last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. this_attempt ..
   ':' .. record
--- a sweep's also keeps the removed connect's outcome, for that connect's replay
-if not remember then stone = '~' .. connected .. ':' .. stone end
+-- with the removed connect's outcome first, for a replay of that connect
+stone = (remember and '+' or '~') .. connected .. ':' .. stone
 redis.call('SET', tombstone_key, stone, 'EX', tombstone_ttl)
 return {'removed', last, v, now_ms, record, deferred, this_attempt}

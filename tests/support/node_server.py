@@ -69,12 +69,24 @@ class LoggedTeacherPolicy(TeacherAppPolicy):
             self._log.write(json.dumps(line) + "\n")
             self._log.flush()
 
+    def _traced(self, kind: str, facts: Any) -> None:
+        """Every call, granted or not: ``["policy", kind, user_id, sid, outcome, time]``
+        (the outcome's fields, ``None`` when the store call failed), for diagnosis."""
+        if self._log is not None:
+            o = facts.outcome
+            outcome = None if o is None else [str(o.status.value), o.version, o.attempt]
+            line = ["policy", kind, facts.session.user_id, facts.sid, outcome, time.time()]
+            self._log.write(json.dumps(line) + "\n")
+            self._log.flush()
+
     def on_connect(self, facts: Any) -> Any:
+        self._traced("connect", facts)
         if facts.came_online:
             self._logged("teacher_connect", facts)
         return super().on_connect(facts)
 
     def on_disconnect(self, facts: Any) -> Any:
+        self._traced("disconnect", facts)
         if facts.went_offline:
             self._logged("teacher_disconnect", facts)
         return super().on_disconnect(facts)

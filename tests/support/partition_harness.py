@@ -114,6 +114,7 @@ class Cluster:
         self._logs = Path(tempfile.mkdtemp(prefix="presence-emits-"))
         self._starts = 0
         self._killed: set[str] = set()  # emit logs of processes killed with SIGKILL
+        self._kills: list[tuple[float, str]] = []
         self.raw = self.redis_server.async_client(decode_responses=True)
         self._admin = self.redis_server.client()
         self.query = AsyncPresenceKit(
@@ -216,6 +217,7 @@ class Cluster:
         assert node.process is not None and node.log is not None
         node.process.kill()
         self._killed.add(node.log.stem)
+        self._kills.append((time.time(), node.log.stem))
 
     # --- what the hub heard ---------------------------------------------------------------
 
@@ -238,6 +240,20 @@ class Cluster:
                 if event in TEACHER_EVENTS:
                     found.append((event, data["user_id"], data.get("version")))
         return found
+
+    def trace(self, user: int, versions: list[int]) -> str:
+        """The policy calls for ``user`` near ``versions`` (and failed ones), and the
+        kills: what a failure message needs to tell where an announcement went."""
+        lines = []
+        for log in sorted(self._logs.glob("*.jsonl")):
+            for line in log.read_text(encoding="utf-8").splitlines():
+                kind, *rest = json.loads(line)
+                if kind != "policy" or rest[1] != user:
+                    continue
+                outcome = rest[3]
+                if outcome is None or any(abs(outcome[1] - v) <= 2 for v in versions):
+                    lines.append((rest[4], log.stem, rest[0], rest[2], outcome))
+        return f"policy calls {sorted(lines)}; kills {self._kills}"
 
     def lost_with_a_kill(self, item: tuple[str, int, int | None]) -> bool:
         """``item`` was granted only to node processes that were SIGKILLed before they
@@ -404,7 +420,8 @@ class Cluster:
                 found.append(
                     f"teacher {user}: Redis counted version {version}, never announced "
                     f"{sorted(missing, key=lambda i: i[2])} "
-                    f"(granted to {[decided.get(m, []) for m in missing]})"
+                    f"(granted to {[decided.get(m, []) for m in missing]}); "
+                    f"{self.trace(user, [m[2] or 0 for m in missing])}"
                 )
             if extra := sorted(got - want, key=lambda i: i[2] or 0):
                 found.append(f"teacher {user}: Redis counted version {version}, announced {extra}")
