@@ -129,8 +129,9 @@ class KitCore:
         """Removals of sweeps and reconciles whose call failed after it may have run, by
         sid: made again with the same attempt, so a lost reply loses no leave."""
         self.former_members: list[str] = []
-        """Earlier incarnations of this kit whose node indexes may still hold entries:
-        written after their sweep, before the kit learnt it had been fenced."""
+        """Earlier incarnations of this kit not yet handed to the sweepers: their node
+        indexes may hold entries written after their sweep, before the kit learnt it had
+        been fenced."""
         self.outbox = Outbox(self.settings.outbox_size)
         # Attempt ids of store calls are "<random>.<n>" (see _next_attempt).
         self._attempt_prefix = secrets.token_hex(4) + "."
@@ -198,7 +199,7 @@ class KitCore:
 
     def new_incarnation(self) -> None:
         """Become a new incarnation (after being fenced: presumed dead and swept); the
-        old one is kept in :attr:`former_members` until reconciling has cleared it."""
+        old one is kept in :attr:`former_members` until it is handed to the sweepers."""
         self.former_members.append(self.member)
         self.incarnation = secrets.token_hex(3)
 
@@ -419,12 +420,14 @@ class KitCore:
         effects = self._join_effects(sid, session, policy, outcome)
         return [e for e in effects if isinstance(e, (Emit, Track))]
 
-    def heartbeat_call(self, *, first: bool, offset_ms: int = 0) -> Heartbeat:
-        """This node incarnation's heartbeat."""
+    def heartbeat_call(
+        self, *, first: bool, offset_ms: int = 0, member: str | None = None
+    ) -> Heartbeat:
+        """This node incarnation's heartbeat (or, with ``member``, a former one's)."""
         info = {"node_id": self.node_id, "host": socket.gethostname(), "pid": os.getpid()}
         return Heartbeat(
             schema=self.keys,
-            member=self.member,
+            member=member or self.member,
             first=first,
             info=json.dumps(info, separators=(",", ":")),
             offset_ms=offset_ms,

@@ -300,7 +300,21 @@ class KitFlows:
         live.registered = True
         if not ok:
             yield from self._register_again_flow()
+        yield from self._hand_over_former_flow()
         return bool(ok)
+
+    def _hand_over_former_flow(self) -> Flow[None]:
+        """Register this kit's former incarnations as dead nodes, so that a sweeper (any
+        node's) clears what they wrote after their sweep: a sweep removes only records
+        that incarnation still owns (those not moved here), and then deletes its index.
+        Nothing is left behind even if this node dies before it could clear them."""
+        core = self._core
+        dead_ms = -2 * core.node_timeout_ms  # claimable at once
+        while core.former_members:
+            member = core.former_members[0]
+            beat = core.heartbeat_call(first=True, offset_ms=dead_ms, member=member)
+            yield from call(self._store.heartbeat, beat)
+            core.former_members.pop(0)
 
     def _register_again_flow(self) -> Flow[None]:
         core = self._core
@@ -312,9 +326,8 @@ class KitFlows:
         live = self._local_sids()
         for sid, session in list(core.local_sessions.items()):
             if live is None or sid in live:
+                # A record its former incarnation wrote moves here (connect.lua).
                 yield from self._connect_flow(sid, session)
-        # Clear what the former incarnation wrote after its sweep (when nothing queued).
-        yield from self._reconcile_flow()
 
     def _sweep_flow(self) -> Flow[int]:
         core, store = self._core, self._store
@@ -382,34 +395,26 @@ class KitFlows:
         return (yield from self._sweep_flow())
 
     def _reconcile_flow(self) -> Flow[int]:
-        """Make this node's records match its live sockets: remove the stale ones,
-        record the missing ones, and clear the indexes of its former incarnations."""
+        """Make this node's records match its live sockets, both ways."""
         core = self._core
         if self._local_sids() is None:
             return 0
         confirmed = yield from self._unconfirmed_flow()
-        # Entries of former incarnations (written after their sweep, before this kit
-        # learnt it was fenced) are read only once no queued operation can add more.
-        former = list(core.former_members) if not core.outbox else []
-        indexes = [(member, core.keys.node_indexes(member)) for member in [*former, core.member]]
-        read = []
-        for member, buckets in indexes:
-            read.append((member, (yield from call(self._store.node_connections, buckets))))
+        entries = yield from call(
+            self._store.node_connections, core.keys.node_indexes(core.member)
+        )
         # Read the sockets after the records: a record is written after its socket
         # joined the server, so a record whose socket is missing now really is stale.
         live = self._local_sids() or set()
-        stale: dict[str, DisconnectRequest | None] = {}  # the newest incarnation's last
-        for member, entries in read:
-            for sid, entry in entries.items():
-                if sid not in live and sid not in core.unconfirmed:
-                    stale[sid] = core.sweep_request(member, sid, entry, reason="stale connection")
-        recovered = yield from self._recover_flow([r for r in stale.values() if r is not None])
+        requests = [
+            core.sweep_request(core.member, sid, entry, reason="stale connection")
+            for sid, entry in entries.items()
+            if sid not in live and sid not in core.unconfirmed
+        ]
+        recovered = yield from self._recover_flow([r for r in requests if r is not None])
         # A live socket missing from this incarnation's index is recorded again; one
-        # whose record an earlier incarnation wrote is moved here (connect.lua).
-        repaired = yield from self._repair_flow(live.difference(read[-1][1]))
-        for member in former:
-            yield from call(self._store.release_node, core.keys, member)
-            core.former_members.remove(member)
+        # whose record a former incarnation wrote is moved here (connect.lua).
+        repaired = yield from self._repair_flow(live.difference(entries))
         return confirmed + recovered + repaired
 
     def _repair_flow(self, unrecorded: set[str]) -> Flow[int]:
