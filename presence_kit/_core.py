@@ -331,6 +331,20 @@ class KitCore:
             member,  # owner: only a record that incarnation wrote
         )
 
+    def retargeted(
+        self, request: ConnectRequest | DisconnectRequest
+    ) -> ConnectRequest | DisconnectRequest:
+        """``request`` as this incarnation's: one queued before the kit learnt it was
+        fenced would write into its former incarnation's index, which the sweepers may
+        have cleared already (the attempt is kept: it is the same call)."""
+        index = self.node_index_key(request.sid)
+        if request.node_index_key == index:
+            return request
+        if isinstance(request, ConnectRequest):
+            record = replace(request.record, incarnation=self.incarnation)
+            return replace(request, node_index_key=index, record=record)
+        return replace(request, node_index_key=index)
+
     def keep_unconfirmed(self, requests: Sequence[DisconnectRequest]) -> None:
         """Keep removals whose call failed (the first request of a sid stays: its
         attempt is the one that may have run)."""

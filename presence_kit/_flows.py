@@ -259,7 +259,7 @@ class KitFlows:
     def _replay_flow(self) -> Flow[int]:
         core, replayed = self._core, 0
         while (op := core.outbox.take()) is not None:
-            request = op.request
+            request = core.retargeted(op.request)  # queued before a fence: ours now
             outcome: ConnectOutcome | DisconnectOutcome
             try:
                 if isinstance(request, ConnectRequest):

@@ -218,6 +218,48 @@ def test_records_written_after_a_sweep_move_to_the_new_incarnation(
     assert sorted(b.leaves()) == [1, 1, 2, 2, 3, 3]  # "node lost" twice: a died twice
 
 
+def test_a_fenced_node_hands_its_former_incarnation_to_the_sweepers(
+    make_node: Any, redis_server: RedisServer
+) -> None:
+    """a is swept while it serves teacher 1; back, before it learns it was fenced, a
+    connect of teacher 2 runs under its old incarnation but the reply is lost (queued).
+    Fenced, a registers the old incarnation as a dead node, and b sweeps it before a
+    replays: the replay then writes as a's new incarnation, so nothing of the old one
+    stays in Redis, and every version of teacher 2 is announced once."""
+    a, b = make_node(include_version=True), make_node(include_version=True)
+    a.kit.heartbeat()
+    a.kit.handle_connect("a-t1", T1)
+    a.sockets.connected.add("a-t1")
+    b.ready_to_sweep()
+    assert b.kit.sweep_dead_nodes() == 1
+    old = f"{a.kit.node_id}/{a.kit.incarnation}"
+    a.store.lose["connect"] = 1
+    a.kit.handle_connect("a-t2", T2)  # ran under the old incarnation; reply lost
+    a.sockets.connected.add("a-t2")
+    assert a.kit.heartbeat() is False  # fenced: its re-registrations queue behind a-t2
+    assert old in [n.member for n in b.kit.nodes()]  # handed over, as a dead node
+    assert b.kit.sweep_dead_nodes() == 1  # a-t2's record, not moved yet: "node lost"
+    assert a.kit.replay_outbox() == 3  # a-t2, then both re-registrations
+    raw = redis_server.client(decode_responses=True)
+    assert list(raw.scan_iter(f"presence:{{presence:node:{old}}}*")) == []
+    assert old not in [n.member for n in b.kit.nodes()]
+    assert {(r.sid, r.incarnation) for r in a.kit.connections(1, 2)} == {
+        ("a-t2", a.kit.incarnation)
+    }
+    assert (state(redis_server, 1), state(redis_server, 2)) == ("connect", "connect")
+    heard = sorted(
+        (d["user_id"], d["version"], e)
+        for node in (a, b)
+        for e, d, _ in node.sockets.emitted
+        if e.startswith("teacher") and d["user_id"] == 2
+    )
+    assert heard == [
+        (2, 1, "teacher_connect"),  # the lost reply's, announced by its replay
+        (2, 2, "teacher_disconnect"),  # the sweep of the old incarnation
+        (2, 3, "teacher_connect"),  # recorded again as the new incarnation's
+    ]
+
+
 def test_a_sweep_whose_reply_was_lost_announces_each_leave_once(
     make_node: Any, redis_server: RedisServer
 ) -> None:
