@@ -54,7 +54,7 @@ async def test_async_handlers_never_wait_on_a_partitioned_client_manager(
         sio.on("connect", connect)
         sio.on("disconnect", disconnect)
 
-    manager = socketio.AsyncRedisManager(proxy.url)
+    manager = socketio.AsyncRedisManager(proxy.url, write_only=True)  # no listener left behind
     try:
         async with running_async_server(setup, client_manager=manager) as server:
             client = await server.connect_client({})
@@ -98,7 +98,7 @@ def test_threaded_handlers_never_wait_on_a_partitioned_client_manager(
         sio.on("connect", connect)
         sio.on("disconnect", disconnect)
 
-    manager = socketio.RedisManager(proxy.url)
+    manager = socketio.RedisManager(proxy.url, write_only=True)  # no listener left behind
     try:
         with running_threaded_server(setup, client_manager=manager) as server:
             client = server.connect_client({})
@@ -132,7 +132,7 @@ async def test_an_emit_that_publishes_in_time_is_not_late(redis_server: RedisSer
         sio.on("connect", connect)
 
     try:
-        manager = socketio.AsyncRedisManager(proxy.url)
+        manager = socketio.AsyncRedisManager(proxy.url, write_only=True)  # no listener left behind
         async with running_async_server(setup, client_manager=manager) as server:
             client = await server.connect_client({})
             await server.barrier(client)
