@@ -34,12 +34,22 @@ class _ReplyLosingStore(RedisStore):
 
 
 class _AsyncReplyLosingStore(AsyncRedisStore):
+    """A real AsyncRedisStore whose next connect runs but whose reply is lost; with
+    ``slow``, only once ``release`` is set (the handler call is in flight meanwhile)."""
+
     lose_next_reply = False
+    slow = False
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.release = asyncio.Event()
 
     async def connect(self, request: Any) -> Any:
         outcome = await super().connect(request)
         if self.lose_next_reply:
             self.lose_next_reply = False
+            if self.slow:
+                await self.release.wait()
             raise StoreError("timed out after the script ran")
         return outcome
 
@@ -141,25 +151,6 @@ async def test_asyncio_replays_announce_the_first_tries_outcome(
         await aclose_client(client_b)
 
 
-class _AsyncSlowReplyLosingStore(AsyncRedisStore):
-    """A real AsyncRedisStore whose next connect runs, then waits for ``release`` and
-    loses its reply: its handler call is still in flight meanwhile."""
-
-    lose_next_reply = False
-
-    def __init__(self, client: Any) -> None:
-        super().__init__(client)
-        self.release = asyncio.Event()
-
-    async def connect(self, request: Any) -> Any:
-        outcome = await super().connect(request)
-        if self.lose_next_reply:
-            self.lose_next_reply = False
-            await self.release.wait()
-            raise StoreError("timed out after the script ran")
-        return outcome
-
-
 async def test_a_replayed_connect_whose_sid_left_meanwhile_announces_its_first_try(
     fresh_redis_server: RedisServer,
 ) -> None:
@@ -169,7 +160,8 @@ async def test_a_replayed_connect_whose_sid_left_meanwhile_announces_its_first_t
     tombstone (STALE) and still announces its first try's coming online: every version
     Redis counted is announced once."""
     client = fresh_redis_server.async_client()
-    store = _AsyncSlowReplyLosingStore(client)
+    store = _AsyncReplyLosingStore(client)
+    store.slow = True
     sockets = AsyncRecordingSockets()
     kit = AsyncPresenceKit(store=store, sockets=sockets, settings=_settings())
     raw = fresh_redis_server.client(decode_responses=True)
