@@ -8,6 +8,11 @@ session is refused. Some runs use a real ``redis-server`` (``REDIS_URL``), and t
 alive key is checked too. At the end the server gets SIGTERM and must exit 0 after
 closing the kit (exit status 0, or SIGTERM's for uvicorn, which re-raises the signal
 after its graceful shutdown).
+
+The quickstarts (``examples/quickstart_*.py``, verbatim in README.md and
+docs/quickstart.md: tests/test_docs.py keeps them equal) run the same way, on a real
+``redis-server`` only (they default to ``localhost:6379``, which the tests never touch),
+and are stopped with Ctrl+C's SIGINT, as their readers are told to.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -96,16 +100,45 @@ def _wait_until_serving(example: RunningExample) -> None:
         time.sleep(0.05)
 
 
+# Runs a quickstart with mixpanel.Consumer's default endpoint moved to the test's
+# stand-in (TEST_MIXPANEL_EVENTS_URL): a quickstart names no endpoint, only a token.
+_LOCAL_MIXPANEL = """\
+import os, runpy, sys
+import mixpanel
+_init = mixpanel.Consumer.__init__
+def _init_local(self, events_url=None, *args, **kwargs):
+    _init(self, events_url or os.environ["TEST_MIXPANEL_EVENTS_URL"], *args, **kwargs)
+mixpanel.Consumer.__init__ = _init_local
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @contextlib.contextmanager
-def running_example(script: str, env: dict[str, str], tmp_path: Path) -> Iterator[RunningExample]:
-    """Run ``examples/<script>`` on a free port; SIGTERM it at the end (SIGKILL if stuck)."""
+def running_example(
+    script: str,
+    env: dict[str, str],
+    tmp_path: Path,
+    *,
+    stop: signal.Signals = signal.SIGTERM,
+    closed_line: bool = True,
+    local_mixpanel: bool = False,
+) -> Iterator[RunningExample]:
+    """Run ``examples/<script>`` on a free port; ``stop`` it at the end (SIGKILL if stuck).
+
+    ``closed_line``: the script prints ``presence_kit closed`` once it closed the kit.
+    ``local_mixpanel``: run it with Mixpanel's default endpoint at
+    ``TEST_MIXPANEL_EVENTS_URL`` (see ``_LOCAL_MIXPANEL``)."""
     port = _free_port()
     log = tmp_path / f"{script}.log"
     full_env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MIXPANEL_TOKEN")}
     full_env.update(env, PYTHONUNBUFFERED="1", PORT=str(port))
+    command = [sys.executable, str(EXAMPLES / script)]
+    if local_mixpanel:
+        command[1:1] = ["-c", _LOCAL_MIXPANEL]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / script)],
+            command,
             cwd=ROOT,
             env=full_env,
             stdin=subprocess.DEVNULL,
@@ -117,15 +150,16 @@ def running_example(script: str, env: dict[str, str], tmp_path: Path) -> Iterato
     try:
         _wait_until_serving(example)
         yield example
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the example ignored SIGTERM for 10s:\n{example.output()}")
+            pytest.fail(f"the example ignored {stop.name} for 10s:\n{example.output()}")
         output = example.output()
         # 0, or killed by SIGTERM: uvicorn re-raises the signal once it has shut down.
         assert process.returncode in (0, -signal.SIGTERM), output
-        assert "presence_kit closed" in output, output
+        if closed_line:
+            assert "presence_kit closed" in output, output
         assert "Traceback" not in output, output
     finally:
         if process.poll() is None:
@@ -253,19 +287,49 @@ async def test_example_on_redis(script: str, tmp_path: Path, redis_server: Redis
         await _drive(example, store=store)
 
 
+QUICKSTARTS = ["quickstart_asyncio.py", "quickstart_flask.py"]
+
+
+def _handed_over(store: redis.Redis) -> bool:
+    """Every node incarnation's heartbeat is stamped ahead of the Redis clock: what a
+    kit's close (``aclose``) does to hand its connections over to the sweepers."""
+    seconds, micros = store.time()
+    now_ms = seconds * 1000 + micros // 1000
+    beats = store.zrange("presence:{presence:nodes}:live", 0, -1, withscores=True)
+    return bool(beats) and all(score > now_ms for _member, score in beats)
+
+
+@pytest.mark.parametrize("script", QUICKSTARTS)
+async def test_quickstart_on_redis(
+    script: str, tmp_path: Path, redis_server: RedisServer, mixpanel_endpoint: MixpanelEndpoint
+) -> None:
+    env = {
+        "REDIS_URL": redis_server.url,
+        "MIXPANEL_TOKEN": TOKEN,
+        "TEST_MIXPANEL_EVENTS_URL": mixpanel_endpoint.url,
+    }
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as store:
+        with running_example(
+            script, env, tmp_path, stop=signal.SIGINT, closed_line=False, local_mixpanel=True
+        ) as example:
+            await _drive(example, store=store)
+            await asyncio.to_thread(_check_mixpanel_event, mixpanel_endpoint)
+        assert _handed_over(store), example.output()
+
+
 def test_examples_are_all_tested() -> None:
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(SCRIPTS)
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(SCRIPTS + QUICKSTARTS)
 
 
-# --- the Flask quickstart in-process: a refused session leaves nothing behind ----------
+# --- the Flask servers in-process: a refused session leaves nothing behind ------------
 
 
-def _load_flask_example(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Any:
-    """Import ``examples/flask_socketio_server.py`` as a module, on ``redis_url``."""
+def _load_flask_app(script: str, monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Any:
+    """Import ``examples/<script>`` as a module, on ``redis_url`` and without analytics."""
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.delenv("MIXPANEL_TOKEN", raising=False)
     spec = importlib.util.spec_from_file_location(
-        "flask_socketio_example", EXAMPLES / "flask_socketio_server.py"
+        f"flask_app_{script.removesuffix('.py')}", EXAMPLES / script
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -273,43 +337,11 @@ def _load_flask_example(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Any:
     return module
 
 
-def _readme_flask_quickstart(redis_url: str) -> dict[str, Any]:
-    """Run the README's Flask quickstart block, on ``redis_url``; returns its namespace."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Quickstart: Flask-SocketIO", 1)[1]
-    found = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert found is not None, "the README has no Flask quickstart block"
-    code = found.group(1)
-    # Two test-only substitutions: the test's redis-server instead of localhost:6379, and
-    # threading pinned (with eventlet installed, SocketIO(app) would pick eventlet, which
-    # needs a monkey-patched process; tests/test_server_modes.py runs that one).
-    for snippet, replacement in (
-        ("redis.Redis()", "redis.Redis.from_url(REDIS_URL)"),
-        ("SocketIO(app)", 'SocketIO(app, async_mode="threading")'),
-    ):
-        assert code.count(snippet) == 1, snippet
-        code = code.replace(snippet, replacement)
-
-    def authenticate(auth: Any) -> Any:  # the server's own auth; the test trusts the client
-        return auth
-
-    namespace: dict[str, Any] = {
-        "__name__": "readme_flask_quickstart",
-        "REDIS_URL": redis_url,
-        "authenticate": authenticate,
-    }
-    exec(compile(code, "README.md:flask-quickstart", "exec"), namespace)
-    return namespace
-
-
-@pytest.mark.parametrize("source", ["readme", "example"])
-def test_flask_quickstart_refuses_an_invalid_session_and_leaves_nothing_behind(
-    source: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("script", ["quickstart_flask.py", "flask_socketio_server.py"])
+def test_flask_app_refuses_an_invalid_session_and_leaves_nothing_behind(
+    script: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if source == "readme":
-        app: Any = _readme_flask_quickstart(redis_server.url)
-    else:
-        app = vars(_load_flask_example(monkeypatch, redis_server.url))
+    app = vars(_load_flask_app(script, monkeypatch, redis_server.url))
     flask_app, socketio_app, kit, sessions = (
         app["app"],
         app["socketio_app"],
@@ -318,7 +350,7 @@ def test_flask_quickstart_refuses_an_invalid_session_and_leaves_nothing_behind(
     )
     raw = redis_server.client()
     try:
-        for auth in INVALID[:3]:  # the README's authenticate() returns what it was given
+        for auth in INVALID:
             client = socketio_app.test_client(flask_app, auth=auth)
             assert not client.is_connected(), auth
             assert sessions == {}, auth
