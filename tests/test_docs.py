@@ -18,7 +18,10 @@ HTML comment on the line before a block says what more to do with it:
     the block is the file NAME of a page's walkthrough (the tutorial's ``server.py``
     and ``clients.py``, which are run for real below);
 ``<!-- docs-test: output NAME -->``
-    the block (any language) is what running NAME prints.
+    the block (any language) is what running NAME prints;
+``<!-- docs-test: example NAME -->``
+    the block is ``examples/NAME`` verbatim (the README's quickstarts, which
+    docs/quickstart.md includes as files; tests/test_examples.py runs them).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SITE = DOCS / "_build" / "html"
 ARTIFACTS = ROOT / "test-artifacts"
-MARKER = re.compile(r"<!--\s*docs-test:\s*(run|continue|file|output)\s*(\S*)\s*-->")
+MARKER = re.compile(r"<!--\s*docs-test:\s*(run|continue|file|output|example)\s*(\S*)\s*-->")
 MERMAID_BUNDLE = "_static/mermaid.min.js"
 
 
@@ -58,7 +61,7 @@ class Block:
     line: int  # 1-based line of the block's first code line
     language: str
     code: str
-    marker: str  # "", "run", "continue", "file" or "output"
+    marker: str  # "", "run", "continue", "file", "output" or "example"
     argument: str
 
     @property
@@ -135,6 +138,25 @@ def test_the_docs_run_their_examples() -> None:
     assert len(RUNNABLE) >= 8, "runnable examples went missing"
     for blocks in RUNNABLE.values():
         assert blocks[0].marker == "run", f"{blocks[0].id}: a page's first block is 'continue'"
+
+
+# --- the quickstarts: one set, the same in the README and the docs ---------------------
+
+QUICKSTARTS = ["quickstart_asyncio.py", "quickstart_flask.py"]
+LITERALINCLUDE = re.compile(r"^```\{literalinclude\} \.\./examples/(\S+)$", re.MULTILINE)
+
+
+def test_the_quickstarts_are_the_examples_verbatim() -> None:
+    """README.md shows each quickstart as a block, docs/quickstart.md includes its file:
+    both are ``examples/quickstart_*.py``, which tests/test_examples.py runs."""
+    examples = [b for b in ALL_BLOCKS if b.marker == "example"]
+    for block in examples:
+        expected = (ROOT / "examples" / block.argument).read_text(encoding="utf-8")
+        assert block.code == expected, f"{block.id} is not examples/{block.argument}"
+    in_readme = [b.argument for b in examples if b.page == ROOT / "README.md"]
+    assert in_readme == QUICKSTARTS
+    page = (DOCS / "quickstart.md").read_text(encoding="utf-8")
+    assert LITERALINCLUDE.findall(page) == QUICKSTARTS
 
 
 # --- the tutorial, for real -------------------------------------------------------------
