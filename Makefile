@@ -17,8 +17,14 @@ demo: $(STAMP)
 	$(BIN)/presence-kit demo $(DEMO_ARGS)
 
 lint: $(STAMP)
+	$(BIN)/python .ci/unasync.py --check
 	$(BIN)/ruff check presence_kit tests examples bench docs .ci
 	$(BIN)/ruff format --check presence_kit tests examples bench docs .ci
+
+# The blocking code is made from the asyncio code (presence_kit/_async -> _sync).
+.PHONY: unasync
+unasync: $(STAMP)
+	$(BIN)/python .ci/unasync.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy presence_kit

@@ -8,6 +8,7 @@ adapters of :mod:`presence_kit.redis`, :mod:`presence_kit.socketio` and
 
 from __future__ import annotations
 
+from ._async.kit import AsyncPresenceKit
 from ._codec import ConnectionRecord
 from ._core import KitStats
 from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
@@ -22,7 +23,6 @@ from ._errors import (
     StoreError,
 )
 from ._keys import KeySchema, UserKeys
-from ._kit import AsyncPresenceKit, PresenceKit
 from ._model import (
     ConnectOutcome,
     ConnectRequest,
@@ -63,6 +63,7 @@ from ._ports import (
 from ._roles import ClientRole
 from ._session import Session, SessionDict
 from ._settings import Settings
+from ._sync.kit import PresenceKit
 
 __version__ = "0.1.0.dev0"
 

@@ -85,7 +85,7 @@ async def _demo(redis_url: str | None) -> None:
             f"the demo needs the 'demo' extra: pip install 'presence-kit[demo]' ({exc})"
         ) from None
 
-    from ._kit import AsyncPresenceKit
+    from ._async.kit import AsyncPresenceKit
     from .memory import MemoryStore
     from .socketio import AsyncSocketIORooms
 
@@ -229,7 +229,7 @@ class _ReportingSockets:
 def _open_kit(redis_url: str, manager_url: str | None = None, node_timeout: float = 10.0) -> Any:
     import redis
 
-    from ._kit import PresenceKit
+    from ._sync.kit import PresenceKit
     from .redis import RedisStore
 
     try:

@@ -1,0 +1,144 @@
+"""The handlers: a connect and a disconnect, each validate -> one store call -> effects.
+
+A handler call is: validate (raises :class:`~presence_kit.InvalidSessionError` before
+any I/O) -> one store transition -> the role's pure policy (in
+:mod:`presence_kit._core`) -> the effects on the sockets and analytics. Backend
+failures never escape ``handle_disconnect``: python-socketio runs its own room cleanup
+only after the disconnect handler returns, so raising there would leave the sid in
+every room. They are logged, counted (:attr:`~presence_kit.PresenceKit.stats`) and
+queued for the background to replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from presence_kit._async.ports import AsyncSockets, AsyncStore
+from presence_kit._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
+from presence_kit._errors import StoreError
+from presence_kit._kit_base import KitBase, log_effect_failure
+from presence_kit._model import ConnectOutcome, DisconnectOutcome
+from presence_kit._outbox import PendingOperation
+from presence_kit._policies import DisconnectPolicy
+from presence_kit._ports import Analytics
+from presence_kit._settings import Settings
+from presence_kit._synchronization import AsyncBackground
+
+__all__ = ["AsyncHandlers"]
+
+
+class _NotAnEffectError(TypeError):
+    """A policy returned something that is not an :class:`~presence_kit.Effect`."""
+
+
+class AsyncHandlers(KitBase):
+    """The connect and disconnect handlers over a store and the sockets."""
+
+    def __init__(
+        self,
+        *,
+        store: AsyncStore,
+        sockets: AsyncSockets,
+        analytics: Analytics | None,
+        settings: Settings | None,
+        policies: Mapping[str, DisconnectPolicy] | None,
+    ) -> None:
+        super().__init__(sockets=sockets, settings=settings, policies=policies)
+        self._store = store
+        self._sockets = sockets
+        self._analytics = analytics
+        self._background: AsyncBackground | None = None
+
+    async def handle_connect(self, sid: str, session: Mapping[str, Any]) -> ConnectOutcome | None:
+        """Record connection ``sid`` and join its rooms.
+
+        Raises :class:`~presence_kit.InvalidSessionError` (a ``ValueError``) before
+        anything is written or joined. On a store failure the rooms are still joined,
+        ``None`` is returned and the connect is queued for replay (or
+        :class:`~presence_kit.StoreError` raised with ``Settings.strict_connect``).
+        """
+        core = self._core
+        prepared = core.prepare_connect(sid, session)
+        sid, parsed, policy, request = prepared
+        if self._background is None:
+            self._start_background()
+        strict = core.settings.strict_connect
+        outcome: ConnectOutcome | None = None
+        failure: Exception | None = None
+        if core.outbox and not strict:
+            # Redis failed lately: keep the order, don't wait
+            core.queue(PendingOperation("connect", sid, parsed, policy, request))
+        else:
+            try:
+                outcome = await self._store.connect(request)
+            except Exception as exc:
+                failure = exc
+                self._store_failed("connect", sid, exc)
+                if not strict:
+                    core.queue(PendingOperation("connect", sid, parsed, policy, request))
+        core.connected(prepared, session)
+        await self._run_effects(core.connect_effects(sid, parsed, policy, outcome))
+        if failure is not None and strict:
+            raise StoreError("presence store failed during connect") from failure
+        return outcome
+
+    async def handle_disconnect(
+        self, sid: str, session: Mapping[str, Any], reason: str | None = None
+    ) -> DisconnectOutcome | None:
+        """Remove connection ``sid``, announce a real leave once, and leave its rooms.
+
+        Raises only :class:`~presence_kit.InvalidSessionError`, before any I/O; a
+        backend failure is logged and counted, the rooms are left, ``None`` is returned,
+        and the operation is queued for the background to replay once Redis answers.
+        """
+        core = self._core
+        sid, parsed, policy, request = core.prepare_disconnect(sid, session, reason)
+        if self._background is None:
+            self._start_background()
+        core.local_sessions.pop(sid, None)
+        outcome: DisconnectOutcome | None = None
+        if core.outbox:
+            # Redis failed lately and the replay has not caught up: queue behind it,
+            # in order, instead of waiting on Redis again.
+            core.queue(PendingOperation("disconnect", sid, parsed, policy, request))
+        else:
+            try:
+                outcome = await self._store.disconnect(request)
+            except Exception as exc:
+                self._store_failed("disconnect", sid, exc)
+                core.queue(PendingOperation("disconnect", sid, parsed, policy, request))
+        effects = core.disconnect_effects(sid, parsed, policy, outcome, request.reason)
+        await self._run_effects(effects)
+        return outcome
+
+    async def _run_effects(self, effects: Sequence[Effect]) -> None:
+        """Make each effect; a failing one is logged and counted, the rest still run."""
+        sockets = self._sockets
+        for effect in effects:
+            try:
+                # The most frequent first: every handler call joins or leaves a room.
+                if isinstance(effect, LeaveRoom):
+                    await sockets.leave_room(effect.sid, effect.room)
+                elif isinstance(effect, JoinRoom):
+                    await sockets.enter_room(effect.sid, effect.room)
+                elif isinstance(effect, Emit):
+                    await sockets.emit(effect.event, effect.data, to=effect.to)
+                elif isinstance(effect, Track):
+                    if self._analytics is not None:
+                        self._analytics.track(effect)  # enqueues; never blocks
+                else:
+                    raise _NotAnEffectError(f"not an effect: {effect!r}")
+            except _NotAnEffectError:
+                raise
+            except Exception as exc:
+                self._core.count("sockets_failures")
+                log_effect_failure(effect, exc)
+
+    def _start_background(self) -> None:
+        if self._background is not None or self._closed:
+            return
+        self._background = AsyncBackground(self._sockets, self._background_loop)
+
+    async def _background_loop(self) -> None:
+        raise NotImplementedError  # the facade's

@@ -1,0 +1,119 @@
+"""The facade: :class:`AsyncPresenceKit` (``.ci/unasync.py`` makes :class:`PresenceKit`).
+
+Its handlers are in :mod:`.handlers`, its background steps in :mod:`.background`;
+here are the queries, the lifecycle and the choice of the default store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+
+from presence_kit._async.background import AsyncBackgroundSteps
+from presence_kit._async.ports import AsyncListsNodes, AsyncSockets, AsyncStore
+from presence_kit._codec import ConnectionRecord
+from presence_kit._model import NodeInfo, OnlineUser, UserPresence, group_online
+from presence_kit._policies import DisconnectPolicy
+from presence_kit._ports import Analytics
+from presence_kit._roles import ClientRole
+from presence_kit._session import Id
+from presence_kit._settings import Settings
+from presence_kit._sync.ports import Store
+from presence_kit._synchronization import async_run_blocking, async_store_for
+
+__all__ = ["AsyncPresenceKit"]
+
+
+class AsyncPresenceKit(AsyncBackgroundSteps):
+    """Presence for an asyncio Socket.IO server (``socketio.AsyncServer``).
+
+    Call :meth:`handle_connect` from the connect handler and :meth:`handle_disconnect`
+    from the disconnect handler. ``store`` defaults to an in-process
+    :class:`~presence_kit.memory.MemoryStore`; ``analytics`` is optional.
+    """
+
+    def __init__(
+        self,
+        *,
+        sockets: AsyncSockets,
+        store: AsyncStore | Store | None = None,
+        analytics: Analytics | None = None,
+        settings: Settings | None = None,
+        policies: Mapping[str, DisconnectPolicy] | None = None,
+    ) -> None:
+        port = async_store_for(store)
+        super().__init__(
+            store=port,
+            sockets=sockets,
+            analytics=analytics,
+            settings=settings,
+            policies=policies,
+        )
+        self._node_lister = port if isinstance(port, AsyncListsNodes) else None
+
+    async def online_users(
+        self,
+        org_id: Id,
+        role: str | ClientRole = ClientRole.TEACHER_APP,
+        *,
+        lesson_id: Id | None = None,
+    ) -> list[OnlineUser]:
+        """Users of ``org_id`` with live connections in ``role`` (in ``lesson_id``, if given).
+
+        Reads one index; the cost is proportional to the answer.
+        """
+        query = self._core.org_query(org_id, role)
+        lesson = self._core.lesson_filter(lesson_id)
+        return group_online(await self._store.org_connections(query), lesson)
+
+    async def presence(
+        self, org_id: Id, user_id: Id, role: str | ClientRole = ClientRole.TEACHER_APP
+    ) -> UserPresence:
+        """A user's state, connections, since when, and last leave reason (one round trip)."""
+        alive, conns = self._core.presence_keys(org_id, user_id, role)
+        return await self._store.presence(alive, conns, self.settings.state_field)
+
+    async def connections(
+        self, org_id: Id, user_id: Id, role: str | ClientRole = ClientRole.TEACHER_APP
+    ) -> tuple[ConnectionRecord, ...]:
+        """A user's live connections in ``role``."""
+        return (await self.presence(org_id, user_id, role)).connections
+
+    async def nodes(self) -> list[NodeInfo]:
+        """Every node incarnation registered in the store (this one and the others
+        sharing it): its last heartbeat (Redis clock; ``None`` while being swept), its
+        connection count and what it registered. For operators; ``TypeError`` for a
+        third-party store without ``nodes()`` (see :class:`~presence_kit.ListsNodes`)."""
+        if self._node_lister is None:
+            raise TypeError(f"{type(self._store).__name__} cannot list nodes (no nodes())")
+        return await self._node_lister.nodes(self._core.keys)
+
+    async def aclose(self, timeout: float | None = 5.0) -> None:
+        """Stop the background, hand this node's connections over, flush analytics
+        (waiting at most ``timeout`` s) and release the store. Idempotent.
+
+        If it is cancelled (or fails) on the way, the store is still released and
+        the cancellation (or failure) then raised."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping = True
+        try:
+            if self._background is not None:
+                await self._background.stop(self._tick + 1.0)
+            await self._hand_over()
+            if self._analytics is not None:
+                await async_run_blocking(self._analytics.close, timeout)
+        finally:
+            await self._store.aclose()
+
+    async def __aenter__(self) -> AsyncPresenceKit:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

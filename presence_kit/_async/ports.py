@@ -1,0 +1,128 @@
+"""The store and sockets ports of :class:`~presence_kit.AsyncPresenceKit` (the blocking
+ones, :class:`~presence_kit.Store` and :class:`~presence_kit.Sockets`, are made from
+these by ``.ci/unasync.py``). Each is a :class:`typing.Protocol`: an adapter needs no
+base class, any object with these methods fits."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from presence_kit._keys import KeySchema
+from presence_kit._model import (
+    ConnectOutcome,
+    ConnectRequest,
+    DisconnectOutcome,
+    DisconnectRequest,
+    FinishLeaveOutcome,
+    FinishLeaveRequest,
+    Heartbeat,
+    NodeInfo,
+    OrgQuery,
+    UserPresence,
+)
+from presence_kit._session import Id
+
+__all__ = ["AsyncListsNodes", "AsyncSockets", "AsyncStore"]
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """Presence storage. Each method is one atomic transition.
+
+    Implementations raise :class:`~presence_kit.StoreError` on any backend failure and
+    must be idempotent per ``(sid, operation)``: a repeat returns the first outcome.
+    """
+
+    async def connect(self, request: ConnectRequest) -> ConnectOutcome:
+        """Record a connection (see :class:`~presence_kit.ConnectRequest`)."""
+        ...
+
+    async def disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
+        """Remove a connection (see :class:`~presence_kit.DisconnectRequest`)."""
+        ...
+
+    async def due_leaves(self, queue_key: str, limit: int) -> list[str]:
+        """Up to ``limit`` queued held-back leaves whose grace has ended."""
+        ...
+
+    async def finish_leave(self, request: FinishLeaveRequest) -> FinishLeaveOutcome:
+        """Run a held-back leave if it is due; only one caller ever gets its outcome."""
+        ...
+
+    async def presence(
+        self, alive_key: str, connections_key: str, state_field: str
+    ) -> UserPresence:
+        """A (user, role)'s alive hash and connection records."""
+        ...
+
+    async def org_connections(self, query: OrgQuery) -> dict[str, tuple[Id, Id]]:
+        """``sid -> (user_id, lesson_id)`` of an organisation's live connections in a role."""
+        ...
+
+    async def disconnect_many(
+        self, requests: Sequence[DisconnectRequest]
+    ) -> list[DisconnectOutcome]:
+        """Many disconnects at once (a sweep); each as :meth:`disconnect`."""
+        ...
+
+    async def heartbeat(self, call: Heartbeat) -> bool:
+        """Stamp a node incarnation alive; ``False`` if it was fenced (swept meanwhile)."""
+        ...
+
+    async def claim_node(self, keys: KeySchema, timeout_ms: int, claim_ttl_ms: int) -> str | None:
+        """Atomically claim one dead node incarnation (or an expired claim) to sweep."""
+        ...
+
+    async def node_connections(self, index_keys: Sequence[str]) -> dict[str, str]:
+        """Every entry ``sid -> node entry`` of these buckets of a node's index."""
+        ...
+
+    async def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
+        """Extend a sweeper's claim."""
+        ...
+
+    async def release_node(self, keys: KeySchema, member: str) -> None:
+        """Forget a node incarnation whose connections were all swept."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the store opened itself (never the integrator's client)."""
+        ...
+
+
+@runtime_checkable
+class AsyncSockets(Protocol):
+    """Room membership, emits and background tasks of a Socket.IO server."""
+
+    async def enter_room(self, sid: str, room: str) -> None:
+        """Add ``sid`` to ``room``."""
+        ...
+
+    async def leave_room(self, sid: str, room: str) -> None:
+        """Remove ``sid`` from ``room``."""
+        ...
+
+    async def emit(self, event: str, data: Any, *, to: str) -> None:
+        """Send ``event`` to a room or a sid."""
+        ...
+
+    def start_background_task(self, target: Callable[..., Awaitable[Any]], *args: Any) -> object:
+        """Run ``target(*args)`` the server's way (a task, a thread, a greenlet); return
+        its handle (the kit keeps a reference)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep the way the server's concurrency model wants."""
+        ...
+
+
+@runtime_checkable
+class AsyncListsNodes(Protocol):
+    """A store that lists the node registry: :meth:`PresenceKit.nodes
+    <presence_kit.PresenceKit.nodes>` needs it (``TypeError`` without it). An optional
+    member: the kit checks for it with ``isinstance``."""
+
+    async def nodes(self, keys: KeySchema) -> list[NodeInfo]:
+        """Every registered node incarnation."""
+        ...

@@ -1,0 +1,3 @@
+# Generated from presence_kit/_async/__init__.py by .ci/unasync.py: do not edit.
+# Change the asyncio original, then run `make unasync`.
+"""The asyncio code, written once; ``.ci/unasync.py`` makes :mod:`presence_kit._sync` of it."""
