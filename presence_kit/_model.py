@@ -25,6 +25,7 @@ __all__ = [
     "DisconnectStatus",
     "FinishLeaveOutcome",
     "FinishLeaveRequest",
+    "FinishLeaveStatus",
     "Heartbeat",
     "KeySchema",
     "NodeInfo",
@@ -58,6 +59,18 @@ class DisconnectStatus(str, Enum):
     """The sid was already removed by an earlier call; its outcome is returned again."""
     UNKNOWN = "unknown"
     """No record of this sid: it never connected here, or its records expired."""
+
+
+class FinishLeaveStatus(str, Enum):
+    """How a store handled a :class:`FinishLeaveRequest` (``lua/finish_leave.lua``'s
+    first reply field, by the same name)."""
+
+    LEFT = "left"
+    """This call claimed the held-back leave and ran it: the (user, role) is offline."""
+    LATER = "later"
+    """A leave is held back, but its grace has not ended (``due`` says when)."""
+    GONE = "gone"
+    """Nothing is held back: the leave was cancelled by a reconnect, or already run."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -257,6 +270,21 @@ class FinishLeaveOutcome:
     reason: str
     due: float | None
     """When the leave is due (seconds), if it was not yet."""
+    status: FinishLeaveStatus | None = None
+    """What the call did. A store written before it was added leaves it out: it is
+    then read from ``outcome`` and ``due`` (``LEFT`` with an outcome, ``LATER`` with a
+    due time, ``GONE`` otherwise), so it is never ``None`` once built."""
+
+    def __post_init__(self) -> None:
+        if self.status is None:
+            status = (
+                FinishLeaveStatus.LEFT
+                if self.outcome is not None
+                else FinishLeaveStatus.LATER
+                if self.due is not None
+                else FinishLeaveStatus.GONE
+            )
+            object.__setattr__(self, "status", status)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -28,6 +28,7 @@ from ._model import (
     DisconnectStatus,
     FinishLeaveOutcome,
     FinishLeaveRequest,
+    FinishLeaveStatus,
     NodeInfo,
     UserPresence,
 )
@@ -211,6 +212,7 @@ def _by_value(enum: Any) -> dict[Any, Any]:
 
 
 _CONNECT_STATUS, _DISCONNECT_STATUS = _by_value(ConnectStatus), _by_value(DisconnectStatus)
+_FINISH_STATUS = _by_value(FinishLeaveStatus)
 
 
 _make_connect_outcome = maker(ConnectOutcome)
@@ -248,11 +250,12 @@ def disconnect_outcome(sid: str, reply: Sequence[Any]) -> DisconnectOutcome:
 
 
 def finish_outcome(reply: Sequence[Any]) -> FinishLeaveOutcome:
-    """What ``lua/finish_leave.lua`` did."""
+    """What ``lua/finish_leave.lua`` did (its first field is a
+    :class:`~presence_kit.FinishLeaveStatus` value)."""
     status, version, at_ms, sid, record, reason, due_ms = reply
-    status_text = text(status)
+    finish = _FINISH_STATUS.get(status) or FinishLeaveStatus(text(status))
     outcome = None
-    if status_text == "left":
+    if finish is FinishLeaveStatus.LEFT:
         outcome = DisconnectOutcome(
             status=DisconnectStatus.REMOVED,
             last=True,
@@ -263,7 +266,8 @@ def finish_outcome(reply: Sequence[Any]) -> FinishLeaveOutcome:
     return FinishLeaveOutcome(
         outcome=outcome,
         reason=text(reason),
-        due=int(due_ms) / 1000 if status_text == "later" else None,
+        due=int(due_ms) / 1000 if finish is FinishLeaveStatus.LATER else None,
+        status=finish,
     )
 
 

@@ -43,6 +43,7 @@ from ._model import (
     DisconnectStatus,
     FinishLeaveOutcome,
     FinishLeaveRequest,
+    FinishLeaveStatus,
     Heartbeat,
     NodeInfo,
     OrgQuery,
@@ -273,10 +274,14 @@ class MemoryStore:
             held = self._hash(request.held_leave_key, now)
             if held is None:
                 self._queue.pop(request.queue_member, None)
-                return FinishLeaveOutcome(outcome=None, reason="", due=None)
+                return FinishLeaveOutcome(
+                    outcome=None, reason="", due=None, status=FinishLeaveStatus.GONE
+                )
             due_ms = int(held["due"])
             if due_ms > _ms(now):
-                return FinishLeaveOutcome(outcome=None, reason="", due=due_ms / 1000)
+                return FinishLeaveOutcome(
+                    outcome=None, reason="", due=due_ms / 1000, status=FinishLeaveStatus.LATER
+                )
             del self._keys[request.held_leave_key]
             self._queue.pop(request.queue_member, None)
             self._hdel(request.org_index_key, held["sid"], now)
@@ -292,7 +297,9 @@ class MemoryStore:
                 version=version,
                 at=_ms(now) / 1000,
             )
-            return FinishLeaveOutcome(outcome=outcome, reason=held["reason"], due=None)
+            return FinishLeaveOutcome(
+                outcome=outcome, reason=held["reason"], due=None, status=FinishLeaveStatus.LEFT
+            )
 
     def presence(self, alive_key: str, connections_key: str, state_field: str) -> UserPresence:
         """A (user, role)'s alive hash and connection records."""
