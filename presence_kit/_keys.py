@@ -54,16 +54,16 @@ class KeySchema:
         return self.alive_template.format(org_id=org_id, user_id=user_id)
 
     def user(self, org_id: Id, user_id: Id, role: str, *, tracks_alive: bool) -> UserKeys:
-        """Every key of one (user, role), built once per event."""
-        alive = self.alive_template.format(org_id=org_id, user_id=user_id)
-        prefix = self.prefix
+        """Every key of one (user, role), built once per event (from the named methods
+        below: each template is written once)."""
+        alive = self.alive(org_id, user_id)
         return _make_user_keys(
             (
                 alive,
-                alive if tracks_alive else f"{prefix}:{{{alive}}}:conns:{role}",
-                f"{prefix}:{{{alive}}}:held:{role}",
-                f"{prefix}:{{{prefix}:org:{org_id}}}:online:{role}",
-                f"{prefix}:{{{prefix}:leaves}}:due",  # as leave_queue()
+                self.records(alive, role, tracks_alive=tracks_alive),
+                self.held_leave(alive, role),
+                self.org_index(org_id, role),
+                self.leave_queue(),
                 queue_member(org_id, user_id, role),
             )
         )
