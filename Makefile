@@ -3,7 +3,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PYPROJECT_SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# What is installed in .venv, for this pyproject.toml: the whole development toolchain
+# (STAMP: make test and the rest), or only what the demo needs (DEMO_STAMP: make demo).
+STAMP := $(VENV)/.installed-$(PYPROJECT_SUM)
+DEMO_STAMP := $(VENV)/.installed-demo-$(PYPROJECT_SUM)
 
 .PHONY: demo test lint typecheck pytest docs bench clean
 
@@ -13,7 +17,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs the package and its 'demo' extra only (python-socketio's server and
+# client, aiohttp): not the test, docs and build tools. The full toolchain includes it.
+# pip>=21.3 installs a pyproject package in editable mode (older pips of Python 3.10.x).
+$(DEMO_STAMP): pyproject.toml
+	if [ ! -f $(STAMP) ]; then \
+		$(PYTHON) -m venv $(VENV) \
+		&& $(BIN)/python -m pip install --quiet 'pip>=21.3' \
+		&& $(BIN)/python -m pip install --quiet -e '.[demo]'; \
+	fi
+	rm -f $(VENV)/.installed-demo-* && touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/presence-kit demo $(DEMO_ARGS)
 
 lint: $(STAMP)
