@@ -17,13 +17,12 @@ from ._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
 from ._errors import InvalidSessionError
 from ._model import (
     ConnectOutcome,
-    ConnectStatus,
     DisconnectOutcome,
-    DisconnectStatus,
 )
 from ._roles import ClientRole
 from ._session import Id, Session, validate_role
 from ._settings import Settings
+from ._state import Event, grants
 
 __all__ = [
     "ConnectFacts",
@@ -84,11 +83,7 @@ class ConnectFacts:
     @property
     def came_online(self) -> bool:
         """This connection took the (user, role) from offline to online."""
-        return (
-            self.outcome is not None
-            and self.outcome.status is ConnectStatus.NEW
-            and self.outcome.first
-        )
+        return grants(Event.CONNECT, self.outcome).online
 
     @property
     def snapshot_users(self) -> list[Id]:
@@ -113,12 +108,12 @@ class DisconnectFacts:
     @property
     def removed(self) -> bool:
         """This call removed the connection's record (so it may announce, once)."""
-        return self.outcome is not None and self.outcome.status is DisconnectStatus.REMOVED
+        return grants(Event.DISCONNECT, self.outcome).removed
 
     @property
     def went_offline(self) -> bool:
         """The removed connection was the (user, role)'s last: a real leave."""
-        return self.removed and self.outcome is not None and self.outcome.last
+        return grants(Event.DISCONNECT, self.outcome).offline
 
 
 @runtime_checkable

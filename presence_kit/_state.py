@@ -1,0 +1,643 @@
+"""The state machine of presence, as data: every transition, what it grants, and where.
+
+Everything that decides *whether* a transition announces lives here (as in h11's
+``_state.py``). A (user, role) is :class:`UserState` ``offline``, ``online(n)`` or
+``held(due)`` (its last connection went, the leave is held back by
+``Settings.leave_grace``); each of its connections' sids is :class:`SidState` ``none``,
+``recorded``, ``tombstoned`` (a removal's hard tombstone: a late connect is refused)
+or ``swept`` (a sweep's soft one). An :class:`Event` (a connect, a disconnect, the
+finish of a held-back leave, a sweep of a lost node, a reconcile) moves them, in one
+atomic store call; :data:`TABLE` lists every transition, with the store's answer, what
+it grants (:class:`Grant`) and where the Lua scripts and
+:class:`~presence_kit.memory.MemoryStore` implement it.
+
+:func:`grants` is the one function that decides what a store's answer grants, for
+every caller of the core: handler calls, replays from the outbox (a repeat of the
+call's own earlier try, whose reply was lost, grants what that try did), repairs,
+sweeps and reconciles, finished leaves. The role's policy then decides *what* a
+granted announcement emits or tracks (:mod:`presence_kit._policies`).
+
+:func:`mermaid` and :func:`markdown_table` draw the table for the documentation
+(``docs/explanation/state-machine.md``, checked against them by the tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import TypeVar
+
+from ._model import (
+    ConnectOutcome,
+    ConnectStatus,
+    DisconnectOutcome,
+    DisconnectStatus,
+    FinishLeaveOutcome,
+    FinishLeaveStatus,
+)
+
+__all__ = [
+    "TABLE",
+    "Call",
+    "Event",
+    "Flag",
+    "Grace",
+    "Grant",
+    "Outcome",
+    "SidState",
+    "Status",
+    "Transition",
+    "UserState",
+    "as_granted",
+    "flags_of",
+    "grants",
+    "markdown_table",
+    "mermaid",
+]
+
+
+class Event(str, Enum):
+    """What moves the state machine: each is one atomic store call."""
+
+    CONNECT = "connect"
+    """A connect handler call (``lua/connect.lua``), or its replay from the outbox."""
+    DISCONNECT = "disconnect"
+    """A disconnect handler call (``lua/disconnect.lua``), or its replay."""
+    FINISH = "finish"
+    """The end of a held-back leave's grace (``lua/finish_leave.lua``)."""
+    SWEEP = "sweep"
+    """The removal of a lost node's connection (``lua/disconnect.lua``, soft tombstone,
+    only a record that node incarnation wrote)."""
+    RECONCILE = "reconcile"
+    """A node matching its records to its live sockets: a record with no socket is
+    removed (``lua/disconnect.lua``), a socket with no record is recorded again
+    (``lua/connect.lua``, a *repair*)."""
+    # UPDATE ("update", a connection's lesson, room or meta changing) comes with its
+    # rows when the store has the call.
+
+
+class UserState(str, Enum):
+    """A (user, role)'s presence, as its keys hold it."""
+
+    OFFLINE = "offline"
+    """No connection: the alive hash says ``disconnect`` (or is gone)."""
+    ONLINE = "online(n)"
+    """``n`` >= 1 connection records; the alive hash says ``connect``."""
+    HELD = "held(due)"
+    """The last connection went, and its leave is held back until ``due`` (the alive
+    hash still says ``connect``)."""
+
+
+class SidState(str, Enum):
+    """One connection's sid, as the store knows it."""
+
+    NONE = "none"
+    """No record and no tombstone: never connected here, or expired."""
+    RECORDED = "recorded"
+    """A connection record (with its connect's outcome, for repeats)."""
+    TOMBSTONED = "tombstoned"
+    """Removed; the hard tombstone answers repeats and refuses a late connect."""
+    SWEPT = "swept"
+    """Removed by a sweep; the soft tombstone answers repeats, but a node that was
+    only cut off may record the sid again."""
+
+
+class Call(str, Enum):
+    """Which call a transition's event is, relative to the one that made the sid's
+    state (whose attempt the store keeps)."""
+
+    FIRST = "first"
+    """A call made once: a handler call, a sweep's or a reconcile's removal."""
+    RETRY = "retry"
+    """The same call again (the same attempt): a replay from the outbox, a removal
+    made again, after a try whose reply was lost."""
+    OTHER = "other"
+    """Another call for the same sid: a duplicate handler call, a re-registration, a
+    removal that someone else made first."""
+
+
+class Grace(str, Enum):
+    """``Settings.leave_grace``, as a transition needs it (roles that track alive)."""
+
+    NONE = "0"
+    """Leaves are announced at once (the spec)."""
+    PENDING = "> 0, running"
+    """Leaves are held back, and this one's grace has not ended."""
+    DUE = "> 0, ended"
+    """Leaves are held back, and this one's grace has ended."""
+
+
+class Flag(str, Enum):
+    """The facts of a store's answer besides its status (see :func:`flags_of`)."""
+
+    FIRST = "first"
+    """``ConnectOutcome.first``: the connect took the (user, role) from none to one."""
+    RESUMED = "resumed"
+    """``ConnectOutcome.resumed``: it cancelled a held-back leave."""
+    EARLIER = "earlier"
+    """``ConnectOutcome.earlier_version``: its own first try brought the user online
+    and was removed since, unannounced."""
+    LAST = "last"
+    """``DisconnectOutcome.last`` (a finish's too): the (user, role)'s last connection
+    went, now."""
+    DEFERRED = "deferred"
+    """``DisconnectOutcome.deferred``: the last connection went, its leave held back."""
+
+
+Status = ConnectStatus | DisconnectStatus | FinishLeaveStatus
+"""A store's answer to one call."""
+
+Outcome = ConnectOutcome | DisconnectOutcome | FinishLeaveOutcome
+"""What a store returns for one transition."""
+
+AnOutcome = TypeVar("AnOutcome", ConnectOutcome, DisconnectOutcome)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Grant:
+    """What a transition grants its caller: the announcements it may make, once."""
+
+    online: bool = False
+    """The (user, role) came online: announce the arrival (``teacher_connect``)."""
+    offline: bool = False
+    """The (user, role) went offline: announce the leave (``teacher_disconnect``)."""
+    removed: bool = False
+    """The call removed the connection (now, or in its own earlier try): its
+    per-connection leave runs once (a participant's analytics ``disconnect``)."""
+    earlier_online: bool = False
+    """A replayed connect's own first try brought the user online, at
+    ``ConnectOutcome.earlier_version``, and was removed since: that arrival is
+    announced now (before this call's own)."""
+    own_repeat: bool = False
+    """The store answered ``REPEAT`` naming this call's own earlier try: the call acts
+    on that try's outcome (``NEW``, ``REMOVED``; see :func:`as_granted`)."""
+
+    def __str__(self) -> str:
+        parts = [
+            name
+            for name, on in (
+                ("announce earlier online", self.earlier_online),
+                ("announce online", self.online),
+                ("announce offline", self.offline),
+                ("leave once (track)", self.removed),
+            )
+            if on
+        ]
+        return ", ".join(parts) or "nothing"
+
+
+NOTHING = Grant()
+
+_GRANTS: dict[tuple[bool, bool, bool, bool, bool], Grant] = {}
+
+
+def _grant(online: bool, offline: bool, removed: bool, earlier: bool, own: bool) -> Grant:
+    """The (shared, immutable) grant of these values: built once, not per call."""
+    key = (online, offline, removed, earlier, own)
+    grant = _GRANTS.get(key)
+    if grant is None:
+        grant = _GRANTS[key] = Grant(
+            online=online, offline=offline, removed=removed, earlier_online=earlier, own_repeat=own
+        )
+    return grant
+
+
+def _own(named: str | None, attempt: str | None, replay: bool) -> bool:
+    """Whether a repeat that names attempt ``named`` is the caller's own earlier try."""
+    if attempt is None:
+        return False  # the caller asks for nothing of its own: a first call
+    if named is None:  # the store does not say whose the first call was
+        return replay  # a replay trusts it was its own try; a sweep does not
+    return named == attempt
+
+
+def grants(
+    event: Event, outcome: Outcome | None, *, attempt: str | None = None, replay: bool = False
+) -> Grant:
+    """What the transition of ``event`` that answered ``outcome`` grants its caller.
+
+    ``attempt``: the caller's own attempt id, when the call may repeat an earlier try of
+    its own whose reply was lost (a replay, a sweep's or reconcile's removal made
+    again); a ``REPEAT`` naming it grants what that try did. ``replay``: the call is a
+    handler call replayed from the outbox, which also takes a ``REPEAT`` whose store
+    names no attempt (``attempt is None``) as its own. ``None`` (the store failed)
+    grants nothing. Pure; see :data:`TABLE` for every case.
+    """
+    if outcome is None:
+        return NOTHING
+    if isinstance(outcome, FinishLeaveOutcome):
+        if event is not Event.FINISH:
+            raise ValueError(f"a finish outcome answers {Event.FINISH}, not {event}")
+        finished = outcome.outcome
+        if outcome.status is not FinishLeaveStatus.LEFT or finished is None:
+            return NOTHING
+        # the held-back leave runs from its record, as the removal would have
+        return _grant(False, finished.last, True, False, False)
+    if event is Event.FINISH:
+        raise ValueError(f"{event} is answered by a FinishLeaveOutcome")
+    repeat = outcome.status is ConnectStatus.REPEAT or outcome.status is DisconnectStatus.REPEAT
+    own = repeat and _own(outcome.attempt, attempt, replay)
+    if isinstance(outcome, ConnectOutcome):
+        new = own or outcome.status is ConnectStatus.NEW
+        earlier = attempt is not None and outcome.earlier_version > 0
+        return _grant(new and outcome.first, False, False, earlier, own)
+    removed = own or outcome.status is DisconnectStatus.REMOVED
+    return _grant(False, removed and outcome.last, removed, False, own)
+
+
+def as_granted(outcome: AnOutcome, grant: Grant) -> AnOutcome:
+    """``outcome`` as the caller's policy sees it: a repeat of the call's own earlier
+    try (``grant.own_repeat``) reads as what that try did (``NEW``, ``REMOVED``)."""
+    if not grant.own_repeat:
+        return outcome
+    if isinstance(outcome, ConnectOutcome):
+        return replace(outcome, status=ConnectStatus.NEW)
+    return replace(outcome, status=DisconnectStatus.REMOVED)
+
+
+def flags_of(outcome: Outcome) -> frozenset[Flag]:
+    """The :class:`Flag` facts of a store's answer."""
+    if isinstance(outcome, ConnectOutcome):
+        pairs = [
+            (Flag.FIRST, outcome.first),
+            (Flag.RESUMED, outcome.resumed),
+            (Flag.EARLIER, outcome.earlier_version > 0),
+        ]
+    elif isinstance(outcome, DisconnectOutcome):
+        pairs = [(Flag.LAST, outcome.last), (Flag.DEFERRED, outcome.deferred)]
+    else:
+        pairs = [(Flag.LAST, outcome.outcome is not None and outcome.outcome.last)]
+    return frozenset(flag for flag, on in pairs if on)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Transition:
+    """One row of :data:`TABLE`: a state and an event, the store's answer, what follows.
+
+    The (user, role) is one that tracks alive (``TeacherAPP``); for the other roles the
+    rows are the same but that their leaves are never held back, and their policies
+    announce nothing on ``online``/``offline`` (their ``removed`` still tracks).
+    """
+
+    event: Event
+    user: UserState
+    """The (user, role) before."""
+    sid: SidState | None
+    """The sid before (``None``: a finish acts on the (user, role) alone)."""
+    when: str
+    """The condition, in words."""
+    others: int = 0
+    """The (user, role)'s other connections before (the sid's own not counted)."""
+    call: Call = Call.FIRST
+    grace: Grace = Grace.NONE
+    moved: bool = False
+    """The record was moved to a later incarnation of its node (registered again after
+    a fence) before a sweep of the former one."""
+    status: Status
+    """The store's answer."""
+    flags: frozenset[Flag] = frozenset()
+    user_after: UserState
+    sid_after: SidState | None
+    grant: Grant = NOTHING
+    lua: str
+    """Where the Redis store implements it."""
+    memory: str
+    """Where :class:`~presence_kit.memory.MemoryStore` mirrors it."""
+
+
+def _flags(*flags: Flag) -> frozenset[Flag]:
+    return frozenset(flags)
+
+
+_ONLINE, _OFFLINE, _HELD = UserState.ONLINE, UserState.OFFLINE, UserState.HELD
+_NONE, _RECORDED, _TOMB, _SWEPT = (
+    SidState.NONE,
+    SidState.RECORDED,
+    SidState.TOMBSTONED,
+    SidState.SWEPT,
+)
+_CONNECT, _DISCONNECT = "MemoryStore.connect", "MemoryStore.disconnect"
+_FINISH = "MemoryStore.finish_leave"
+_ARRIVAL = Grant(online=True)
+_LEAVE = Grant(offline=True, removed=True)
+_REMOVAL = Grant(removed=True)
+
+TABLE: tuple[Transition, ...] = (
+    # --- connect --------------------------------------------------------------------
+    Transition(
+        event=Event.CONNECT, user=_OFFLINE, sid=_NONE, when="first connection",
+        status=ConnectStatus.NEW, flags=_flags(Flag.FIRST),
+        user_after=_ONLINE, sid_after=_RECORDED, grant=_ARRIVAL,
+        lua="lua/connect.lua: a new record, n = 1", memory=_CONNECT,
+    ),
+    Transition(
+        event=Event.CONNECT, user=_ONLINE, others=1, sid=_NONE, when="another connection",
+        status=ConnectStatus.NEW,
+        user_after=_ONLINE, sid_after=_RECORDED,
+        lua="lua/connect.lua: a new record, n > 1", memory=_CONNECT,
+    ),
+    Transition(
+        event=Event.CONNECT, user=_HELD, sid=_NONE, grace=Grace.PENDING,
+        when="a reconnect within the grace: cancels the held-back leave",
+        status=ConnectStatus.NEW, flags=_flags(Flag.RESUMED),
+        user_after=_ONLINE, sid_after=_RECORDED,
+        lua="lua/connect.lua: a new record, a held-back leave cancelled", memory=_CONNECT,
+    ),
+    Transition(
+        event=Event.CONNECT, user=_ONLINE, sid=_RECORDED, call=Call.OTHER,
+        when="recorded by another call (a duplicate, a re-registration)",
+        status=ConnectStatus.REPEAT, flags=_flags(Flag.FIRST),
+        user_after=_ONLINE, sid_after=_RECORDED,
+        lua="lua/connect.lua: already recorded", memory=_CONNECT,
+    ),
+    Transition(
+        event=Event.CONNECT, user=_ONLINE, sid=_RECORDED, call=Call.RETRY,
+        when="recorded by this call's own try, its reply lost: what that try did",
+        status=ConnectStatus.REPEAT, flags=_flags(Flag.FIRST),
+        user_after=_ONLINE, sid_after=_RECORDED, grant=Grant(online=True, own_repeat=True),
+        lua="lua/connect.lua: already recorded, the stored outcome", memory=_CONNECT,
+    ),
+    Transition(
+        event=Event.CONNECT, user=_OFFLINE, sid=_TOMB, call=Call.OTHER,
+        when="a late connect of a disconnected sid",
+        status=ConnectStatus.STALE,
+        user_after=_OFFLINE, sid_after=_TOMB,
+        lua="lua/connect.lua: a hard tombstone", memory=_CONNECT,
+    ),
+    Transition(
+        event=Event.CONNECT, user=_OFFLINE, sid=_TOMB, call=Call.RETRY,
+        when="its own first try brought the user online, removed since",
+        status=ConnectStatus.STALE, flags=_flags(Flag.EARLIER),
+        user_after=_OFFLINE, sid_after=_TOMB, grant=Grant(earlier_online=True),
+        lua="lua/connect.lua: a hard tombstone keeping this attempt's outcome",
+        memory=_CONNECT,
+    ),
+    Transition(
+        event=Event.CONNECT, user=_OFFLINE, sid=_SWEPT, call=Call.OTHER,
+        when="a node that was only cut off records the sid again",
+        status=ConnectStatus.NEW, flags=_flags(Flag.FIRST),
+        user_after=_ONLINE, sid_after=_RECORDED, grant=_ARRIVAL,
+        lua="lua/connect.lua: a soft tombstone, deleted", memory=_CONNECT,
+    ),
+    Transition(
+        event=Event.CONNECT, user=_OFFLINE, sid=_SWEPT, call=Call.RETRY,
+        when="its own first try brought the user online, swept since",
+        status=ConnectStatus.NEW, flags=_flags(Flag.FIRST, Flag.EARLIER),
+        user_after=_ONLINE, sid_after=_RECORDED,
+        grant=Grant(online=True, earlier_online=True),
+        lua="lua/connect.lua: a soft tombstone keeping this attempt's outcome",
+        memory=_CONNECT,
+    ),
+    # --- disconnect -----------------------------------------------------------------
+    Transition(
+        event=Event.DISCONNECT, user=_ONLINE, sid=_RECORDED, when="last connection",
+        status=DisconnectStatus.REMOVED, flags=_flags(Flag.LAST),
+        user_after=_OFFLINE, sid_after=_TOMB, grant=_LEAVE,
+        lua="lua/disconnect.lua: last connection, grace 0", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.DISCONNECT, user=_ONLINE, others=1, sid=_RECORDED,
+        when="not the last connection",
+        status=DisconnectStatus.REMOVED,
+        user_after=_ONLINE, sid_after=_TOMB, grant=_REMOVAL,
+        lua="lua/disconnect.lua: not the last connection", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.DISCONNECT, user=_ONLINE, sid=_RECORDED, grace=Grace.PENDING,
+        when="last connection, its leave held back",
+        status=DisconnectStatus.REMOVED, flags=_flags(Flag.DEFERRED),
+        user_after=_HELD, sid_after=_TOMB, grant=_REMOVAL,
+        lua="lua/disconnect.lua: last connection, grace > 0", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.DISCONNECT, user=_OFFLINE, sid=_TOMB, call=Call.OTHER,
+        when="removed by another call (a duplicate handler call)",
+        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
+        user_after=_OFFLINE, sid_after=_TOMB,
+        lua="lua/disconnect.lua: a tombstone, another attempt", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.DISCONNECT, user=_OFFLINE, sid=_TOMB, call=Call.RETRY,
+        when="removed by this call's own try, its reply lost: what that try did",
+        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
+        user_after=_OFFLINE, sid_after=_TOMB,
+        grant=Grant(offline=True, removed=True, own_repeat=True),
+        lua="lua/disconnect.lua: a tombstone naming this attempt", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.DISCONNECT, user=_OFFLINE, sid=_NONE,
+        when="no record (never connected here, or expired)",
+        status=DisconnectStatus.UNKNOWN,
+        user_after=_OFFLINE, sid_after=_NONE,
+        lua="lua/disconnect.lua: no record", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.DISCONNECT, user=_OFFLINE, sid=_SWEPT, call=Call.OTHER,
+        when="a handler call after its sweep: the tombstone hardens",
+        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
+        user_after=_OFFLINE, sid_after=_TOMB,
+        lua="lua/disconnect.lua: a soft tombstone, remember", memory=_DISCONNECT,
+    ),
+    # --- finish (a held-back leave) -------------------------------------------------
+    Transition(
+        event=Event.FINISH, user=_HELD, sid=None, grace=Grace.DUE,
+        when="the grace ended: this caller claims the leave",
+        status=FinishLeaveStatus.LEFT, flags=_flags(Flag.LAST),
+        user_after=_OFFLINE, sid_after=None, grant=_LEAVE,
+        lua="lua/finish_leave.lua: left", memory=_FINISH,
+    ),
+    Transition(
+        event=Event.FINISH, user=_HELD, sid=None, grace=Grace.PENDING,
+        when="not due yet",
+        status=FinishLeaveStatus.LATER,
+        user_after=_HELD, sid_after=None,
+        lua="lua/finish_leave.lua: later", memory=_FINISH,
+    ),
+    Transition(
+        event=Event.FINISH, user=_ONLINE, others=1, sid=None, grace=Grace.PENDING,
+        when="a reconnect cancelled it",
+        status=FinishLeaveStatus.GONE,
+        user_after=_ONLINE, sid_after=None,
+        lua="lua/finish_leave.lua: gone", memory=_FINISH,
+    ),
+    Transition(
+        event=Event.FINISH, user=_OFFLINE, sid=None,
+        when="nothing held back (or another caller ran it)",
+        status=FinishLeaveStatus.GONE,
+        user_after=_OFFLINE, sid_after=None,
+        lua="lua/finish_leave.lua: gone", memory=_FINISH,
+    ),
+    # --- sweep (a lost node's connection) -------------------------------------------
+    Transition(
+        event=Event.SWEEP, user=_ONLINE, sid=_RECORDED, when="last connection",
+        status=DisconnectStatus.REMOVED, flags=_flags(Flag.LAST),
+        user_after=_OFFLINE, sid_after=_SWEPT, grant=_LEAVE,
+        lua="lua/disconnect.lua: owner, no remember, last connection", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.SWEEP, user=_ONLINE, others=1, sid=_RECORDED,
+        when="not the last connection",
+        status=DisconnectStatus.REMOVED,
+        user_after=_ONLINE, sid_after=_SWEPT, grant=_REMOVAL,
+        lua="lua/disconnect.lua: owner, no remember, not the last", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.SWEEP, user=_ONLINE, sid=_RECORDED, grace=Grace.PENDING,
+        when="last connection, its leave held back",
+        status=DisconnectStatus.REMOVED, flags=_flags(Flag.DEFERRED),
+        user_after=_HELD, sid_after=_SWEPT, grant=_REMOVAL,
+        lua="lua/disconnect.lua: owner, no remember, grace > 0", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.SWEEP, user=_ONLINE, sid=_RECORDED, moved=True,
+        when="the record moved to a later incarnation of its node",
+        status=DisconnectStatus.UNKNOWN,
+        user_after=_ONLINE, sid_after=_RECORDED,
+        lua="lua/disconnect.lua: another owner's record", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.SWEEP, user=_OFFLINE, sid=_SWEPT, call=Call.RETRY,
+        when="made again after its reply was lost",
+        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
+        user_after=_OFFLINE, sid_after=_SWEPT,
+        grant=Grant(offline=True, removed=True, own_repeat=True),
+        lua="lua/disconnect.lua: a soft tombstone naming this attempt", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.SWEEP, user=_OFFLINE, sid=_TOMB, call=Call.OTHER,
+        when="removed by another call first (its handler)",
+        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
+        user_after=_OFFLINE, sid_after=_TOMB,
+        lua="lua/disconnect.lua: a tombstone, another attempt", memory=_DISCONNECT,
+    ),
+    # --- reconcile (this node's records against its live sockets) -------------------
+    Transition(
+        event=Event.RECONCILE, user=_ONLINE, sid=_RECORDED,
+        when="a record with no live socket, the last connection",
+        status=DisconnectStatus.REMOVED, flags=_flags(Flag.LAST),
+        user_after=_OFFLINE, sid_after=_TOMB, grant=_LEAVE,
+        lua="lua/disconnect.lua: owner, remember, last connection", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.RECONCILE, user=_OFFLINE, sid=_TOMB, call=Call.RETRY,
+        when="a removal made again after its reply was lost",
+        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
+        user_after=_OFFLINE, sid_after=_TOMB,
+        grant=Grant(offline=True, removed=True, own_repeat=True),
+        lua="lua/disconnect.lua: a tombstone naming this attempt", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.RECONCILE, user=_OFFLINE, sid=_TOMB, call=Call.OTHER,
+        when="removed by another call first (its handler)",
+        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
+        user_after=_OFFLINE, sid_after=_TOMB,
+        lua="lua/disconnect.lua: a tombstone, another attempt", memory=_DISCONNECT,
+    ),
+    Transition(
+        event=Event.RECONCILE, user=_OFFLINE, sid=_NONE,
+        when="a live socket with no record: recorded again (a repair)",
+        status=ConnectStatus.NEW, flags=_flags(Flag.FIRST),
+        user_after=_ONLINE, sid_after=_RECORDED, grant=_ARRIVAL,
+        lua="lua/connect.lua: a new record, n = 1", memory=_CONNECT,
+    ),
+    Transition(
+        event=Event.RECONCILE, user=_OFFLINE, sid=_TOMB,
+        when="a repair whose socket disconnected meanwhile",
+        status=ConnectStatus.STALE,
+        user_after=_OFFLINE, sid_after=_TOMB,
+        lua="lua/connect.lua: a hard tombstone", memory=_CONNECT,
+    ),
+)  # fmt: skip
+"""Every transition of the state machine (see :class:`Transition`)."""
+
+
+# --- the table, drawn -------------------------------------------------------------------
+
+
+def _condition(row: Transition) -> str:
+    parts = [row.when]
+    if row.call is not Call.FIRST:
+        parts.insert(0, f"{row.call.value} call")
+    if row.grace is not Grace.NONE:
+        parts.append(f"grace {row.grace.value}")
+    return "; ".join(parts)
+
+
+def _edges(pairs: Iterable[tuple[str, str, str]]) -> list[str]:
+    labels: dict[tuple[str, str], list[str]] = {}
+    for source, target, label in pairs:
+        bucket = labels.setdefault((source, target), [])
+        if label not in bucket:
+            bucket.append(label)
+    return [f"    {s} --> {t} : {'<br/>'.join(ls)}" for (s, t), ls in labels.items()]
+
+
+_IDS = {
+    UserState.OFFLINE: "offline",
+    UserState.ONLINE: "online",
+    UserState.HELD: "held",
+    SidState.NONE: "none",
+    SidState.RECORDED: "recorded",
+    SidState.TOMBSTONED: "tombstoned",
+    SidState.SWEPT: "swept",
+}
+
+
+def _label(row: Transition, *, with_grant: bool) -> str:
+    text = row.event.value if row.call is Call.FIRST else f"{row.event.value}, {row.call.value}"
+    grant = str(row.grant)
+    return f"{text} / {grant}" if with_grant and grant != "nothing" else text
+
+
+def mermaid(table: tuple[Transition, ...] = TABLE) -> str:
+    """The state diagrams of ``table`` as Mermaid source (two ```` ```mermaid ````
+    fences: the (user, role)'s states, then a sid's), each edge labelled with its
+    events (and their call, when not the first) and, for the (user, role), what they
+    grant. Rows that change no state are left out: :func:`markdown_table` lists them."""
+    user = [
+        "stateDiagram-v2",
+        "    direction LR",
+        *(f'    state "{state.value}" as {_IDS[state]}' for state in UserState),
+        "    [*] --> offline",
+        *_edges(
+            (_IDS[r.user], _IDS[r.user_after], _label(r, with_grant=True))
+            for r in table
+            if r.user is not r.user_after
+        ),
+    ]
+    sid = [
+        "stateDiagram-v2",
+        "    direction LR",
+        "    [*] --> none",
+        *_edges(
+            (_IDS[r.sid], _IDS[r.sid_after], _label(r, with_grant=False))
+            for r in table
+            if r.sid is not None and r.sid_after is not None and r.sid is not r.sid_after
+        ),
+    ]
+    return "\n".join(["```mermaid", *user, "```", "", "```mermaid", *sid, "```", ""])
+
+
+def _status(row: Transition) -> str:
+    flags = sorted(flag.value for flag in row.flags)
+    return " ".join([f"`{row.status.name}`", *flags])
+
+
+def markdown_table(table: tuple[Transition, ...] = TABLE) -> str:
+    """``table`` as a Markdown table: one line per transition."""
+    lines = [
+        "| event | (user, role) | sid | condition | answer | grants | where |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in table:
+        user = f"{row.user.value} → {row.user_after.value}"
+        sid = "—"
+        if row.sid is not None and row.sid_after is not None:
+            sid = f"{row.sid.value} → {row.sid_after.value}"
+        script, _, detail = row.lua.partition(":")
+        lines.append(
+            f"| {row.event.value} | {user} | {sid} | {_condition(row)} | {_status(row)} "
+            f"| {row.grant} | `{script}`:{detail}; `{row.memory}` |"
+        )
+    return "\n".join(lines) + "\n"
