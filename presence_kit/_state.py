@@ -17,13 +17,12 @@ call's own earlier try, whose reply was lost, grants what that try did), repairs
 sweeps and reconciles, finished leaves. The role's policy then decides *what* a
 granted announcement emits or tracks (:mod:`presence_kit._policies`).
 
-:func:`mermaid` and :func:`markdown_table` draw the table for the documentation
-(``docs/explanation/state-machine.md``, checked against them by the tests).
+:mod:`presence_kit._state_docs` draws the table for the documentation
+(``docs/explanation/state-machine.md``, checked against it by the tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TypeVar
@@ -52,8 +51,6 @@ __all__ = [
     "as_granted",
     "flags_of",
     "grants",
-    "markdown_table",
-    "mermaid",
 ]
 
 
@@ -301,343 +298,208 @@ class Transition:
     sid_after: SidState | None
     grant: Grant = NOTHING
     lua: str
-    """Where the Redis store implements it."""
-    memory: str
-    """Where :class:`~presence_kit.memory.MemoryStore` mirrors it."""
+    """Where the Redis store implements it: the script, and the case in it."""
+
+    @property
+    def memory(self) -> str:
+        """Where :class:`~presence_kit.memory.MemoryStore` mirrors it: the method of the
+        script's transition."""
+        script = self.lua.split(":", 1)[0].removeprefix("lua/").removesuffix(".lua")
+        return f"MemoryStore.{script}"
 
 
-def _flags(*flags: Flag) -> frozenset[Flag]:
-    return frozenset(flags)
+def _flags(names: str) -> frozenset[Flag]:
+    return frozenset(Flag(name) for name in names.split())
 
 
-_ONLINE, _OFFLINE, _HELD = UserState.ONLINE, UserState.OFFLINE, UserState.HELD
-_NONE, _RECORDED, _TOMB, _SWEPT = (
-    SidState.NONE,
-    SidState.RECORDED,
-    SidState.TOMBSTONED,
-    SidState.SWEPT,
-)
-_CONNECT, _DISCONNECT = "MemoryStore.connect", "MemoryStore.disconnect"
-_FINISH = "MemoryStore.finish_leave"
-_ARRIVAL = Grant(online=True)
-_LEAVE = Grant(offline=True, removed=True)
-_REMOVAL = Grant(removed=True)
+# Short names for the table's cells.
+_C, _D, _F, _S, _R = Event  # connect, disconnect, finish, sweep, reconcile
+_OFF, _ON, _HELD = UserState
+_NONE, _REC, _TOMB, _SWEPT = SidState
+_ARRIVAL, _EARLIER = Grant(online=True), Grant(earlier_online=True)
+_BOTH_ARRIVALS = Grant(online=True, earlier_online=True)
+_OWN_ARRIVAL = Grant(online=True, own_repeat=True)
+_LEAVE, _REMOVAL = Grant(offline=True, removed=True), Grant(removed=True)
+_OWN_LEAVE = Grant(offline=True, removed=True, own_repeat=True)
 
 TABLE: tuple[Transition, ...] = (
-    # --- connect --------------------------------------------------------------------
+    # --- connect --------------------------------------------------------------------------
     Transition(
-        event=Event.CONNECT, user=_OFFLINE, sid=_NONE, when="first connection",
-        status=ConnectStatus.NEW, flags=_flags(Flag.FIRST),
-        user_after=_ONLINE, sid_after=_RECORDED, grant=_ARRIVAL,
-        lua="lua/connect.lua: a new record, n = 1", memory=_CONNECT,
+        event=_C, user=_OFF, sid=_NONE, when="first connection", status=ConnectStatus.NEW,
+        flags=_flags("first"), user_after=_ON, sid_after=_REC, grant=_ARRIVAL,
+        lua="lua/connect.lua: a new record, n = 1",
     ),
     Transition(
-        event=Event.CONNECT, user=_ONLINE, others=1, sid=_NONE, when="another connection",
-        status=ConnectStatus.NEW,
-        user_after=_ONLINE, sid_after=_RECORDED,
-        lua="lua/connect.lua: a new record, n > 1", memory=_CONNECT,
+        event=_C, user=_ON, others=1, sid=_NONE, when="another connection",
+        status=ConnectStatus.NEW, user_after=_ON, sid_after=_REC,
+        lua="lua/connect.lua: a new record, n > 1",
     ),
     Transition(
-        event=Event.CONNECT, user=_HELD, sid=_NONE, grace=Grace.PENDING,
-        when="a reconnect within the grace: cancels the held-back leave",
-        status=ConnectStatus.NEW, flags=_flags(Flag.RESUMED),
-        user_after=_ONLINE, sid_after=_RECORDED,
-        lua="lua/connect.lua: a new record, a held-back leave cancelled", memory=_CONNECT,
+        event=_C, user=_HELD, sid=_NONE, grace=Grace.PENDING,
+        when="a reconnect within the grace: cancels the held-back leave", status=ConnectStatus.NEW,
+        flags=_flags("resumed"), user_after=_ON, sid_after=_REC,
+        lua="lua/connect.lua: a new record, a held-back leave cancelled",
     ),
     Transition(
-        event=Event.CONNECT, user=_ONLINE, sid=_RECORDED, call=Call.OTHER,
+        event=_C, user=_ON, sid=_REC, call=Call.OTHER,
         when="recorded by another call (a duplicate, a re-registration)",
-        status=ConnectStatus.REPEAT, flags=_flags(Flag.FIRST),
-        user_after=_ONLINE, sid_after=_RECORDED,
-        lua="lua/connect.lua: already recorded", memory=_CONNECT,
+        status=ConnectStatus.REPEAT, flags=_flags("first"), user_after=_ON, sid_after=_REC,
+        lua="lua/connect.lua: already recorded",
     ),
     Transition(
-        event=Event.CONNECT, user=_ONLINE, sid=_RECORDED, call=Call.RETRY,
+        event=_C, user=_ON, sid=_REC, call=Call.RETRY,
         when="recorded by this call's own try, its reply lost: what that try did",
-        status=ConnectStatus.REPEAT, flags=_flags(Flag.FIRST),
-        user_after=_ONLINE, sid_after=_RECORDED, grant=Grant(online=True, own_repeat=True),
-        lua="lua/connect.lua: already recorded, the stored outcome", memory=_CONNECT,
+        status=ConnectStatus.REPEAT, flags=_flags("first"), user_after=_ON, sid_after=_REC,
+        grant=_OWN_ARRIVAL, lua="lua/connect.lua: already recorded, the stored outcome",
     ),
     Transition(
-        event=Event.CONNECT, user=_OFFLINE, sid=_TOMB, call=Call.OTHER,
-        when="a late connect of a disconnected sid",
-        status=ConnectStatus.STALE,
-        user_after=_OFFLINE, sid_after=_TOMB,
-        lua="lua/connect.lua: a hard tombstone", memory=_CONNECT,
+        event=_C, user=_OFF, sid=_TOMB, call=Call.OTHER,
+        when="a late connect of a disconnected sid", status=ConnectStatus.STALE, user_after=_OFF,
+        sid_after=_TOMB, lua="lua/connect.lua: a hard tombstone",
     ),
     Transition(
-        event=Event.CONNECT, user=_OFFLINE, sid=_TOMB, call=Call.RETRY,
+        event=_C, user=_OFF, sid=_TOMB, call=Call.RETRY,
         when="its own first try brought the user online, removed since",
-        status=ConnectStatus.STALE, flags=_flags(Flag.EARLIER),
-        user_after=_OFFLINE, sid_after=_TOMB, grant=Grant(earlier_online=True),
-        lua="lua/connect.lua: a hard tombstone keeping this attempt's outcome",
-        memory=_CONNECT,
+        status=ConnectStatus.STALE, flags=_flags("earlier"), user_after=_OFF, sid_after=_TOMB,
+        grant=_EARLIER, lua="lua/connect.lua: a hard tombstone keeping this attempt's outcome",
     ),
     Transition(
-        event=Event.CONNECT, user=_OFFLINE, sid=_SWEPT, call=Call.OTHER,
-        when="a node that was only cut off records the sid again",
-        status=ConnectStatus.NEW, flags=_flags(Flag.FIRST),
-        user_after=_ONLINE, sid_after=_RECORDED, grant=_ARRIVAL,
-        lua="lua/connect.lua: a soft tombstone, deleted", memory=_CONNECT,
+        event=_C, user=_OFF, sid=_SWEPT, call=Call.OTHER,
+        when="a node that was only cut off records the sid again", status=ConnectStatus.NEW,
+        flags=_flags("first"), user_after=_ON, sid_after=_REC, grant=_ARRIVAL,
+        lua="lua/connect.lua: a soft tombstone, deleted",
     ),
     Transition(
-        event=Event.CONNECT, user=_OFFLINE, sid=_SWEPT, call=Call.RETRY,
-        when="its own first try brought the user online, swept since",
-        status=ConnectStatus.NEW, flags=_flags(Flag.FIRST, Flag.EARLIER),
-        user_after=_ONLINE, sid_after=_RECORDED,
-        grant=Grant(online=True, earlier_online=True),
+        event=_C, user=_OFF, sid=_SWEPT, call=Call.RETRY,
+        when="its own first try brought the user online, swept since", status=ConnectStatus.NEW,
+        flags=_flags("first earlier"), user_after=_ON, sid_after=_REC, grant=_BOTH_ARRIVALS,
         lua="lua/connect.lua: a soft tombstone keeping this attempt's outcome",
-        memory=_CONNECT,
     ),
-    # --- disconnect -----------------------------------------------------------------
+    # --- disconnect -----------------------------------------------------------------------
     Transition(
-        event=Event.DISCONNECT, user=_ONLINE, sid=_RECORDED, when="last connection",
-        status=DisconnectStatus.REMOVED, flags=_flags(Flag.LAST),
-        user_after=_OFFLINE, sid_after=_TOMB, grant=_LEAVE,
-        lua="lua/disconnect.lua: last connection, grace 0", memory=_DISCONNECT,
+        event=_D, user=_ON, sid=_REC, when="last connection", status=DisconnectStatus.REMOVED,
+        flags=_flags("last"), user_after=_OFF, sid_after=_TOMB, grant=_LEAVE,
+        lua="lua/disconnect.lua: last connection, grace 0",
     ),
     Transition(
-        event=Event.DISCONNECT, user=_ONLINE, others=1, sid=_RECORDED,
-        when="not the last connection",
-        status=DisconnectStatus.REMOVED,
-        user_after=_ONLINE, sid_after=_TOMB, grant=_REMOVAL,
-        lua="lua/disconnect.lua: not the last connection", memory=_DISCONNECT,
+        event=_D, user=_ON, others=1, sid=_REC, when="not the last connection",
+        status=DisconnectStatus.REMOVED, user_after=_ON, sid_after=_TOMB, grant=_REMOVAL,
+        lua="lua/disconnect.lua: not the last connection",
     ),
     Transition(
-        event=Event.DISCONNECT, user=_ONLINE, sid=_RECORDED, grace=Grace.PENDING,
-        when="last connection, its leave held back",
-        status=DisconnectStatus.REMOVED, flags=_flags(Flag.DEFERRED),
-        user_after=_HELD, sid_after=_TOMB, grant=_REMOVAL,
-        lua="lua/disconnect.lua: last connection, grace > 0", memory=_DISCONNECT,
+        event=_D, user=_ON, sid=_REC, grace=Grace.PENDING,
+        when="last connection, its leave held back", status=DisconnectStatus.REMOVED,
+        flags=_flags("deferred"), user_after=_HELD, sid_after=_TOMB, grant=_REMOVAL,
+        lua="lua/disconnect.lua: last connection, grace > 0",
     ),
     Transition(
-        event=Event.DISCONNECT, user=_OFFLINE, sid=_TOMB, call=Call.OTHER,
-        when="removed by another call (a duplicate handler call)",
-        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
-        user_after=_OFFLINE, sid_after=_TOMB,
-        lua="lua/disconnect.lua: a tombstone, another attempt", memory=_DISCONNECT,
+        event=_D, user=_OFF, sid=_TOMB, call=Call.OTHER,
+        when="removed by another call (a duplicate handler call)", status=DisconnectStatus.REPEAT,
+        flags=_flags("last"), user_after=_OFF, sid_after=_TOMB,
+        lua="lua/disconnect.lua: a tombstone, another attempt",
     ),
     Transition(
-        event=Event.DISCONNECT, user=_OFFLINE, sid=_TOMB, call=Call.RETRY,
+        event=_D, user=_OFF, sid=_TOMB, call=Call.RETRY,
         when="removed by this call's own try, its reply lost: what that try did",
-        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
-        user_after=_OFFLINE, sid_after=_TOMB,
-        grant=Grant(offline=True, removed=True, own_repeat=True),
-        lua="lua/disconnect.lua: a tombstone naming this attempt", memory=_DISCONNECT,
+        status=DisconnectStatus.REPEAT, flags=_flags("last"), user_after=_OFF, sid_after=_TOMB,
+        grant=_OWN_LEAVE, lua="lua/disconnect.lua: a tombstone naming this attempt",
     ),
     Transition(
-        event=Event.DISCONNECT, user=_OFFLINE, sid=_NONE,
-        when="no record (never connected here, or expired)",
-        status=DisconnectStatus.UNKNOWN,
-        user_after=_OFFLINE, sid_after=_NONE,
-        lua="lua/disconnect.lua: no record", memory=_DISCONNECT,
+        event=_D, user=_OFF, sid=_NONE, when="no record (never connected here, or expired)",
+        status=DisconnectStatus.UNKNOWN, user_after=_OFF, sid_after=_NONE,
+        lua="lua/disconnect.lua: no record",
     ),
     Transition(
-        event=Event.DISCONNECT, user=_OFFLINE, sid=_SWEPT, call=Call.OTHER,
+        event=_D, user=_OFF, sid=_SWEPT, call=Call.OTHER,
         when="a handler call after its sweep: the tombstone hardens",
-        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
-        user_after=_OFFLINE, sid_after=_TOMB,
-        lua="lua/disconnect.lua: a soft tombstone, remember", memory=_DISCONNECT,
+        status=DisconnectStatus.REPEAT, flags=_flags("last"), user_after=_OFF, sid_after=_TOMB,
+        lua="lua/disconnect.lua: a soft tombstone, remember",
     ),
-    # --- finish (a held-back leave) -------------------------------------------------
+    # --- finish (a held-back leave) -------------------------------------------------------
     Transition(
-        event=Event.FINISH, user=_HELD, sid=None, grace=Grace.DUE,
-        when="the grace ended: this caller claims the leave",
-        status=FinishLeaveStatus.LEFT, flags=_flags(Flag.LAST),
-        user_after=_OFFLINE, sid_after=None, grant=_LEAVE,
-        lua="lua/finish_leave.lua: left", memory=_FINISH,
+        event=_F, user=_HELD, sid=None, grace=Grace.DUE,
+        when="the grace ended: this caller claims the leave", status=FinishLeaveStatus.LEFT,
+        flags=_flags("last"), user_after=_OFF, sid_after=None, grant=_LEAVE,
+        lua="lua/finish_leave.lua: left",
     ),
     Transition(
-        event=Event.FINISH, user=_HELD, sid=None, grace=Grace.PENDING,
-        when="not due yet",
-        status=FinishLeaveStatus.LATER,
-        user_after=_HELD, sid_after=None,
-        lua="lua/finish_leave.lua: later", memory=_FINISH,
+        event=_F, user=_HELD, sid=None, grace=Grace.PENDING, when="not due yet",
+        status=FinishLeaveStatus.LATER, user_after=_HELD, sid_after=None,
+        lua="lua/finish_leave.lua: later",
     ),
     Transition(
-        event=Event.FINISH, user=_ONLINE, others=1, sid=None, grace=Grace.PENDING,
-        when="a reconnect cancelled it",
-        status=FinishLeaveStatus.GONE,
-        user_after=_ONLINE, sid_after=None,
-        lua="lua/finish_leave.lua: gone", memory=_FINISH,
+        event=_F, user=_ON, others=1, sid=None, grace=Grace.PENDING,
+        when="a reconnect cancelled it", status=FinishLeaveStatus.GONE, user_after=_ON,
+        sid_after=None, lua="lua/finish_leave.lua: gone",
     ),
     Transition(
-        event=Event.FINISH, user=_OFFLINE, sid=None,
-        when="nothing held back (or another caller ran it)",
-        status=FinishLeaveStatus.GONE,
-        user_after=_OFFLINE, sid_after=None,
-        lua="lua/finish_leave.lua: gone", memory=_FINISH,
+        event=_F, user=_OFF, sid=None, when="nothing held back (or another caller ran it)",
+        status=FinishLeaveStatus.GONE, user_after=_OFF, sid_after=None,
+        lua="lua/finish_leave.lua: gone",
     ),
-    # --- sweep (a lost node's connection) -------------------------------------------
+    # --- sweep (a lost node's connection) -------------------------------------------------
     Transition(
-        event=Event.SWEEP, user=_ONLINE, sid=_RECORDED, when="last connection",
-        status=DisconnectStatus.REMOVED, flags=_flags(Flag.LAST),
-        user_after=_OFFLINE, sid_after=_SWEPT, grant=_LEAVE,
-        lua="lua/disconnect.lua: owner, no remember, last connection", memory=_DISCONNECT,
+        event=_S, user=_ON, sid=_REC, when="last connection", status=DisconnectStatus.REMOVED,
+        flags=_flags("last"), user_after=_OFF, sid_after=_SWEPT, grant=_LEAVE,
+        lua="lua/disconnect.lua: owner, no remember, last connection",
     ),
     Transition(
-        event=Event.SWEEP, user=_ONLINE, others=1, sid=_RECORDED,
-        when="not the last connection",
-        status=DisconnectStatus.REMOVED,
-        user_after=_ONLINE, sid_after=_SWEPT, grant=_REMOVAL,
-        lua="lua/disconnect.lua: owner, no remember, not the last", memory=_DISCONNECT,
+        event=_S, user=_ON, others=1, sid=_REC, when="not the last connection",
+        status=DisconnectStatus.REMOVED, user_after=_ON, sid_after=_SWEPT, grant=_REMOVAL,
+        lua="lua/disconnect.lua: owner, no remember, not the last",
     ),
     Transition(
-        event=Event.SWEEP, user=_ONLINE, sid=_RECORDED, grace=Grace.PENDING,
-        when="last connection, its leave held back",
-        status=DisconnectStatus.REMOVED, flags=_flags(Flag.DEFERRED),
-        user_after=_HELD, sid_after=_SWEPT, grant=_REMOVAL,
-        lua="lua/disconnect.lua: owner, no remember, grace > 0", memory=_DISCONNECT,
+        event=_S, user=_ON, sid=_REC, grace=Grace.PENDING,
+        when="last connection, its leave held back", status=DisconnectStatus.REMOVED,
+        flags=_flags("deferred"), user_after=_HELD, sid_after=_SWEPT, grant=_REMOVAL,
+        lua="lua/disconnect.lua: owner, no remember, grace > 0",
     ),
     Transition(
-        event=Event.SWEEP, user=_ONLINE, sid=_RECORDED, moved=True,
+        event=_S, user=_ON, sid=_REC, moved=True,
         when="the record moved to a later incarnation of its node",
-        status=DisconnectStatus.UNKNOWN,
-        user_after=_ONLINE, sid_after=_RECORDED,
-        lua="lua/disconnect.lua: another owner's record", memory=_DISCONNECT,
+        status=DisconnectStatus.UNKNOWN, user_after=_ON, sid_after=_REC,
+        lua="lua/disconnect.lua: another owner's record",
     ),
     Transition(
-        event=Event.SWEEP, user=_OFFLINE, sid=_SWEPT, call=Call.RETRY,
-        when="made again after its reply was lost",
-        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
-        user_after=_OFFLINE, sid_after=_SWEPT,
-        grant=Grant(offline=True, removed=True, own_repeat=True),
-        lua="lua/disconnect.lua: a soft tombstone naming this attempt", memory=_DISCONNECT,
+        event=_S, user=_OFF, sid=_SWEPT, call=Call.RETRY,
+        when="made again after its reply was lost", status=DisconnectStatus.REPEAT,
+        flags=_flags("last"), user_after=_OFF, sid_after=_SWEPT, grant=_OWN_LEAVE,
+        lua="lua/disconnect.lua: a soft tombstone naming this attempt",
     ),
     Transition(
-        event=Event.SWEEP, user=_OFFLINE, sid=_TOMB, call=Call.OTHER,
-        when="removed by another call first (its handler)",
-        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
-        user_after=_OFFLINE, sid_after=_TOMB,
-        lua="lua/disconnect.lua: a tombstone, another attempt", memory=_DISCONNECT,
+        event=_S, user=_OFF, sid=_TOMB, call=Call.OTHER,
+        when="removed by another call first (its handler)", status=DisconnectStatus.REPEAT,
+        flags=_flags("last"), user_after=_OFF, sid_after=_TOMB,
+        lua="lua/disconnect.lua: a tombstone, another attempt",
     ),
-    # --- reconcile (this node's records against its live sockets) -------------------
+    # --- reconcile (this node's records against its live sockets) -------------------------
     Transition(
-        event=Event.RECONCILE, user=_ONLINE, sid=_RECORDED,
-        when="a record with no live socket, the last connection",
-        status=DisconnectStatus.REMOVED, flags=_flags(Flag.LAST),
-        user_after=_OFFLINE, sid_after=_TOMB, grant=_LEAVE,
-        lua="lua/disconnect.lua: owner, remember, last connection", memory=_DISCONNECT,
+        event=_R, user=_ON, sid=_REC, when="a record with no live socket, the last connection",
+        status=DisconnectStatus.REMOVED, flags=_flags("last"), user_after=_OFF, sid_after=_TOMB,
+        grant=_LEAVE, lua="lua/disconnect.lua: owner, remember, last connection",
     ),
     Transition(
-        event=Event.RECONCILE, user=_OFFLINE, sid=_TOMB, call=Call.RETRY,
-        when="a removal made again after its reply was lost",
-        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
-        user_after=_OFFLINE, sid_after=_TOMB,
-        grant=Grant(offline=True, removed=True, own_repeat=True),
-        lua="lua/disconnect.lua: a tombstone naming this attempt", memory=_DISCONNECT,
+        event=_R, user=_OFF, sid=_TOMB, call=Call.RETRY,
+        when="a removal made again after its reply was lost", status=DisconnectStatus.REPEAT,
+        flags=_flags("last"), user_after=_OFF, sid_after=_TOMB, grant=_OWN_LEAVE,
+        lua="lua/disconnect.lua: a tombstone naming this attempt",
     ),
     Transition(
-        event=Event.RECONCILE, user=_OFFLINE, sid=_TOMB, call=Call.OTHER,
-        when="removed by another call first (its handler)",
-        status=DisconnectStatus.REPEAT, flags=_flags(Flag.LAST),
-        user_after=_OFFLINE, sid_after=_TOMB,
-        lua="lua/disconnect.lua: a tombstone, another attempt", memory=_DISCONNECT,
+        event=_R, user=_OFF, sid=_TOMB, call=Call.OTHER,
+        when="removed by another call first (its handler)", status=DisconnectStatus.REPEAT,
+        flags=_flags("last"), user_after=_OFF, sid_after=_TOMB,
+        lua="lua/disconnect.lua: a tombstone, another attempt",
     ),
     Transition(
-        event=Event.RECONCILE, user=_OFFLINE, sid=_NONE,
-        when="a live socket with no record: recorded again (a repair)",
-        status=ConnectStatus.NEW, flags=_flags(Flag.FIRST),
-        user_after=_ONLINE, sid_after=_RECORDED, grant=_ARRIVAL,
-        lua="lua/connect.lua: a new record, n = 1", memory=_CONNECT,
+        event=_R, user=_OFF, sid=_NONE,
+        when="a live socket with no record: recorded again (a repair)", status=ConnectStatus.NEW,
+        flags=_flags("first"), user_after=_ON, sid_after=_REC, grant=_ARRIVAL,
+        lua="lua/connect.lua: a new record, n = 1",
     ),
     Transition(
-        event=Event.RECONCILE, user=_OFFLINE, sid=_TOMB,
-        when="a repair whose socket disconnected meanwhile",
-        status=ConnectStatus.STALE,
-        user_after=_OFFLINE, sid_after=_TOMB,
-        lua="lua/connect.lua: a hard tombstone", memory=_CONNECT,
+        event=_R, user=_OFF, sid=_TOMB, when="a repair whose socket disconnected meanwhile",
+        status=ConnectStatus.STALE, user_after=_OFF, sid_after=_TOMB,
+        lua="lua/connect.lua: a hard tombstone",
     ),
 )  # fmt: skip
 """Every transition of the state machine (see :class:`Transition`)."""
-
-
-# --- the table, drawn -------------------------------------------------------------------
-
-
-def _condition(row: Transition) -> str:
-    parts = [row.when]
-    if row.call is not Call.FIRST:
-        parts.insert(0, f"{row.call.value} call")
-    if row.grace is not Grace.NONE:
-        parts.append(f"grace {row.grace.value}")
-    return "; ".join(parts)
-
-
-def _edges(pairs: Iterable[tuple[str, str, str]]) -> list[str]:
-    labels: dict[tuple[str, str], list[str]] = {}
-    for source, target, label in pairs:
-        bucket = labels.setdefault((source, target), [])
-        if label not in bucket:
-            bucket.append(label)
-    return [f"    {s} --> {t} : {'<br/>'.join(ls)}" for (s, t), ls in labels.items()]
-
-
-_IDS = {
-    UserState.OFFLINE: "offline",
-    UserState.ONLINE: "online",
-    UserState.HELD: "held",
-    SidState.NONE: "none",
-    SidState.RECORDED: "recorded",
-    SidState.TOMBSTONED: "tombstoned",
-    SidState.SWEPT: "swept",
-}
-
-
-def _label(row: Transition, *, with_grant: bool) -> str:
-    text = row.event.value if row.call is Call.FIRST else f"{row.event.value}, {row.call.value}"
-    grant = str(row.grant)
-    return f"{text} / {grant}" if with_grant and grant != "nothing" else text
-
-
-def mermaid(table: tuple[Transition, ...] = TABLE) -> str:
-    """The state diagrams of ``table`` as Mermaid source (two ```` ```mermaid ````
-    fences: the (user, role)'s states, then a sid's), each edge labelled with its
-    events (and their call, when not the first) and, for the (user, role), what they
-    grant. Rows that change no state are left out: :func:`markdown_table` lists them."""
-    user = [
-        "stateDiagram-v2",
-        "    direction LR",
-        *(f'    state "{state.value}" as {_IDS[state]}' for state in UserState),
-        "    [*] --> offline",
-        *_edges(
-            (_IDS[r.user], _IDS[r.user_after], _label(r, with_grant=True))
-            for r in table
-            if r.user is not r.user_after
-        ),
-    ]
-    sid = [
-        "stateDiagram-v2",
-        "    direction LR",
-        "    [*] --> none",
-        *_edges(
-            (_IDS[r.sid], _IDS[r.sid_after], _label(r, with_grant=False))
-            for r in table
-            if r.sid is not None and r.sid_after is not None and r.sid is not r.sid_after
-        ),
-    ]
-    return "\n".join(["```mermaid", *user, "```", "", "```mermaid", *sid, "```", ""])
-
-
-def _status(row: Transition) -> str:
-    flags = sorted(flag.value for flag in row.flags)
-    return " ".join([f"`{row.status.name}`", *flags])
-
-
-def markdown_table(table: tuple[Transition, ...] = TABLE) -> str:
-    """``table`` as a Markdown table: one line per transition."""
-    lines = [
-        "| event | (user, role) | sid | condition | answer | grants | where |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in table:
-        user = f"{row.user.value} → {row.user_after.value}"
-        sid = "—"
-        if row.sid is not None and row.sid_after is not None:
-            sid = f"{row.sid.value} → {row.sid_after.value}"
-        script, _, detail = row.lua.partition(":")
-        lines.append(
-            f"| {row.event.value} | {user} | {sid} | {_condition(row)} | {_status(row)} "
-            f"| {row.grant} | `{script}`:{detail}; `{row.memory}` |"
-        )
-    return "\n".join(lines) + "\n"
