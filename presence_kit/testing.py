@@ -12,18 +12,30 @@ Combine them with :class:`~presence_kit.memory.MemoryStore`::
     kit.handle_disconnect("sid1", session)
     assert sockets.emitted == [("teacher_connect", {"user_id": 7}, "org:1"),
                                ("teacher_disconnect", {"user_id": 7}, "org:1")]
+
+``RequestBuilder`` makes the store requests a kit would send, to test a store (your
+own adapter, say) without a kit::
+
+    requests = RequestBuilder()
+    store = MemoryStore()
+    outcome = store.connect(requests.connect("sid1", session))
+    assert outcome.status is ConnectStatus.NEW and outcome.first
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ._effects import Track
+from ._model import ConnectRequest, DisconnectRequest, FinishLeaveRequest
+from ._policies import DisconnectPolicy
+from ._requests import KitRequests
+from ._settings import Settings
 
-__all__ = ["AsyncRecordingSockets", "RecordingAnalytics", "RecordingSockets"]
+__all__ = ["AsyncRecordingSockets", "RecordingAnalytics", "RecordingSockets", "RequestBuilder"]
 
 
 class _Rooms:
@@ -172,3 +184,86 @@ class RecordingAnalytics:
     def close(self, timeout: float | None = None) -> None:
         """Mark closed."""
         self.closed = True
+
+
+class RequestBuilder:
+    """The store requests a kit would send: to test a store without a kit.
+
+    Each request is the one :class:`~presence_kit.PresenceKit` builds for the same
+    call, with the same ``settings``, ``policies`` (added to the spec's roles) and
+    socket ``namespace``: the same key names and values, and a new attempt id per
+    request (send one request twice to repeat a call, as a retry does). Sessions are
+    validated as the kit validates them (an invalid one raises
+    :class:`~presence_kit.InvalidSessionError`). The builder is one node incarnation,
+    :attr:`member`; :meth:`new_incarnation` makes it the next one, as a kit does when it
+    learns it was swept while alive.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        policies: Mapping[str, DisconnectPolicy] | None = None,
+        namespace: str = "/",
+    ) -> None:
+        self._kit = KitRequests(settings=settings, policies=policies, namespace=namespace)
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the requests are built with."""
+        return self._kit.settings
+
+    @property
+    def member(self) -> str:
+        """This node incarnation, ``node_id/incarnation``, as records and indexes name it."""
+        return self._kit.member
+
+    def new_incarnation(self) -> None:
+        """Become a new incarnation of the same node (records then name it)."""
+        self._kit.new_incarnation()
+
+    def node_index_key(self, sid: str) -> str:
+        """The key of this incarnation's node index that holds connection ``sid``."""
+        return self._kit.node_index_key(sid)
+
+    def connect(self, sid: str, session: Mapping[str, Any]) -> ConnectRequest:
+        """The request of a connect handler call of ``sid`` with ``session``."""
+        return self._kit.prepare_connect(sid, session).request
+
+    def disconnect(
+        self, sid: str, session: Mapping[str, Any], reason: str | None = None
+    ) -> DisconnectRequest:
+        """The request of a disconnect handler call (``reason`` as python-socketio gives
+        it; ``None``: not given)."""
+        return self._kit.prepare_disconnect(sid, session, reason).request
+
+    def sweep(
+        self,
+        sid: str,
+        session: Mapping[str, Any],
+        *,
+        member: str | None = None,
+        reason: str | None = None,
+    ) -> DisconnectRequest:
+        """The removal of connection ``sid`` by a sweep of node incarnation ``member``
+        (by default this one), which wrote its record: a lost node's, with
+        ``Settings.lost_reason`` and a soft tombstone; or, with ``reason``, a
+        reconcile's of a record whose socket is gone (a tombstone like a handler's)."""
+        prepared = self._kit.prepare_disconnect(sid, session, reason)
+        entry = prepared.request.keys.queue_member  # the node index's entry: the same text
+        request = self._kit.sweep_request(
+            member or self.member,
+            prepared.sid,
+            entry,
+            reason=None if reason is None else prepared.request.reason,
+        )
+        assert request is not None  # the session was validated above
+        return request
+
+    def finish(self, session: Mapping[str, Any]) -> FinishLeaveRequest:
+        """The request that finishes the held-back leave of ``session``'s (user, role)."""
+        parsed, policy = self._kit.parse_session(session)
+        keys = self._kit.user_keys(parsed, policy)
+        request = self._kit.finish_request(keys.queue_member)
+        assert request is not None  # the session was validated above
+        return request

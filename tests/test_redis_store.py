@@ -13,21 +13,21 @@ import redis
 import redis.asyncio
 import redis.utils
 
-from presence_kit import StoreError
-from presence_kit._core import KitCore
+from presence_kit import ConnectRequest, DisconnectRequest, StoreError
 from presence_kit.redis import AsyncRedisStore, RedisStore
+from presence_kit.testing import RequestBuilder
 from tests.support.redis_servers import RedisServer, aclose_client
 
 TEACHER = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 3}
-CORE = KitCore(settings=None, policies=None, namespace="/")
+REQUESTS = RequestBuilder()
 
 
-def connect_request(sid: str = "s1") -> object:
-    return CORE.prepare_connect(sid, TEACHER)[3]
+def connect_request(sid: str = "s1") -> ConnectRequest:
+    return REQUESTS.connect(sid, TEACHER)
 
 
-def disconnect_request(sid: str = "s1") -> object:
-    return CORE.prepare_disconnect(sid, TEACHER, "transport close")[3]
+def disconnect_request(sid: str = "s1") -> DisconnectRequest:
+    return REQUESTS.disconnect(sid, TEACHER, "transport close")
 
 
 def test_a_paused_redis_fails_fast_with_a_store_error(fresh_redis_server: RedisServer) -> None:
@@ -174,14 +174,14 @@ async def test_concurrent_calls_share_a_pipeline_and_survive_noscript(
     client = redis_server.async_client()
     store = AsyncRedisStore(client)
     sessions = [{**TEACHER, "user_id": n} for n in range(50)]
-    connects = [CORE.prepare_connect(f"s{n}", s)[3] for n, s in enumerate(sessions)]
+    connects = [REQUESTS.connect(f"s{n}", s) for n, s in enumerate(sessions)]
     outcomes = await asyncio.gather(*(store.connect(r) for r in connects))
     assert all(o.first for o in outcomes)
     admin = redis_server.client()
     admin.script_flush()
     admin.config_resetstat()
     disconnects = [
-        CORE.prepare_disconnect(f"s{n}", s, "transport close")[3] for n, s in enumerate(sessions)
+        REQUESTS.disconnect(f"s{n}", s, "transport close") for n, s in enumerate(sessions)
     ]
     outcomes = await asyncio.gather(*(store.disconnect(r) for r in disconnects))
     assert all(o.last for o in outcomes)
@@ -221,12 +221,10 @@ async def test_a_failing_call_in_a_batch_fails_alone(
     store = AsyncRedisStore(client)
     sessions = [{**TEACHER, "user_id": n} for n in range(10, 20)]
     for n, session in enumerate(sessions):
-        await store.connect(CORE.prepare_connect(f"s{n}", session)[3])
+        await store.connect(REQUESTS.connect(f"s{n}", session))
     redis_server.client().delete("alive:org_1_user_13")
     redis_server.client().set("alive:org_1_user_13", "not a hash")  # WRONGTYPE for its call
-    requests = [
-        CORE.prepare_disconnect(f"s{n}", s, "transport close")[3] for n, s in enumerate(sessions)
-    ]
+    requests = [REQUESTS.disconnect(f"s{n}", s, "transport close") for n, s in enumerate(sessions)]
     results = await _coalesced(store, [store.disconnect(r) for r in requests])
     failed = [n for n, r in enumerate(results) if isinstance(r, Exception)]
     assert failed == [3]
@@ -242,8 +240,8 @@ async def test_a_batch_keeps_the_order_of_its_calls(redis_server: RedisServer) -
     client = redis_server.async_client()
     store = AsyncRedisStore(client)
     session = {**TEACHER, "user_id": 42}
-    connect = CORE.prepare_connect("s42", session)[3]
-    disconnect = CORE.prepare_disconnect("s42", session, "transport close")[3]
+    connect = REQUESTS.connect("s42", session)
+    disconnect = REQUESTS.disconnect("s42", session, "transport close")
     connected, left = await _coalesced(
         store, [store.connect(connect), store.disconnect(disconnect)]
     )
@@ -260,10 +258,8 @@ def test_disconnect_many_sends_batched_scripts(redis_server: RedisServer) -> Non
     admin = redis_server.client()
     sessions = [{**TEACHER, "user_id": n} for n in range(100, 220)]
     for n, session in enumerate(sessions):
-        store.connect(CORE.prepare_connect(f"s{n}", session)[3])
-    requests = [
-        CORE.prepare_disconnect(f"s{n}", s, "transport close")[3] for n, s in enumerate(sessions)
-    ]
+        store.connect(REQUESTS.connect(f"s{n}", session))
+    requests = [REQUESTS.disconnect(f"s{n}", s, "transport close") for n, s in enumerate(sessions)]
     admin.config_resetstat()
     outcomes = store.disconnect_many(requests)
     assert [o.last for o in outcomes] == [True] * 120
@@ -274,7 +270,7 @@ def test_disconnect_many_sends_batched_scripts(redis_server: RedisServer) -> Non
     store.disconnect_many(requests)  # repeats, now with the script loaded
     assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == 3
     admin.set("alive:org_1_user_999", "not a hash")
-    poisoned = CORE.prepare_disconnect("s999", {**TEACHER, "user_id": 999}, "transport close")[3]
+    poisoned = REQUESTS.disconnect("s999", {**TEACHER, "user_id": 999}, "transport close")
     with pytest.raises(StoreError, match="WRONGTYPE"):
         store.disconnect_many([poisoned])
 
@@ -352,7 +348,7 @@ def test_threads_queued_behind_a_call_share_one_round_trip(
     store.connect(connect_request("warm"))  # scripts loaded
     store.disconnect(disconnect_request("warm"))
     sessions = [{**TEACHER, "user_id": n} for n in range(300, 330)]
-    requests = [CORE.prepare_connect(f"t{n}", s)[3] for n, s in enumerate(sessions)]
+    requests = [REQUESTS.connect(f"t{n}", s) for n, s in enumerate(sessions)]
     admin.config_resetstat()
     results = _threads_while_paused(
         fresh_redis_server, store, [lambda r=r: store.connect(r) for r in requests]
@@ -370,7 +366,7 @@ def test_a_queued_thread_gives_up_at_its_deadline(fresh_redis_server: RedisServe
     within their deadlines (StoreError); afterwards the store works again."""
     store = RedisStore(fresh_redis_server.client(), timeout=0.2)
     store.connect(connect_request("warm"))
-    requests = [CORE.prepare_connect(f"q{n}", {**TEACHER, "user_id": n})[3] for n in range(5)]
+    requests = [REQUESTS.connect(f"q{n}", {**TEACHER, "user_id": n}) for n in range(5)]
     results = _threads_while_paused(
         fresh_redis_server, store, [lambda r=r: store.connect(r) for r in requests], pause=1.0
     )
@@ -387,9 +383,7 @@ def test_a_failing_call_among_threads_fails_alone(
     store = RedisStore(fresh_redis_server.client(**options), timeout=2.0)
     store.connect(connect_request("warm"))
     fresh_redis_server.client().set("alive:org_1_user_503", "not a hash")
-    requests = [
-        CORE.prepare_connect(f"f{n}", {**TEACHER, "user_id": n})[3] for n in range(500, 506)
-    ]
+    requests = [REQUESTS.connect(f"f{n}", {**TEACHER, "user_id": n}) for n in range(500, 506)]
     results = _threads_while_paused(
         fresh_redis_server, store, [lambda r=r: store.connect(r) for r in requests]
     )
@@ -415,7 +409,7 @@ def test_threads_queued_behind_an_interrupted_sender_are_answered(
         raise Interrupted
 
     monkeypatch.setattr(store.client, "pipeline", interrupted)  # batches go as a pipeline
-    requests = [CORE.prepare_connect(f"i{n}", {**TEACHER, "user_id": n})[3] for n in range(4)]
+    requests = [REQUESTS.connect(f"i{n}", {**TEACHER, "user_id": n}) for n in range(4)]
     results = _threads_while_paused(
         fresh_redis_server, store, [lambda r=r: store.connect(r) for r in requests]
     )
@@ -457,7 +451,7 @@ async def test_the_async_stores_burst_is_bounded_by_its_capped_pool(
     )
     store = AsyncRedisStore(redis.asyncio.Redis(connection_pool=pool), max_connections=5)
     assert store.client.connection_pool.max_connections == 5
-    requests = [CORE.prepare_connect(f"s{n}", {**TEACHER, "user_id": n})[3] for n in range(200)]
+    requests = [REQUESTS.connect(f"s{n}", {**TEACHER, "user_id": n}) for n in range(200)]
     outcomes = await asyncio.gather(*(store.connect(r) for r in requests))
     assert all(o.first for o in outcomes)
     assert 1 <= _clients_of(redis_server, "capped") <= 5  # back-pressure, not 200 sockets
@@ -631,7 +625,7 @@ def test_a_burst_of_threads_stays_within_a_small_pool(
     import concurrent.futures
 
     store = RedisStore(redis_server.client(client_name=f"small-{size}"), max_connections=size)
-    requests = [CORE.prepare_connect(f"s{n}", {**TEACHER, "user_id": n})[3] for n in range(300)]
+    requests = [REQUESTS.connect(f"s{n}", {**TEACHER, "user_id": n}) for n in range(300)]
     with concurrent.futures.ThreadPoolExecutor(16) as threads:
         outcomes = list(threads.map(store.connect, requests))
     assert all(o.first for o in outcomes)
@@ -644,7 +638,7 @@ async def test_an_async_burst_stays_within_a_pool_of_one(redis_server: RedisServ
 
     client = redis_server.async_client(client_name="asmall")
     store = AsyncRedisStore(client, max_connections=1)
-    requests = [CORE.prepare_connect(f"s{n}", {**TEACHER, "user_id": n})[3] for n in range(300)]
+    requests = [REQUESTS.connect(f"s{n}", {**TEACHER, "user_id": n}) for n in range(300)]
     outcomes = await asyncio.gather(*(store.connect(r) for r in requests))
     assert all(o.first for o in outcomes)
     assert _clients_of(redis_server, "asmall") == 1

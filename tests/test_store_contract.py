@@ -9,6 +9,7 @@ and the stored bytes must be the same everywhere.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,11 +20,24 @@ from presence_kit import (
     ConnectStatus,
     DisconnectOutcome,
     DisconnectStatus,
+    FinishLeaveOutcome,
     Settings,
+    UserKeys,
 )
-from presence_kit._core import KitCore
+from presence_kit._state import (
+    TABLE,
+    Call,
+    Event,
+    Grace,
+    SidState,
+    Transition,
+    UserState,
+    flags_of,
+    grants,
+)
 from presence_kit.memory import MemoryStore
 from presence_kit.redis import AsyncRedisStore, RedisStore
+from presence_kit.testing import RequestBuilder
 
 TEACHER = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 3}
 HUB = {"role": "TeacherHub", "org_id": 1, "user_id": 9, "lesson_id": 3}
@@ -44,24 +58,28 @@ class Harness:
         self,
         connect: Callable[[Any], ConnectOutcome],
         disconnect: Callable[[Any], DisconnectOutcome],
+        finish: Callable[[Any], FinishLeaveOutcome],
         hgetall: Callable[[str], dict[str, str]],
+        get: Callable[[str], str | None],
         ttl: Callable[[str], int],
         keys: Callable[[], list[str]],
     ) -> None:
         self.store_connect = connect
         self.store_disconnect = disconnect
+        self.store_finish = finish
         self.hgetall = hgetall
+        self.get = get
         self.ttl = ttl
         self.all_keys = keys
-        self.core = KitCore(settings=Settings(), policies=None, namespace="/")
+        self.requests = RequestBuilder(settings=Settings())
 
     def connect(self, sid: str, session: dict[str, Any]) -> ConnectOutcome:
-        return self.store_connect(self.core.prepare_connect(sid, session)[3])
+        return self.store_connect(self.requests.connect(sid, session))
 
     def disconnect(
         self, sid: str, session: dict[str, Any], reason: str = "transport close"
     ) -> DisconnectOutcome:
-        return self.store_disconnect(self.core.prepare_disconnect(sid, session, reason)[3])
+        return self.store_disconnect(self.requests.disconnect(sid, session, reason))
 
 
 def _text(value: Any) -> str:
@@ -71,6 +89,7 @@ def _text(value: Any) -> str:
 def _redis_readers(raw: Any) -> dict[str, Callable[..., Any]]:
     return {
         "hgetall": lambda key: {_text(k): _text(v) for k, v in raw.hgetall(key).items()},
+        "get": lambda key: None if (value := raw.get(key)) is None else _text(value),
         "ttl": lambda key: int(raw.ttl(key)),
         "keys": lambda: sorted(_text(k) for k in raw.scan_iter(count=1000)),
     }
@@ -94,7 +113,15 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     kind: str = request.param
     if kind == "memory":
         store = MemoryStore()
-        yield Harness(store.connect, store.disconnect, store.hgetall, store.ttl, store.keys)
+        yield Harness(
+            store.connect,
+            store.disconnect,
+            store.finish_leave,
+            store.hgetall,
+            store.get,
+            store.ttl,
+            store.keys,
+        )
         return
     if kind.endswith("cluster"):
         yield from _cluster_harness(request, asynchronous=kind.startswith("async"))
@@ -109,7 +136,12 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     if kind.startswith("redis"):
         client = server.client(protocol=protocol, decode_responses=decoded)
         sync_store = RedisStore(client)
-        yield Harness(sync_store.connect, sync_store.disconnect, **_redis_readers(raw))
+        yield Harness(
+            sync_store.connect,
+            sync_store.disconnect,
+            sync_store.finish_leave,
+            **_redis_readers(raw),
+        )
         sync_store.close()
         return
     loop = asyncio.new_event_loop()
@@ -119,6 +151,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         yield Harness(
             lambda r: loop.run_until_complete(async_store.connect(r)),
             lambda r: loop.run_until_complete(async_store.disconnect(r)),
+            lambda r: loop.run_until_complete(async_store.finish_leave(r)),
             **_redis_readers(raw),
         )
     finally:
@@ -138,7 +171,7 @@ def _cluster_harness(request: pytest.FixtureRequest, *, asynchronous: bool) -> I
     raw = cluster.client()
     if not asynchronous:
         store = RedisStore(cluster.client())
-        yield Harness(store.connect, store.disconnect, **_redis_readers(raw))
+        yield Harness(store.connect, store.disconnect, store.finish_leave, **_redis_readers(raw))
         store.close()
         return
     loop = asyncio.new_event_loop()
@@ -148,6 +181,7 @@ def _cluster_harness(request: pytest.FixtureRequest, *, asynchronous: bool) -> I
         yield Harness(
             lambda r: loop.run_until_complete(async_store.connect(r)),
             lambda r: loop.run_until_complete(async_store.disconnect(r)),
+            lambda r: loop.run_until_complete(async_store.finish_leave(r)),
             **_redis_readers(raw),
         )
     finally:
@@ -236,8 +270,8 @@ def test_a_repeat_names_the_attempt_that_made_the_removal(harness: Harness) -> N
     """A retried call (the same request) learns that its own try ran; another call for
     the same sid learns that someone else's did (so it announces nothing again)."""
     harness.connect("sid-1", TEACHER)
-    request = harness.core.prepare_disconnect("sid-1", TEACHER, "transport close")[3]
-    other = harness.core.prepare_disconnect("sid-1", TEACHER, "client disconnect")[3]
+    request = harness.requests.disconnect("sid-1", TEACHER, "transport close")
+    other = harness.requests.disconnect("sid-1", TEACHER, "client disconnect")
     assert request.attempt and other.attempt and request.attempt != other.attempt
     first = harness.store_disconnect(request)
     assert (first.status, first.attempt) == (DisconnectStatus.REMOVED, request.attempt)
@@ -250,8 +284,8 @@ def test_a_repeated_connect_returns_the_first_calls_outcome(harness: Harness) ->
     """A connect retried after another connection of the user was added still learns
     that it was the first (and its version); another call for the same sid learns
     whose the first call was (so a replay announces exactly what that call did)."""
-    request = harness.core.prepare_connect("sid-1", TEACHER)[3]
-    other = harness.core.prepare_connect("sid-1", TEACHER)[3]
+    request = harness.requests.connect("sid-1", TEACHER)
+    other = harness.requests.connect("sid-1", TEACHER)
     assert request.attempt and other.attempt and request.attempt != other.attempt
     first = harness.store_connect(request)
     assert (first.status, first.first, first.version, first.attempt) == (
@@ -280,25 +314,24 @@ def test_a_record_of_an_earlier_incarnation_moves_to_the_new_one(harness: Harnes
     """A node that learnt it was swept takes a new incarnation and connects its sockets
     again: a record its old incarnation wrote after the sweep now names the new one,
     and the new incarnation's index holds it (where a sweep of the node looks)."""
-    core = harness.core
+    requests = harness.requests
     harness.connect("sid-1", TEACHER)
-    old_member, old_index = core.member, core.node_index_key("sid-1")
-    core.new_incarnation()
+    old_member, old_index = requests.member, requests.node_index_key("sid-1")
+    requests.new_incarnation()
     again = harness.connect("sid-1", TEACHER)
     assert (again.status, again.first, again.version) == (ConnectStatus.REPEAT, True, 1)
-    assert core.node_index_key("sid-1") != old_index
-    assert "sid-1" in harness.hgetall(core.node_index_key("sid-1"))
+    assert requests.node_index_key("sid-1") != old_index
+    assert "sid-1" in harness.hgetall(requests.node_index_key("sid-1"))
     record = harness.hgetall(ALIVE)["c:sid-1"]
-    assert core.member in record and old_member not in record
+    assert requests.member in record and old_member not in record
     assert harness.hgetall(ALIVE)["n"] == "1"
     # A sweep of the old incarnation (racing the move) leaves the moved record alone.
-    swept = core.sweep_request(old_member, "sid-1", '[1,2,"TeacherAPP"]')
-    assert swept is not None and swept.owner == old_member
+    swept = requests.sweep("sid-1", TEACHER, member=old_member)
+    assert swept.owner == old_member
     assert harness.store_disconnect(swept).status is DisconnectStatus.UNKNOWN
     assert (harness.hgetall(ALIVE)["n"], harness.hgetall(ALIVE)["state"]) == ("1", "connect")
     # ... while the sweep of the incarnation that wrote it removes it.
-    own = core.sweep_request(core.member, "sid-1", '[1,2,"TeacherAPP"]')
-    assert own is not None
+    own = requests.sweep("sid-1", TEACHER)
     assert harness.store_disconnect(own).status is DisconnectStatus.REMOVED
     assert harness.hgetall(ALIVE)["state"] == "disconnect"
 
@@ -308,12 +341,11 @@ def test_a_sweeps_tombstone_answers_repeats_and_refuses_no_connect(harness: Harn
     outcome (a sweep whose reply was lost learns it ran), the node that was only cut
     off records the sid again, and a handler's disconnect after the sweep makes the
     tombstone a hard one (no late connect revives the sid)."""
-    core = harness.core
-    connect = core.prepare_connect("sid-1", TEACHER)[3]
+    requests = harness.requests
+    connect = requests.connect("sid-1", TEACHER)
     assert harness.store_connect(connect).version == 1
-    entry = '[1,2,"TeacherAPP"]'
-    swept = core.sweep_request(core.member, "sid-1", entry)
-    assert swept is not None and not swept.remember
+    swept = requests.sweep("sid-1", TEACHER)
+    assert not swept.remember
     first = harness.store_disconnect(swept)
     assert (first.status, first.last) == (DisconnectStatus.REMOVED, True)
     again = harness.store_disconnect(swept)
@@ -326,10 +358,9 @@ def test_a_sweeps_tombstone_answers_repeats_and_refuses_no_connect(harness: Harn
     assert (back.status, back.first, back.earlier_version) == (ConnectStatus.NEW, True, 0)
     harness.disconnect("sid-1", TEACHER)
     # A replay of a connect whose reply was lost, swept since: its first try's version.
-    connect = core.prepare_connect("sid-3", TEACHER)[3]
+    connect = requests.connect("sid-3", TEACHER)
     ran = harness.store_connect(connect)
-    swept = core.sweep_request(core.member, "sid-3", entry)
-    assert swept is not None
+    swept = requests.sweep("sid-3", TEACHER)
     harness.store_disconnect(swept)
     replayed = harness.store_connect(connect)
     assert (replayed.status, replayed.version, replayed.earlier_version) == (
@@ -339,8 +370,7 @@ def test_a_sweeps_tombstone_answers_repeats_and_refuses_no_connect(harness: Harn
     )
     assert harness.disconnect("sid-3", TEACHER).status is DisconnectStatus.REMOVED
     harness.connect("sid-2", TEACHER)
-    swept = core.sweep_request(core.member, "sid-2", entry)
-    assert swept is not None
+    swept = requests.sweep("sid-2", TEACHER)
     harness.store_disconnect(swept)
     handler = harness.disconnect("sid-2", TEACHER)  # after its sweep
     assert (handler.status, handler.attempt) == (DisconnectStatus.REPEAT, swept.attempt)
@@ -407,3 +437,95 @@ def test_every_key_is_a_users_an_orgs_or_a_nodes(harness: Harness) -> None:
         assert key.startswith(
             ("alive:", "presence:{alive:", "presence:{presence:org:", "presence:{presence:node:")
         ), key
+
+
+# --- the state machine's table, row by row (presence_kit._state.TABLE) -------------------
+
+SID = "sid-t"
+GRACE_SECONDS = {Grace.NONE: 0.0, Grace.PENDING: 60.0, Grace.DUE: 0.001}
+STALE = "stale connection"  # a reconcile's reason
+
+
+def user_state(harness: Harness, keys: UserKeys) -> UserState:
+    if harness.hgetall(keys.held_leave):
+        return UserState.HELD
+    online = harness.hgetall(keys.alive).get("state") == "connect"
+    return UserState.ONLINE if online else UserState.OFFLINE
+
+
+def sid_state(harness: Harness, keys: UserKeys, tombstone_key: str) -> SidState:
+    if f"c:{SID}" in harness.hgetall(keys.records):
+        return SidState.RECORDED
+    stone = harness.get(tombstone_key)
+    if stone is None:
+        return SidState.NONE
+    return SidState.SWEPT if stone.startswith("~") else SidState.TOMBSTONED
+
+
+def arrange(harness: Harness, row: Transition, requests: RequestBuilder) -> Any:
+    """Bring the store to the row's states; return the request of the row's event."""
+    store_connect, store_disconnect = harness.store_connect, harness.store_disconnect
+    if row.user is UserState.HELD or (row.event is Event.FINISH and row.grace is not Grace.NONE):
+        store_connect(requests.connect("held", TEACHER))
+        store_disconnect(requests.disconnect("held", TEACHER))
+    for n in range(row.others):
+        store_connect(requests.connect(f"other-{n}", TEACHER))
+    original: Any = None  # the call that made the sid's state: a retry repeats it
+    sweeper = requests.member
+    if row.sid in (SidState.RECORDED, SidState.TOMBSTONED, SidState.SWEPT):
+        original = requests.connect(SID, TEACHER)
+        store_connect(original)
+    if row.moved:  # the node was fenced, and registered the sid again
+        requests.new_incarnation()
+        store_connect(requests.connect(SID, TEACHER))
+    if row.sid in (SidState.TOMBSTONED, SidState.SWEPT):
+        if row.sid is SidState.SWEPT:
+            removal = requests.sweep(SID, TEACHER)
+        elif row.event is Event.RECONCILE and row.call is Call.RETRY:
+            removal = requests.sweep(SID, TEACHER, reason=STALE)
+        else:
+            removal = requests.disconnect(SID, TEACHER)
+        store_disconnect(removal)
+        if row.event is not Event.CONNECT:
+            original = removal
+    if row.grace is Grace.DUE:
+        time.sleep(0.02)
+    if row.call is Call.RETRY:
+        return original
+    if row.event is Event.FINISH:
+        return requests.finish(TEACHER)
+    if isinstance(row.status, ConnectStatus):
+        return requests.connect(SID, TEACHER)
+    if row.event is Event.DISCONNECT:
+        return requests.disconnect(SID, TEACHER)
+    if row.event is Event.SWEEP:
+        return requests.sweep(SID, TEACHER, member=sweeper)
+    return requests.sweep(SID, TEACHER, reason=STALE)
+
+
+@pytest.mark.parametrize(
+    "row", TABLE, ids=[f"{n:02}-{row.event.value}-{row.call.value}" for n, row in enumerate(TABLE)]
+)
+def test_the_state_machine_table(harness: Harness, row: Transition) -> None:
+    """Each transition of the table, on every store: from the row's states, the row's
+    event gets the row's answer, leaves the row's states, and grants what the row says."""
+    requests = RequestBuilder(settings=Settings(leave_grace=GRACE_SECONDS[row.grace]))
+    probe = requests.disconnect(SID, TEACHER)
+    keys, tombstone_key = probe.keys, probe.tombstone_key
+    request = arrange(harness, row, requests)
+    assert user_state(harness, keys) is row.user
+    if row.sid is not None:
+        assert sid_state(harness, keys, tombstone_key) is row.sid
+    if row.event is Event.FINISH:
+        outcome: Any = harness.store_finish(request)
+    elif isinstance(row.status, ConnectStatus):
+        outcome = harness.store_connect(request)
+    else:
+        outcome = harness.store_disconnect(request)
+    assert (outcome.status, flags_of(outcome)) == (row.status, row.flags)
+    replay = row.call is Call.RETRY and row.event in (Event.CONNECT, Event.DISCONNECT)
+    attempt = getattr(request, "attempt", None)
+    assert grants(row.event, outcome, attempt=attempt, replay=replay) == row.grant
+    assert user_state(harness, keys) is row.user_after
+    if row.sid_after is not None:
+        assert sid_state(harness, keys, tombstone_key) is row.sid_after

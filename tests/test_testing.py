@@ -4,10 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
-from presence_kit import AsyncSockets, Sockets
+import pytest
+
+from presence_kit import (
+    AsyncSockets,
+    ConnectRequest,
+    ConnectStatus,
+    DisconnectRequest,
+    DisconnectStatus,
+    FinishLeaveStatus,
+    InvalidSessionError,
+    PresenceKit,
+    Settings,
+    Sockets,
+)
 from presence_kit.memory import MemoryStore
-from presence_kit.testing import AsyncRecordingSockets, RecordingAnalytics, RecordingSockets
+from presence_kit.testing import (
+    AsyncRecordingSockets,
+    RecordingAnalytics,
+    RecordingSockets,
+    RequestBuilder,
+)
 
 
 def test_recording_sockets_implement_the_port() -> None:
@@ -60,12 +79,10 @@ def test_recording_analytics() -> None:
 def test_memory_store_expiry_follows_its_clock() -> None:
     now = [1000.0]
     store = MemoryStore(clock=lambda: now[0])
-    from presence_kit._core import KitCore
-
-    core = KitCore(settings=None, policies=None, namespace="/")
+    requests = RequestBuilder()
     session = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 3}
-    store.connect(core.prepare_connect("s1", session)[3])
-    store.disconnect(core.prepare_disconnect("s1", session, None)[3])
+    store.connect(requests.connect("s1", session))
+    store.disconnect(requests.disconnect("s1", session))
     assert store.ttl("alive:org_1_user_2") == 3600
     assert store.get("presence:{alive:org_1_user_2}:gone:s1") is not None
     assert store.get("alive:org_1_user_2") is None  # a hash, not a string
@@ -74,3 +91,79 @@ def test_memory_store_expiry_follows_its_clock() -> None:
     now[0] += 3000
     assert store.keys() == []
     assert store.ttl("alive:org_1_user_2") == -2
+
+
+TEACHER = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 3}
+
+
+class CapturingStore(MemoryStore):
+    """A memory store that keeps every request it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+
+    def connect(self, request: ConnectRequest) -> Any:
+        self.requests.append(request)
+        return super().connect(request)
+
+    def disconnect(self, request: DisconnectRequest) -> Any:
+        self.requests.append(request)
+        return super().disconnect(request)
+
+
+def test_the_request_builder_builds_what_a_kit_sends() -> None:
+    settings = Settings(node_id="node-1", leave_grace=5)
+    store = CapturingStore()
+    kit = PresenceKit(store=store, sockets=RecordingSockets(), settings=settings)
+    kit.handle_connect("s1", TEACHER)
+    kit.handle_disconnect("s1", TEACHER, reason="ping timeout")
+    sent_connect, sent_disconnect = store.requests
+    requests = RequestBuilder(settings=settings)
+    connect = requests.connect("s1", TEACHER)
+    disconnect = requests.disconnect("s1", TEACHER, "ping timeout")
+    for sent, built in ((sent_connect, connect), (sent_disconnect, disconnect)):
+        assert (built.keys, built.tombstone_key, built.layout, built.tracks_alive) == (
+            sent.keys,
+            sent.tombstone_key,
+            sent.layout,
+            sent.tracks_alive,
+        )
+        assert built.attempt and built.attempt != sent.attempt  # a call of its own
+    assert (connect.index_entry, connect.record.session) == (
+        sent_connect.index_entry,
+        sent_connect.record.session,
+    )
+    assert connect.record.node_id == "node-1"
+    assert (disconnect.reason, disconnect.remember, disconnect.owner) == (
+        "ping timeout",
+        True,
+        "",
+    )
+    assert requests.settings is settings
+    kit.close()
+
+
+def test_the_request_builder_drives_a_store() -> None:
+    requests = RequestBuilder(settings=Settings(leave_grace=0.001))
+    store = MemoryStore()
+    connect = requests.connect("s1", TEACHER)
+    assert store.connect(connect).status is ConnectStatus.NEW
+    assert store.connect(connect).status is ConnectStatus.REPEAT  # the same call again
+    old = requests.member
+    requests.new_incarnation()
+    assert requests.member != old and requests.member.split("/")[0] == old.split("/")[0]
+    assert requests.node_index_key("s1") != connect.node_index_key
+    swept = requests.sweep("s1", TEACHER, member=old)
+    assert (swept.owner, swept.remember, swept.reason) == (old, False, "node lost")
+    assert store.disconnect(swept).status is DisconnectStatus.REMOVED
+    reconciled = requests.sweep("s1", TEACHER, reason="stale connection")
+    assert (reconciled.owner, reconciled.remember) == (requests.member, True)
+    finish = requests.finish(TEACHER)
+    assert finish.keys.queue_member == connect.keys.queue_member
+    assert store.finish_leave(finish).status in (FinishLeaveStatus.LATER, FinishLeaveStatus.LEFT)
+
+
+def test_the_request_builder_validates_sessions() -> None:
+    with pytest.raises(InvalidSessionError):
+        RequestBuilder().connect("s1", {**TEACHER, "user_id": "1_user_2"})
