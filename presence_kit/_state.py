@@ -313,9 +313,11 @@ def _flags(names: str) -> frozenset[Flag]:
 
 
 # Short names for the table's cells.
-_C, _D, _F, _S, _R = Event  # connect, disconnect, finish, sweep, reconcile
-_OFF, _ON, _HELD = UserState
-_NONE, _REC, _TOMB, _SWEPT = SidState
+_C, _D, _F = Event.CONNECT, Event.DISCONNECT, Event.FINISH
+_S, _R = Event.SWEEP, Event.RECONCILE
+_OFF, _ON, _HELD = UserState.OFFLINE, UserState.ONLINE, UserState.HELD
+_NONE, _REC = SidState.NONE, SidState.RECORDED
+_TOMB, _SWEPT = SidState.TOMBSTONED, SidState.SWEPT
 _ARRIVAL, _EARLIER = Grant(online=True), Grant(earlier_online=True)
 _BOTH_ARRIVALS = Grant(online=True, earlier_online=True)
 _OWN_ARRIVAL = Grant(online=True, own_repeat=True)
