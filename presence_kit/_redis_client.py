@@ -29,18 +29,28 @@ from redis.utils import HIREDIS_AVAILABLE
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_TIMEOUT",
     "AsyncClient",
-    "AsyncLoneCallConnection",
-    "LoneCallConnection",
+    "AsyncWire",
+    "Client",
     "SyncClient",
+    "Wire",
+    "async_close_own",
     "async_handler_client",
+    "checkout_takes_name",
+    "close_own",
+    "handler_client",
     "lone_call_pool",
     "pool_size",
-    "sync_handler_client",
 ]
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+Client = SyncClient
+"""The blocking store's name for :data:`SyncClient` (``AsyncClient`` made blocking)."""
+
+DEFAULT_TIMEOUT = 0.5
+"""Seconds a handler waits for Redis before giving up (and carrying on without it)."""
 
 DEFAULT_MAX_CONNECTIONS = 100
 """The most connections the store's own pool opens, unless ``max_connections`` says.
@@ -75,7 +85,7 @@ def pool_size(pool: Any, max_connections: int | None) -> int:
     return min(given, DEFAULT_MAX_CONNECTIONS)
 
 
-def sync_handler_client(
+def handler_client(
     client: SyncClient, timeout: float | None, max_connections: int | None
 ) -> tuple[SyncClient, bool]:
     """The client for handler calls, and whether we own it (and so close it)."""
@@ -93,6 +103,11 @@ def sync_handler_client(
             kwargs["ssl"] = True
         node_class: Any = redis.cluster.ClusterNode
         nodes = [node_class(n.host, n.port) for n in cluster.get_nodes()]
+        # A NAT's or a proxy's address map too: without it the store's client would
+        # reach the nodes at the addresses they announce, not where the integrator's does.
+        remap = getattr(cluster.nodes_manager, "address_remap", None)
+        if remap is not None:
+            kwargs["address_remap"] = remap
         return redis.cluster.RedisCluster(startup_nodes=nodes, **kwargs), True
     pool = client.connection_pool
     kwargs = _deadline_kwargs(pool.connection_kwargs, timeout, no_retry)
@@ -162,6 +177,7 @@ class _BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.Blockin
 def async_handler_client(
     client: AsyncClient, timeout: float | None, max_connections: int | None
 ) -> tuple[AsyncClient, bool]:
+    """As :func:`handler_client`; an asyncio cluster client is used as given."""
     if timeout is None or isinstance(client, redis.asyncio.cluster.RedisCluster):
         return client, False
     from redis.asyncio.retry import Retry as AsyncRetry
@@ -225,13 +241,9 @@ def _hiredis_packing(connection_class: Any, kwargs: dict[str, Any]) -> Any:
 
 
 # --- the connection kept for lone calls -------------------------------------------
-# A store's coalescer sends at most one lone script call at a time (a burst goes out
-# as batches, through the pool). That call needs no pool checkout: taking a connection
-# from redis-py 8's pool and giving it back, with the client's ``execute_command``
-# around the round trip, costs more Python than the round trip itself (about 60,000
-# instructions per call, measured with callgrind). So the store keeps one connection
-# of its own pool for them and talks to it through redis-py's connection API
-# (``send_command``, ``read_response``), as redis-py's own ``PubSub`` keeps one.
+# The kept connection itself is written once (presence_kit/_async/redis_connection.py);
+# what differs between redis-py's blocking and asyncio connections is here, one class
+# per side: :class:`AsyncWire` and :class:`Wire`.
 
 
 _RECONNECT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -251,7 +263,7 @@ def lone_call_pool(client: Any, owned: bool) -> Any:
     return pool if isinstance(size, int) and size >= 2 else None
 
 
-def _checkout_takes_name(pool: Any) -> bool:
+def checkout_takes_name(pool: Any) -> bool:
     """Before redis-py 5.3 ``get_connection`` requires a command name; later ones
     deprecate passing it."""
     parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
@@ -280,54 +292,6 @@ def _hiredis_packer(pool: Any) -> Callable[[tuple[Any, ...]], bytes] | None:
     return pack
 
 
-class LoneCallConnection:
-    """One connection of the store's own blocking pool, kept for lone script calls.
-
-    ``execute_command(*args)`` like a client's, for the one thread that the
-    coalescer lets send at a time. Before each call the connection is checked the way
-    the pool checks one it hands out (unread data or a closed socket: reconnected);
-    a failed call disconnects it, as redis-py's client does, and the next call
-    reconnects (to a Sentinel's current master); a forked child takes its own."""
-
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
-        self._args: tuple[str, ...] = ("EVALSHA",) if _checkout_takes_name(pool) else ()
-        self._connection: Any = None
-        self._pack = _hiredis_packer(pool)
-
-    def execute_command(self, *args: Any) -> Any:
-        """Send one command on the kept connection; its reply (an error reply raised)."""
-        connection = self._connection
-        if connection is None or connection.pid != os.getpid():
-            connection = self._connection = self._pool.get_connection(*self._args)
-        else:
-            connection.connect()  # at once when connected
-            try:
-                stale = connection.can_read()  # unread data, or closed by Redis
-            except _RECONNECT:
-                stale = True
-            if stale:
-                connection.disconnect()
-                connection.connect()
-        try:
-            if self._pack is not None:  # hiredis's packer, as send_command's, without its copy
-                connection.send_packed_command([self._pack(args)])
-            else:
-                connection.send_command(*args)
-            return connection.read_response()
-        except redis.exceptions.ResponseError:
-            raise  # an error reply: the connection is in step
-        except BaseException:
-            connection.disconnect()  # as the client does (a Sentinel's connection won't)
-            raise
-
-    def close(self) -> None:
-        """Give the connection back to the pool (the store then closes the pool)."""
-        connection, self._connection = self._connection, None
-        if connection is not None and connection.pid == os.getpid():
-            self._pool.release(connection)
-
-
 def _can_read(connection_class: Any) -> Callable[[Any], Awaitable[bool]]:
     """An asyncio connection's check for unread data or a closed socket: ``can_read``
     from redis-py 8, ``can_read_destructive`` before."""
@@ -337,46 +301,89 @@ def _can_read(connection_class: Any) -> Callable[[Any], Awaitable[bool]]:
     return check
 
 
-class AsyncLoneCallConnection:
-    """:class:`LoneCallConnection` for the asyncio store: one connection of its own
-    pool, for the one lone call that its coalescer has in flight at a time."""
+class AsyncWire:
+    """How the kept connection talks to one of an asyncio pool's connections."""
+
+    __slots__ = ("_can_read",)
 
     def __init__(self, pool: Any) -> None:
-        self._pool = pool
-        self._args: tuple[str, ...] = ("EVALSHA",) if _checkout_takes_name(pool) else ()
-        self._connection: Any = None
         self._can_read = _can_read(pool.connection_class)
-        self.busy = False
-        """A call is on the connection (set by the store around each call)."""
 
-    async def execute_command(self, *args: Any) -> Any:
-        """Send one command on the kept connection; its reply (an error reply raised)."""
-        connection = self._connection
-        if connection is None:
-            connection = self._connection = await self._pool.get_connection(*self._args)
-        else:
-            # The pool's check, also where redis-py 8's pool skips it (maintenance
-            # notifications on): a connection Redis closed while idle is replaced
-            # before the call instead of failing it.
-            await connection.connect()  # at once when connected
-            try:
-                stale = await self._can_read(connection)
-            except _RECONNECT:
-                stale = True
-            if stale:
-                await connection.disconnect()
-                await connection.connect()
+    def ours(self, connection: Any) -> bool:
+        """The connection may be used by this process (asyncio: always)."""
+        return True
+
+    async def refresh(self, connection: Any) -> None:
+        """The pool's check, also where redis-py 8's pool skips it (maintenance
+        notifications on): a connection Redis closed while idle is replaced before the
+        call instead of failing it."""
+        await connection.connect()  # at once when connected
         try:
-            await connection.send_command(*args)
-            return await connection.read_response()
-        except redis.exceptions.ResponseError:
-            raise  # an error reply: the connection is in step
-        except BaseException:
-            await connection.disconnect(nowait=True)  # as the client does
-            raise
+            stale = await self._can_read(connection)
+        except _RECONNECT:
+            stale = True
+        if stale:
+            await connection.disconnect()
+            await connection.connect()
 
-    async def aclose(self) -> None:
-        """Give the connection back to the pool (the store then closes the pool)."""
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await self._pool.release(connection)
+    async def send(self, connection: Any, args: tuple[Any, ...]) -> None:
+        """Write one command (the store's pool packs with hiredis, see above)."""
+        await connection.send_command(*args)
+
+    async def drop(self, connection: Any) -> None:
+        """Close a connection a call failed on, as the client does."""
+        await connection.disconnect(nowait=True)
+
+
+class Wire:
+    """How the kept connection talks to one of a blocking pool's connections: checked
+    as the pool checks one it hands out; a forked child takes its own; commands packed
+    by hiredis directly when the pool's connections would pack with it."""
+
+    __slots__ = ("_pack",)
+
+    def __init__(self, pool: Any) -> None:
+        self._pack = _hiredis_packer(pool)
+
+    def ours(self, connection: Any) -> bool:
+        """The connection was opened by this process (not inherited through a fork)."""
+        return bool(connection.pid == os.getpid())
+
+    def refresh(self, connection: Any) -> None:
+        """Reconnect if there is unread data or Redis closed the socket (the pool's check)."""
+        connection.connect()  # at once when connected
+        try:
+            stale = connection.can_read()
+        except _RECONNECT:
+            stale = True
+        if stale:
+            connection.disconnect()
+            connection.connect()
+
+    def send(self, connection: Any, args: tuple[Any, ...]) -> None:
+        """Write one command (hiredis's packer, as send_command's, without its copy)."""
+        if self._pack is not None:
+            connection.send_packed_command([self._pack(args)])
+        else:
+            connection.send_command(*args)
+
+    def drop(self, connection: Any) -> None:
+        """Close a connection a call failed on (a Sentinel's client would not)."""
+        connection.disconnect()
+
+
+async def async_close_own(client: AsyncClient) -> None:
+    """Close a client the store built, and its pool (redis-py leaves a pool that was
+    passed in open when its client closes). Owned asyncio clients are never clusters."""
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        await pool.disconnect()
+
+
+def close_own(client: SyncClient) -> None:
+    """As :func:`async_close_own` (a blocking cluster client has no single pool)."""
+    client.close()
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        pool.disconnect()

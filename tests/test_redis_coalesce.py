@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from presence_kit._redis_coalesce import ThreadCoalescer
+from presence_kit._synchronization import Coalescer
 
 
 class _SlowRedis:
@@ -36,7 +36,7 @@ def test_a_call_taken_into_a_slow_batch_gets_its_reply_not_a_timeout() -> None:
     reply (a "never sent" TimeoutError would make its caller treat a call that ran as
     one that did not)."""
     redis = _SlowRedis(delay=0.4)
-    coalescer = ThreadCoalescer(redis.one, redis.batch, turn_timeout=0.6)
+    coalescer = Coalescer(redis.one, redis.batch, lambda calls: 0.6, batch_size=50)
     replies: dict[str, Any] = {}
 
     def run(name: str) -> None:
@@ -63,7 +63,7 @@ def test_a_call_that_never_got_a_turn_times_out_unsent() -> None:
     """A queued call whose turn does not come within its timeout is withdrawn: it is
     never sent, and its caller gets a TimeoutError."""
     redis = _SlowRedis(delay=0.5)
-    coalescer = ThreadCoalescer(redis.one, redis.batch, turn_timeout=0.1)
+    coalescer = Coalescer(redis.one, redis.batch, lambda calls: 0.1, batch_size=50)
     first = threading.Thread(target=coalescer.call, args=("t1",))
     first.start()
     while not coalescer.sending:

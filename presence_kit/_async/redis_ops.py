@@ -1,0 +1,336 @@
+"""Every Redis operation of the store, standalone and cluster, as plain async code.
+
+:class:`AsyncRedisOps` holds the client (a redis-py client, typed by
+:mod:`~presence_kit._async.redis_types`) and our registered scripts. Each operation
+sends its commands with real method calls (``pipe.hset(...)`` then ``await
+pipe.execute()``, ``await client.execute_command("EVALSHA", ...)``) and returns its
+result; ``.ci/unasync.py`` writes the blocking twin. Failures are raised as they come:
+the store translates them, in one place.
+
+Standalone and cluster go through the same operations. On a standalone Redis each
+connect and disconnect is one script call that writes the indexes too, sent through
+the store's coalescer (``handler_script``: alone on the kept connection, or batched
+with the calls made meanwhile). On a cluster an organisation's index and a node's
+index live in other slots than the user's keys, so a script cannot write them: they
+are written before the script (the index is always a superset of the truth), cleaned
+after it (and on ``STALE``), and verified lazily when read.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+
+from redis.exceptions import NoScriptError
+
+from presence_kit._async.redis_types import AsyncKeptClient, AsyncRedisClient
+from presence_kit._codec import RECORD_FIELD
+from presence_kit._keys import KeySchema
+from presence_kit._model import (
+    ConnectOutcome,
+    ConnectRequest,
+    ConnectStatus,
+    DisconnectOutcome,
+    DisconnectRequest,
+    DisconnectStatus,
+    FinishLeaveOutcome,
+    FinishLeaveRequest,
+    Heartbeat,
+    NodeInfo,
+    OrgQuery,
+    UserPresence,
+)
+from presence_kit._redis_scripts import (
+    BATCH_CALLS,
+    connect_call,
+    connect_outcome,
+    disconnect_call,
+    disconnect_outcome,
+    finish_call,
+    finish_outcome,
+    heartbeat_ok,
+    index_entries,
+    merged_entries,
+    node_infos,
+    text,
+    user_presence,
+)
+from presence_kit._redis_seam import (
+    Arg,
+    Lua,
+    PipelineReply,
+    Reply,
+    ScriptCall,
+    ScriptSet,
+    UnexpectedReplyError,
+    array,
+    integer,
+    mapping,
+    replied,
+)
+from presence_kit._session import Id
+from presence_kit._synchronization import async_gather
+
+__all__ = ["AsyncRedisOps", "async_batch_replies", "async_script_call"]
+
+
+async def async_script_call(
+    client: AsyncKeptClient, script: Lua, keys: list[str], args: list[str | int]
+) -> Reply:
+    """A script call: ``EVALSHA`` sent as a plain command (redis-py's ``Script`` wrapper
+    costs about as much again on the hot path); if Redis lost the script (NOSCRIPT,
+    e.g. after a failover) it is loaded and sent again, by the same client (the
+    store's kept connection, for a lone call: no second connection needed)."""
+    command: tuple[Arg, ...] = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    try:
+        return await client.execute_command(*command)
+    except NoScriptError:
+        await client.execute_command("SCRIPT", "LOAD", script.source)
+        return await client.execute_command(*command)
+
+
+def _batched(
+    batched: dict[str, Lua], calls: Sequence[ScriptCall]
+) -> tuple[list[tuple[Arg, ...]], list[int]]:
+    """``calls`` as batched EVALSHAs: each run of calls of one script in commands of at
+    most :data:`~presence_kit._redis_scripts.BATCH_CALLS` calls; and each one's size."""
+    commands: list[tuple[Arg, ...]] = []
+    sizes: list[int] = []
+    for script, run in itertools.groupby(calls, key=lambda pair: pair[0]):
+        same = [call for _script, call in run]
+        sha = batched[script.sha].sha
+        for start in range(0, len(same), BATCH_CALLS):
+            part = same[start : start + BATCH_CALLS]
+            keys: list[str] = []
+            args: list[str | int] = [len(part[0][0]), len(part[0][1])]
+            for call_keys, call_args in part:
+                keys += call_keys
+                args += call_args
+            commands.append(("EVALSHA", sha, len(keys), *keys, *args))
+            sizes.append(len(part))
+    return commands, sizes
+
+
+async def _send_batched(
+    client: AsyncRedisClient, commands: list[tuple[Arg, ...]], sizes: list[int]
+) -> list[PipelineReply]:
+    """Send batched EVALSHAs in one pipeline: one reply (or failure) per call."""
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    out: list[PipelineReply] = []
+    for reply, size in zip(await pipe.execute(raise_on_error=False), sizes, strict=True):
+        if isinstance(reply, Exception):
+            out += [reply] * size
+        elif not isinstance(reply, (list, tuple)) or len(reply) != size:
+            wrong = UnexpectedReplyError(f"a batch of {size} calls got {reply!r:.80}")
+            out += [wrong] * size
+        else:
+            out += reply
+    return out
+
+
+async def async_batch_replies(
+    client: AsyncRedisClient, scripts: ScriptSet, calls: Sequence[ScriptCall]
+) -> list[PipelineReply]:
+    """One reply (or failure) per call: batched EVALSHAs in one pipelined round trip,
+    and a second one after loading the scripts if Redis had lost them (NOSCRIPT)."""
+    replies = await _send_batched(client, *_batched(scripts.batched, calls))
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
+            await client.execute_command("SCRIPT", "LOAD", scripts.batched[script.sha].source)
+        again = await _send_batched(
+            client, *_batched(scripts.batched, [calls[i] for i in missing])
+        )
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    return replies
+
+
+class AsyncRedisOps:
+    """The store's operations over one client: ``handler_script`` sends a handler's
+    script call (the store's coalescer on a standalone Redis)."""
+
+    def __init__(
+        self,
+        client: AsyncRedisClient,
+        *,
+        cluster: bool,
+        handler_script: Callable[[ScriptCall], Awaitable[Reply]] | None = None,
+    ) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.scripts = ScriptSet(client.register_script)
+        self._handler_script = handler_script or self._script
+
+    async def _script(self, call: ScriptCall) -> Reply:
+        script, (keys, args) = call
+        return await async_script_call(self.client, script, keys, args)
+
+    # --- a handler's connect and disconnect ------------------------------------------
+
+    async def connect(self, r: ConnectRequest) -> ConnectOutcome:
+        """Record a connection: one script call (on a cluster, indexes first)."""
+        if not self.cluster:
+            call = (self.scripts.connect, connect_call(r, local_index=True))
+            return connect_outcome(array(await self._handler_script(call)))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(r.keys.org_index, r.sid, r.index_entry)
+        pipe.hset(r.node_index_key, r.sid, r.node_entry)
+        await pipe.execute()
+        call = (self.scripts.connect, connect_call(r, local_index=False))
+        outcome = connect_outcome(array(await self._handler_script(call)))
+        if outcome.status is ConnectStatus.STALE:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(r.keys.org_index, r.sid)
+            pipe.hdel(r.node_index_key, r.sid)
+            await pipe.execute()
+        if r.snapshot is not None:
+            entries = await self.org_connections(r.snapshot)
+            outcome = replace(outcome, snapshot=tuple(entries.values()))
+        return outcome
+
+    async def disconnect(self, r: DisconnectRequest) -> DisconnectOutcome:
+        """Remove a connection: one script call (on a cluster, then the indexes: a
+        held-back leave is queued, its org index entry kept until the leave runs)."""
+        call = (self.scripts.disconnect, disconnect_call(r, local_index=not self.cluster))
+        outcome = disconnect_outcome(r.sid, array(await self._handler_script(call)))
+        if not self.cluster:
+            return outcome
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(r.node_index_key, r.sid)
+        if outcome.deferred:  # queued until its grace ends; its org index entry stays
+            due = outcome.at * 1000 + r.layout.leave_grace_ms
+            pipe.zadd(r.keys.leave_queue, {r.keys.queue_member: due})
+        elif not (r.owner and outcome.status is DisconnectStatus.UNKNOWN):
+            # (a record not this owner's may be live: reads verify the entry instead)
+            pipe.hdel(r.keys.org_index, r.sid)
+        await pipe.execute()
+        return outcome
+
+    async def disconnect_many(
+        self, requests: Sequence[DisconnectRequest]
+    ) -> list[DisconnectOutcome]:
+        """Many disconnects (a sweep): on a standalone Redis batched EVALSHAs in one
+        pipelined round trip; on a cluster one script call each (concurrent: asyncio)."""
+        if self.cluster:
+            return await async_gather(*(self.disconnect(r) for r in requests))
+        disconnect = self.scripts.disconnect
+        calls = [(disconnect, disconnect_call(r, local_index=True)) for r in requests]
+        replies = await async_batch_replies(self.client, self.scripts, calls)
+        return [
+            disconnect_outcome(r.sid, array(replied(reply)))
+            for r, reply in zip(requests, replies, strict=True)
+        ]
+
+    # --- held-back leaves -----------------------------------------------------------
+
+    async def due_leaves(self, queue_key: str, limit: int) -> list[str]:
+        """Members of the leave queue whose grace has ended (by the Redis clock)."""
+        args: list[str | int] = [limit]
+        reply = await self._script((self.scripts.due, ([queue_key], args)))
+        return [text(member) for member in array(reply)]
+
+    async def finish_leave(self, r: FinishLeaveRequest) -> FinishLeaveOutcome:
+        """Run a held-back leave if due (on a cluster, then unqueue it and clean its index)."""
+        call = (self.scripts.finish, finish_call(r, local_index=not self.cluster))
+        finished = finish_outcome(array(await self._script(call)))
+        if self.cluster and finished.due is None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(r.keys.leave_queue, r.keys.queue_member)
+            if finished.outcome is not None and finished.outcome.record is not None:
+                pipe.hdel(r.keys.org_index, finished.outcome.record.sid)
+            await pipe.execute()
+        return finished
+
+    # --- reads ----------------------------------------------------------------------
+
+    async def presence(
+        self, alive_key: str, connections_key: str, state_field: str
+    ) -> UserPresence:
+        """A (user, role)'s alive hash and connection records (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(alive_key)
+        pipe.hgetall(connections_key)
+        alive, records = await pipe.execute()
+        return user_presence(mapping(replied(alive)), mapping(replied(records)), state_field)
+
+    async def org_connections(self, query: OrgQuery) -> dict[str, tuple[Id, Id]]:
+        """An org index; on a cluster, verified against each user's records (entries
+        whose connection is gone, and not held back by a grace period, are removed)."""
+        raw = await self.client.execute_command("HGETALL", query.index_key)
+        entries = index_entries(mapping(raw))
+        if not self.cluster or not entries:
+            return entries
+        pipe = self.client.pipeline(transaction=False)
+        for sid, (user_id, _lesson) in entries.items():
+            keys = query.user_keys(user_id)
+            pipe.hexists(keys.records, RECORD_FIELD + sid)
+            pipe.hget(keys.held_leave, "sid")
+        replies = [replied(reply) for reply in await pipe.execute()]
+        stale = [
+            sid
+            for sid, live, held_sid in zip(entries, replies[::2], replies[1::2], strict=True)
+            if not live and (held_sid is None or text(held_sid) != sid)
+        ]
+        if stale:
+            await self.client.execute_command("HDEL", query.index_key, *stale)
+        return {sid: entry for sid, entry in entries.items() if sid not in stale}
+
+    # --- the node registry ----------------------------------------------------------
+
+    async def heartbeat(self, call: Heartbeat) -> bool:
+        """Stamp a node incarnation alive; ``False`` when it was fenced (swept)."""
+        return heartbeat_ok(
+            array(await self._script((self.scripts.heartbeat, (call.keys, call.args))))
+        )
+
+    async def claim_node(self, keys: KeySchema, timeout_ms: int, claim_ttl_ms: int) -> str | None:
+        """Claim one dead node incarnation to sweep (or a stale claim), if any."""
+        args: list[str | int] = [timeout_ms, claim_ttl_ms]
+        invocation = ([keys.live_nodes(), keys.claimed_nodes()], args)
+        reply = array(await self._script((self.scripts.claim, invocation)))
+        return text(reply[0]) if reply else None
+
+    async def node_connections(self, index_keys: Sequence[str]) -> dict[str, str]:
+        """Every entry of these buckets of a node's index (one pipelined round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in index_keys:
+            pipe.hgetall(key)
+        return merged_entries([mapping(replied(reply)) for reply in await pipe.execute()])
+
+    async def renew_claim(self, keys: KeySchema, member: str, claim_ttl_ms: int) -> None:
+        """Extend a sweeper's claim on ``member``."""
+        await self._script((self.scripts.renew, ([keys.claimed_nodes()], [member, claim_ttl_ms])))
+
+    async def release_node(self, keys: KeySchema, member: str) -> None:
+        """Forget a swept node incarnation (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(keys.claimed_nodes(), member)
+        pipe.zrem(keys.live_nodes(), member)
+        pipe.hdel(keys.node_info(), member)
+        pipe.delete(*keys.node_indexes(member))  # one hash tag: one slot, one command
+        await pipe.execute()
+
+    async def nodes(self, keys: KeySchema) -> list[NodeInfo]:
+        """Every registered node incarnation, with its index's size (two round trips)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrange(keys.live_nodes(), 0, -1, False, True)  # desc=False, withscores=True
+        pipe.zrange(keys.claimed_nodes(), 0, -1)
+        pipe.hgetall(keys.node_info())
+        scored, claimed, info = [replied(reply) for reply in await pipe.execute()]
+        live: dict[str, float] = {}
+        for pair in array(scored):
+            member, score = array(pair)
+            live[text(member)] = float(text(score))
+        members = sorted({*live, *map(text, array(claimed)), *map(text, mapping(info))})
+        indexes = [(member, index) for member in members for index in keys.node_indexes(member)]
+        pipe = self.client.pipeline(transaction=False)
+        for _member, index in indexes:
+            pipe.hlen(index)
+        counts = dict.fromkeys(members, 0)
+        for (member, _), length in zip(indexes, await pipe.execute(), strict=True):
+            counts[member] += integer(replied(length))
+        return node_infos(live, mapping(info), counts)
