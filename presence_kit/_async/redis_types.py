@@ -53,7 +53,7 @@ class AsyncPipeline(Protocol):
 
 
 class AsyncKeptClient(Protocol):
-    """Anything that sends one command and returns its reply (an error reply raised):
+    """What sends one command and returns its reply (an error reply raised): either
     a client, or the connection a store keeps for lone calls."""
 
     async def execute_command(self, *args: Arg) -> Reply: ...

@@ -55,7 +55,7 @@ class Pipeline(Protocol):
 
 
 class KeptClient(Protocol):
-    """Anything that sends one command and returns its reply (an error reply raised):
+    """What sends one command and returns its reply (an error reply raised): either
     a client, or the connection a store keeps for lone calls."""
 
     def execute_command(self, *args: Arg) -> Reply: ...
