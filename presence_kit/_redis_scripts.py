@@ -9,13 +9,10 @@ results: every reply goes through :func:`text` or ``int``.
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
-
-from redis.exceptions import RedisError
 
 from ._codec import ConnectionRecord, parse_index_entry, records_of
 from ._construct import maker
@@ -37,9 +34,6 @@ from ._session import Id
 Invocation = tuple[list[str], list[str | int]]
 """One script call's keys and args."""
 
-Commands = list[tuple[Any, ...]]
-"""Redis commands for one pipeline: ``(method name, *args)`` of a redis-py client."""
-
 BATCH_CALLS = 50
 """Calls per batched EVALSHA: enough to make a burst cheap, few enough that one script
 holds Redis up for only a couple of milliseconds."""
@@ -55,22 +49,6 @@ _BATCH_LUA = _lua("batch")
 def _batched(script: str) -> str:
     """``script`` run once per call of a batch, in one EVALSHA (see ``lua/batch.lua``)."""
     return _BATCH_LUA.replace("-- BODY\n", script, 1)
-
-
-class Scripts:
-    """Our scripts, registered with one client (redis-py ``Script`` objects), and the
-    batched form of those that handler calls send in bursts, by the plain one's sha."""
-
-    def __init__(self, register: Callable[[str], Any]) -> None:
-        connect, disconnect = _lua("connect"), _lua("disconnect")
-        self.connect, self.disconnect = register(connect), register(disconnect)
-        self.finish, self.due = register(_lua("finish_leave")), register(_lua("due_leaves"))
-        self.heartbeat, self.claim = register(_lua("heartbeat")), register(_lua("claim_node"))
-        self.renew = register(_lua("renew_claim"))
-        self.batched = {
-            self.connect.sha: register(_batched(connect)),
-            self.disconnect.sha: register(_batched(disconnect)),
-        }
 
 
 # --- what a call sends -------------------------------------------------------------
@@ -160,42 +138,6 @@ def finish_call(r: FinishLeaveRequest, *, local_index: bool) -> Invocation:
         _flag(local_index),
     ]
     return keys, args
-
-
-def batch_commands(
-    batched: dict[str, Any], calls: Sequence[tuple[Any, Invocation]]
-) -> tuple[Commands, list[int]]:
-    """``(script, call)`` pairs as pipeline commands: each run of calls of one script as
-    batched EVALSHAs of at most :data:`BATCH_CALLS` calls (``batched``: script sha ->
-    its batch script); and the number of calls in each command."""
-    commands: Commands = []
-    sizes: list[int] = []
-    for script, run in itertools.groupby(calls, key=lambda pair: pair[0]):
-        same = [call for _script, call in run]
-        sha = batched[script.sha].sha
-        for start in range(0, len(same), BATCH_CALLS):
-            part = same[start : start + BATCH_CALLS]
-            keys: list[str] = []
-            args: list[str | int] = [len(part[0][0]), len(part[0][1])]
-            for call_keys, call_args in part:
-                keys += call_keys
-                args += call_args
-            commands.append(("evalsha", sha, len(keys), *keys, *args))
-            sizes.append(len(part))
-    return commands, sizes
-
-
-def unbatched(replies: Sequence[Any], sizes: Sequence[int]) -> list[Any]:
-    """One reply per call from the batches' replies (a failed batch fails each call)."""
-    out: list[Any] = []
-    for reply, size in zip(replies, sizes, strict=True):
-        if isinstance(reply, Exception):
-            out += [reply] * size
-        elif len(reply) != size:
-            out += [RedisError(f"a batch of {size} calls returned {len(reply)} replies")] * size
-        else:
-            out += reply
-    return out
 
 
 # --- what a reply means ------------------------------------------------------------
