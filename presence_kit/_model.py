@@ -334,7 +334,9 @@ class Heartbeat:
     """The first heartbeat of this incarnation (it registers; later ones may be fenced)."""
     info: str
     offset_ms: int = 0
-    """Added to the Redis time; negative at a graceful shutdown."""
+    """Added to the Redis time: at a graceful shutdown ``shutdown_grace - node_timeout``
+    (so the node counts as dead ``shutdown_grace`` seconds later; positive with the
+    defaults), and far in the past for a former incarnation handed to the sweepers."""
 
     @property
     def keys(self) -> list[str]:
