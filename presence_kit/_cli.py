@@ -252,11 +252,12 @@ def _nodes(redis_url: str) -> None:
         print("no nodes registered")
     now = time.time()
     for node in nodes:
-        beat = (
-            "being swept"
-            if node.last_heartbeat is None
-            else f"last heartbeat {now - node.last_heartbeat:5.1f}s ago"
-        )
+        if node.last_heartbeat is None:
+            beat = "being swept"
+        elif node.last_heartbeat > now:  # stamped ahead by a graceful shutdown's hand-over
+            beat = f"shut down, swept in {node.last_heartbeat - now:4.1f}s"
+        else:
+            beat = f"last heartbeat {now - node.last_heartbeat:5.1f}s ago"
         print(f"{node.member:<48} {beat:<28} {node.connections} connection(s)")
 
 

@@ -111,6 +111,23 @@ def test_status_nodes_and_sweep(
     assert "no nodes registered" in capsys.readouterr().out
 
 
+def test_nodes_shows_a_node_that_shut_down_as_handed_over(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kit = PresenceKit(
+        store=RedisStore(redis_server.client()),
+        sockets=RecordingSockets(),
+        settings=Settings(node_id="web-2", node_timeout=1.0, heartbeat_interval=0.2),
+    )
+    kit.heartbeat()
+    kit.handle_connect("s1", {"role": "TeacherAPP", "org_id": 5, "user_id": 7, "lesson_id": 2})
+    kit.close()  # hands its connections over: swept shutdown_grace (15 s) from now
+    assert main(["nodes", "--redis-url", redis_server.url]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "web-2/" in line)
+    assert "shut down, swept in" in line and "1 connection(s)" in line, line
+    assert "ago" not in line
+
+
 def test_sweep_delivers_through_a_client_manager(
     redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
