@@ -313,26 +313,31 @@ class AsyncWire:
         """The connection may be used by this process (asyncio: always)."""
         return True
 
-    async def refresh(self, connection: Any) -> None:
-        """The pool's check, also where redis-py 8's pool skips it (maintenance
+    async def call(self, connection: Any, args: tuple[Any, ...], fresh: bool) -> Any:
+        """One command's reply on ``connection`` (an error reply raised).
+
+        A connection not ``fresh`` from the pool is checked first, as the pool checks
+        one it hands out (also where redis-py 8's pool skips it, with maintenance
         notifications on): a connection Redis closed while idle is replaced before the
-        call instead of failing it."""
-        await connection.connect()  # at once when connected
+        call instead of failing it. A failed call closes the connection, as the client
+        does; the next one reconnects."""
+        if not fresh:
+            await connection.connect()  # at once when connected
+            try:
+                stale = await self._can_read(connection)
+            except _RECONNECT:
+                stale = True
+            if stale:
+                await connection.disconnect()
+                await connection.connect()
         try:
-            stale = await self._can_read(connection)
-        except _RECONNECT:
-            stale = True
-        if stale:
-            await connection.disconnect()
-            await connection.connect()
-
-    async def send(self, connection: Any, args: tuple[Any, ...]) -> None:
-        """Write one command (the store's pool packs with hiredis, see above)."""
-        await connection.send_command(*args)
-
-    async def drop(self, connection: Any) -> None:
-        """Close a connection a call failed on, as the client does."""
-        await connection.disconnect(nowait=True)
+            await connection.send_command(*args)  # the store's pool packs with hiredis
+            return await connection.read_response()
+        except redis.exceptions.ResponseError:
+            raise  # an error reply: the connection is in step
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
 
 
 class Wire:
@@ -349,27 +354,29 @@ class Wire:
         """The connection was opened by this process (not inherited through a fork)."""
         return bool(connection.pid == os.getpid())
 
-    def refresh(self, connection: Any) -> None:
-        """Reconnect if there is unread data or Redis closed the socket (the pool's check)."""
-        connection.connect()  # at once when connected
+    def call(self, connection: Any, args: tuple[Any, ...], fresh: bool) -> Any:
+        """As :meth:`AsyncWire.call` (hiredis's packer, as send_command's, without its
+        copy; a Sentinel's client would not close a failed connection: this does)."""
+        if not fresh:
+            connection.connect()  # at once when connected
+            try:
+                stale = connection.can_read()
+            except _RECONNECT:
+                stale = True
+            if stale:
+                connection.disconnect()
+                connection.connect()
         try:
-            stale = connection.can_read()
-        except _RECONNECT:
-            stale = True
-        if stale:
+            if self._pack is not None:
+                connection.send_packed_command([self._pack(args)])
+            else:
+                connection.send_command(*args)
+            return connection.read_response()
+        except redis.exceptions.ResponseError:
+            raise
+        except BaseException:
             connection.disconnect()
-            connection.connect()
-
-    def send(self, connection: Any, args: tuple[Any, ...]) -> None:
-        """Write one command (hiredis's packer, as send_command's, without its copy)."""
-        if self._pack is not None:
-            connection.send_packed_command([self._pack(args)])
-        else:
-            connection.send_command(*args)
-
-    def drop(self, connection: Any) -> None:
-        """Close a connection a call failed on (a Sentinel's client would not)."""
-        connection.disconnect()
+            raise
 
 
 async def async_close_own(client: AsyncClient) -> None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from presence_kit._redis_client import AsyncWire, checkout_takes_name
 from presence_kit._redis_seam import Arg, Reply
 
@@ -42,19 +40,11 @@ class AsyncKeptConnection:
     async def execute_command(self, *args: Arg) -> Reply:
         """Send one command on the kept connection; its reply (an error reply raised)."""
         connection = self._connection
-        if connection is None or not self._wire.ours(connection):
+        fresh = connection is None or not self._wire.ours(connection)
+        if fresh:
             connection = self._connection = await self._pool.get_connection(*self._args)
-        else:
-            await self._wire.refresh(connection)
-        try:
-            await self._wire.send(connection, args)
-            reply: Reply = await connection.read_response()
-            return reply
-        except ResponseError:
-            raise  # an error reply: the connection is in step
-        except BaseException:
-            await self._wire.drop(connection)
-            raise
+        reply: Reply = await self._wire.call(connection, args, fresh)
+        return reply
 
     async def aclose(self) -> None:
         """Give the connection back to the pool (the store then closes the pool)."""

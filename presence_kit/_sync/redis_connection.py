@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from presence_kit._redis_client import Wire, checkout_takes_name
 from presence_kit._redis_seam import Arg, Reply
 
@@ -44,19 +42,11 @@ class KeptConnection:
     def execute_command(self, *args: Arg) -> Reply:
         """Send one command on the kept connection; its reply (an error reply raised)."""
         connection = self._connection
-        if connection is None or not self._wire.ours(connection):
+        fresh = connection is None or not self._wire.ours(connection)
+        if fresh:
             connection = self._connection = self._pool.get_connection(*self._args)
-        else:
-            self._wire.refresh(connection)
-        try:
-            self._wire.send(connection, args)
-            reply: Reply = connection.read_response()
-            return reply
-        except ResponseError:
-            raise  # an error reply: the connection is in step
-        except BaseException:
-            self._wire.drop(connection)
-            raise
+        reply: Reply = self._wire.call(connection, args, fresh)
+        return reply
 
     def close(self) -> None:
         """Give the connection back to the pool (the store then closes the pool)."""
