@@ -70,7 +70,6 @@ from presence_kit._redis_seam import (
     replied,
 )
 from presence_kit._session import Id
-from presence_kit._synchronization import async_gather
 
 __all__ = ["AsyncRedisOps", "async_batch_replies", "async_script_call"]
 
@@ -213,10 +212,9 @@ class AsyncRedisOps:
     async def disconnect_many(
         self, requests: Sequence[DisconnectRequest]
     ) -> list[DisconnectOutcome]:
-        """Many disconnects (a sweep): on a standalone Redis batched EVALSHAs in one
-        pipelined round trip; on a cluster one script call each (concurrent: asyncio)."""
-        if self.cluster:
-            return await async_gather(*(self.disconnect(r) for r in requests))
+        """Many disconnects on a standalone Redis (a sweep): batched EVALSHAs in one
+        pipelined round trip. (On a cluster the calls' keys are in other slots: the
+        store sends each as :meth:`disconnect`.)"""
         disconnect = self.scripts.disconnect
         calls = [(disconnect, disconnect_call(r, local_index=True)) for r in requests]
         replies = await async_batch_replies(self.client, self.scripts, calls)

@@ -41,7 +41,12 @@ from presence_kit._redis_client import (
 from presence_kit._redis_scripts import BATCH_CALLS
 from presence_kit._redis_seam import PipelineReply, Reply, ScriptCall, store_error
 from presence_kit._session import Id
-from presence_kit._synchronization import AsyncCoalescer, AsyncSlots, async_within
+from presence_kit._synchronization import (
+    AsyncCoalescer,
+    AsyncSlots,
+    async_gather,
+    async_within,
+)
 
 __all__ = ["AsyncRedisStore"]
 
@@ -146,9 +151,12 @@ class AsyncRedisStore:
     async def disconnect_many(
         self, requests: Sequence[DisconnectRequest]
     ) -> list[DisconnectOutcome]:
-        """Many disconnects (a sweep): one pipelined round trip on a standalone Redis."""
-        many = self._ops.disconnect_many
-        return await self._run("disconnect_many", len(requests), many, requests)
+        """Many disconnects (a sweep): one pipelined round trip on a standalone Redis; on
+        a cluster one call each, each on a pool slot within its own deadline."""
+        if self._handler_calls is None:
+            many = self._ops.disconnect_many
+            return await self._run("disconnect_many", len(requests), many, requests)
+        return await self._run("disconnect_many", None, self._each_disconnect, requests)
 
     async def heartbeat(self, call: Heartbeat) -> bool:
         """Stamp this node incarnation alive; ``False`` when it was fenced (swept)."""
@@ -228,6 +236,14 @@ class AsyncRedisStore:
                 return await fn(*args, **kwargs)
 
         return await async_within(self._deadline(calls), limited)
+
+    async def _each_disconnect(
+        self, requests: Sequence[DisconnectRequest]
+    ) -> list[DisconnectOutcome]:
+        """A cluster's sweep: its disconnects are in other slots, so each is its own
+        operation (concurrent under asyncio), bounded as a handler's."""
+        each = self._ops.disconnect
+        return await async_gather(*(self._bounded(1, each, request) for request in requests))
 
     async def _send_one(self, call: ScriptCall) -> Reply:
         """A lone handler call. On the kept connection, each of its reads and writes is

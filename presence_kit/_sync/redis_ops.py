@@ -72,7 +72,6 @@ from presence_kit._redis_seam import (
 )
 from presence_kit._session import Id
 from presence_kit._sync.redis_types import KeptClient, RedisClient
-from presence_kit._synchronization import gather
 
 __all__ = ["RedisOps", "batch_replies", "script_call"]
 
@@ -209,10 +208,9 @@ class RedisOps:
         return outcome
 
     def disconnect_many(self, requests: Sequence[DisconnectRequest]) -> list[DisconnectOutcome]:
-        """Many disconnects (a sweep): on a standalone Redis batched EVALSHAs in one
-        pipelined round trip; on a cluster one script call each (concurrent: asyncio)."""
-        if self.cluster:
-            return gather(*(self.disconnect(r) for r in requests))
+        """Many disconnects on a standalone Redis (a sweep): batched EVALSHAs in one
+        pipelined round trip. (On a cluster the calls' keys are in other slots: the
+        store sends each as :meth:`disconnect`.)"""
         disconnect = self.scripts.disconnect
         calls = [(disconnect, disconnect_call(r, local_index=True)) for r in requests]
         replies = batch_replies(self.client, self.scripts, calls)

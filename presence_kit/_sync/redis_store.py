@@ -43,7 +43,12 @@ from presence_kit._redis_seam import PipelineReply, Reply, ScriptCall, store_err
 from presence_kit._session import Id
 from presence_kit._sync.redis_connection import KeptConnection
 from presence_kit._sync.redis_ops import RedisOps, batch_replies, script_call
-from presence_kit._synchronization import Coalescer, Slots, within
+from presence_kit._synchronization import (
+    Coalescer,
+    Slots,
+    gather,
+    within,
+)
 
 __all__ = ["RedisStore"]
 
@@ -144,9 +149,12 @@ class RedisStore:
         return self._run("org_connections", 1, self._ops.org_connections, query)
 
     def disconnect_many(self, requests: Sequence[DisconnectRequest]) -> list[DisconnectOutcome]:
-        """Many disconnects (a sweep): one pipelined round trip on a standalone Redis."""
-        many = self._ops.disconnect_many
-        return self._run("disconnect_many", len(requests), many, requests)
+        """Many disconnects (a sweep): one pipelined round trip on a standalone Redis; on
+        a cluster one call each, each on a pool slot within its own deadline."""
+        if self._handler_calls is None:
+            many = self._ops.disconnect_many
+            return self._run("disconnect_many", len(requests), many, requests)
+        return self._run("disconnect_many", None, self._each_disconnect, requests)
 
     def heartbeat(self, call: Heartbeat) -> bool:
         """Stamp this node incarnation alive; ``False`` when it was fenced (swept)."""
@@ -224,6 +232,12 @@ class RedisStore:
                 return fn(*args, **kwargs)
 
         return within(self._deadline(calls), limited)
+
+    def _each_disconnect(self, requests: Sequence[DisconnectRequest]) -> list[DisconnectOutcome]:
+        """A cluster's sweep: its disconnects are in other slots, so each is its own
+        operation (concurrent under asyncio), bounded as a handler's."""
+        each = self._ops.disconnect
+        return gather(*(self._bounded(1, each, request) for request in requests))
 
     def _send_one(self, call: ScriptCall) -> Reply:
         """A lone handler call. On the kept connection, each of its reads and writes is
