@@ -4,8 +4,8 @@
 a convenient store for integrators' own tests. It keeps the same keys, values and
 TTLs as :class:`~presence_kit.redis.RedisStore` (so the demo shows what Redis would
 hold), is thread-safe, and never blocks, so :class:`~presence_kit.AsyncPresenceKit`
-can call it from the event loop (through ``_InlineAsyncStore``, also here, which makes
-each of its calls awaitable). It is not shared between processes: a multi-node
+can call it from the event loop (each of its calls made awaitable by
+``presence_kit._inline``). It is not shared between processes: a multi-node
 deployment needs Redis.
 """
 
@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ._codec import (
     HARD_TOMBSTONE,
@@ -50,7 +49,6 @@ from ._model import (
     StoreLayout,
     UserPresence,
 )
-from ._ports import Store
 from ._session import Id
 
 __all__ = ["MemoryStore"]
@@ -472,22 +470,3 @@ class MemoryStore:
 
     def _version(self, key: str, now: float) -> int:
         return int((self._hash(key, now) or {}).get("version", "0"))
-
-
-class _InlineAsyncStore:
-    """Runs a non-blocking sync store (the in-memory one) from the event loop: each of
-    its port methods, awaited."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        method = getattr(self._store, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return method(*args, **kwargs)
-
-        return call
-
-    async def aclose(self) -> None:
-        self._store.close()
