@@ -46,6 +46,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAwaitable\[([^\[\]]*)\]", r"\1"),
     (r"\b_async\b", "_sync"),
+    (r"\bAsyncClient\b", "SyncClient"),  # the blocking client's public alias
     (r"\bAsync([A-Z]\w*)", r"\1"),
     (r"\basync_(\w+)", r"\1"),
     (r"\ban asyncio\b", "a blocking"),

@@ -32,7 +32,6 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "AsyncClient",
     "AsyncWire",
-    "Client",
     "SyncClient",
     "Wire",
     "async_close_own",
@@ -46,8 +45,6 @@ __all__ = [
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
-Client = SyncClient
-"""The blocking store's name for :data:`SyncClient` (``AsyncClient`` made blocking)."""
 
 DEFAULT_TIMEOUT = 0.5
 """Seconds a handler waits for Redis before giving up (and carrying on without it)."""

@@ -32,7 +32,7 @@ from presence_kit._model import (
 )
 from presence_kit._redis_client import (
     DEFAULT_TIMEOUT,
-    Client,
+    SyncClient,
     close_own,
     handler_client,
     lone_call_pool,
@@ -84,7 +84,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: Client,
+        client: SyncClient,
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         max_connections: int | None = None,
@@ -109,7 +109,7 @@ class RedisStore:
         self._handler_calls: int | None = 1 if cluster else None
 
     @property
-    def client(self) -> Client:
+    def client(self) -> SyncClient:
         """The client the store's handler calls use."""
         return self._client
 
