@@ -33,8 +33,8 @@ demo: $(DEMO_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/python .ci/unasync.py --check
-	$(BIN)/ruff check presence_kit tests examples bench docs .ci
-	$(BIN)/ruff format --check presence_kit tests examples bench docs .ci
+	$(BIN)/ruff check presence_kit tests examples bench docs .ci noxfile.py
+	$(BIN)/ruff format --check presence_kit tests examples bench docs .ci noxfile.py
 
 # The blocking code is made from the asyncio code (presence_kit/_async -> _sync).
 .PHONY: unasync
@@ -73,10 +73,12 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov docs/_build
 
-# Declared = tested (.ci/matrix.py): the dependency tests on the oldest Python with every
-# declared floor, on redis-py 6 and 7, and on the newest Python from the built wheel; plus
-# the packaging check. Venvs are cached in ~/.cache/presence-kit-ci (PRESENCE_CI_CACHE).
-# MATRIX_ARGS="--legs floors,redis6" runs some legs; "--list" names them.
+# Declared = tested (noxfile.py): nox sessions on uv (both from .venv's dev extra) run the
+# dependency tests on the oldest Python with every declared floor, on redis-py 6 and 7,
+# and on the newest Python from the built wheel; plus the packaging check; two legs at a
+# time (PRESENCE_CI_JOBS), then a summary. Pythons from pyenv, never downloaded. Venvs are
+# cached in ~/.cache/presence-kit-ci/nox (PRESENCE_CI_CACHE).
+# MATRIX_ARGS="floors redis6" runs some legs; `.venv/bin/nox -l` names them.
 .PHONY: matrix
-matrix:
-	python3 .ci/matrix.py $(MATRIX_ARGS)
+matrix: $(STAMP)
+	$(BIN)/nox -s matrix -- $(MATRIX_ARGS)
