@@ -23,6 +23,7 @@ granted announcement emits or tracks (:mod:`presence_kit._policies`).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TypeVar
@@ -186,18 +187,16 @@ class Grant:
 
 NOTHING = Grant()
 
-_GRANTS: dict[tuple[bool, bool, bool, bool, bool], Grant] = {}
-
-
-def _grant(online: bool, offline: bool, removed: bool, earlier: bool, own: bool) -> Grant:
-    """The (shared, immutable) grant of these values: built once, not per call."""
-    key = (online, offline, removed, earlier, own)
-    grant = _GRANTS.get(key)
-    if grant is None:
-        grant = _GRANTS[key] = Grant(
-            online=online, offline=offline, removed=removed, earlier_online=earlier, own_repeat=own
-        )
-    return grant
+# Every grant a connect or a disconnect can make, built once: ``grants()`` runs several
+# times per handler call (the core, then the policy), so it only picks one.
+_CONNECT_GRANTS = {
+    (online, earlier, own): Grant(online=online, earlier_online=earlier, own_repeat=own)
+    for online, earlier, own in itertools.product((False, True), repeat=3)
+}
+_DISCONNECT_GRANTS = {
+    (offline, removed, own): Grant(offline=offline, removed=removed, own_repeat=own)
+    for offline, removed, own in itertools.product((False, True), repeat=3)
+}
 
 
 def _own(named: str | None, attempt: str | None, replay: bool) -> bool:
@@ -223,24 +222,34 @@ def grants(
     """
     if outcome is None:
         return NOTHING
-    if isinstance(outcome, FinishLeaveOutcome):
-        if event is not Event.FINISH:
-            raise ValueError(f"a finish outcome answers {Event.FINISH}, not {event}")
-        finished = outcome.outcome
-        if outcome.status is not FinishLeaveStatus.LEFT or finished is None:
-            return NOTHING
-        # the held-back leave runs from its record, as the removal would have
-        return _grant(False, finished.last, True, False, False)
-    if event is Event.FINISH:
-        raise ValueError(f"{event} is answered by a FinishLeaveOutcome")
-    repeat = outcome.status is ConnectStatus.REPEAT or outcome.status is DisconnectStatus.REPEAT
-    own = repeat and _own(outcome.attempt, attempt, replay)
     if isinstance(outcome, ConnectOutcome):
-        new = own or outcome.status is ConnectStatus.NEW
+        if event is Event.FINISH:
+            raise ValueError(f"{event} is answered by a FinishLeaveOutcome")
+        own = (
+            attempt is not None
+            and outcome.status is ConnectStatus.REPEAT
+            and _own(outcome.attempt, attempt, replay)
+        )
+        online = (own or outcome.status is ConnectStatus.NEW) and outcome.first
         earlier = attempt is not None and outcome.earlier_version > 0
-        return _grant(new and outcome.first, False, False, earlier, own)
-    removed = own or outcome.status is DisconnectStatus.REMOVED
-    return _grant(False, removed and outcome.last, removed, False, own)
+        return _CONNECT_GRANTS[online, earlier, own]
+    if isinstance(outcome, DisconnectOutcome):
+        if event is Event.FINISH:
+            raise ValueError(f"{event} is answered by a FinishLeaveOutcome")
+        own = (
+            attempt is not None
+            and outcome.status is DisconnectStatus.REPEAT
+            and _own(outcome.attempt, attempt, replay)
+        )
+        removed = own or outcome.status is DisconnectStatus.REMOVED
+        return _DISCONNECT_GRANTS[removed and outcome.last, removed, own]
+    if event is not Event.FINISH:
+        raise ValueError(f"a finish outcome answers {Event.FINISH}, not {event}")
+    finished = outcome.outcome
+    if outcome.status is not FinishLeaveStatus.LEFT or finished is None:
+        return NOTHING
+    # the held-back leave runs from its record, as the removal would have
+    return _DISCONNECT_GRANTS[finished.last, True, False]
 
 
 def as_granted(outcome: AnOutcome, grant: Grant) -> AnOutcome:
