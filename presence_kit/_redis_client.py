@@ -364,7 +364,7 @@ class Wire:
                 connection.disconnect()
                 connection.connect()
         try:
-            if self._pack is not None:
+            if self._pack is not None and " " not in args[0]:  # ("SCRIPT LOAD": split)
                 connection.send_packed_command([self._pack(args)])
             else:
                 connection.send_command(*args)

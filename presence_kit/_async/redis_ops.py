@@ -85,7 +85,7 @@ async def async_script_call(
     try:
         return await client.execute_command(*command)
     except NoScriptError:
-        await client.execute_command("SCRIPT", "LOAD", script.source)
+        await client.execute_command("SCRIPT LOAD", script.source)  # a cluster: every primary
         return await client.execute_command(*command)
 
 
@@ -139,7 +139,7 @@ async def async_batch_replies(
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:
         for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
-            await client.execute_command("SCRIPT", "LOAD", scripts.batched[script.sha].source)
+            await client.execute_command("SCRIPT LOAD", scripts.batched[script.sha].source)
         again = await _send_batched(
             client, *_batched(scripts.batched, [calls[i] for i in missing])
         )

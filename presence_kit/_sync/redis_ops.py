@@ -85,7 +85,7 @@ def script_call(client: KeptClient, script: Lua, keys: list[str], args: list[str
     try:
         return client.execute_command(*command)
     except NoScriptError:
-        client.execute_command("SCRIPT", "LOAD", script.source)
+        client.execute_command("SCRIPT LOAD", script.source)  # a cluster: every primary
         return client.execute_command(*command)
 
 
@@ -139,7 +139,7 @@ def batch_replies(
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:
         for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
-            client.execute_command("SCRIPT", "LOAD", scripts.batched[script.sha].source)
+            client.execute_command("SCRIPT LOAD", scripts.batched[script.sha].source)
         again = _send_batched(client, *_batched(scripts.batched, [calls[i] for i in missing]))
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
