@@ -1,1 +1,2 @@
-"""The asyncio code, written once; ``.ci/unasync.py`` makes :mod:`presence_kit._sync` of it."""
+"""The asyncio code, written once; ``.ci/unasync.py`` generates the blocking twins
+in :mod:`presence_kit._sync` from it."""

@@ -152,9 +152,9 @@ class AsyncBackgroundSteps(AsyncHandlers):
     async def _sweep_entries(self, member: str, entries: Sequence[tuple[str, str]]) -> int:
         """Run the leaves of a swept node's connections, ``sweep_batch`` per round trip,
         renewing the claim after each batch. Each round trip (and renewal) is started
-        before the last batch's leaves are announced and collected after: the asyncio
-        kit keeps Redis writing one batch while it announces the other; the blocking
-        kit makes them in turn. If one fails, the batch in flight is still collected
+        before the last batch's leaves are announced and collected after: a task-based
+        kit keeps Redis writing one batch while it announces the other; a thread-based
+        one makes them in turn. If one fails, the batch in flight is still collected
         and its leaves announced before the failure is raised."""
         core, store, recovered = self._core, self._store, 0
         keys, ttl_ms = core.keys, core.node_timeout_ms

@@ -2,10 +2,10 @@
 
 :class:`AsyncRedisOps` holds the client (a redis-py client, typed by
 :mod:`~presence_kit._async.redis_types`) and our registered scripts. Each operation
-sends its commands with real method calls (``pipe.hset(...)`` then ``await
-pipe.execute()``, ``await client.execute_command("EVALSHA", ...)``) and returns its
-result; ``.ci/unasync.py`` writes the blocking twin. Failures are raised as they come:
-the store translates them, in one place.
+sends its commands with real method calls (``pipe.hset(...)``, then the pipeline's
+``execute()``; ``client.execute_command("EVALSHA", ...)``) and returns its result;
+``.ci/unasync.py`` writes the blocking twin. Failures are raised as they come: the
+store translates them, in one place.
 
 Standalone and cluster go through the same operations. On a standalone Redis each
 connect and disconnect is one script call that writes the indexes too, sent through

@@ -1,4 +1,4 @@
-"""What the Redis store uses of a redis-py asyncio client, as Protocols.
+"""What the Redis store uses of a redis-py client, as Protocols.
 
 ``redis.asyncio.Redis`` and ``redis.asyncio.cluster.RedisCluster`` both fit
 :class:`AsyncRedisClient`, and their pipelines :class:`AsyncPipeline`; the blocking
@@ -60,7 +60,7 @@ class AsyncKeptClient(Protocol):
 
 
 class AsyncRedisClient(AsyncKeptClient, Protocol):
-    """What the store uses of a redis-py asyncio client, standalone or cluster."""
+    """What the store uses of a redis-py client, standalone or cluster."""
 
     def pipeline(self, transaction: bool = True) -> AsyncPipeline: ...
 

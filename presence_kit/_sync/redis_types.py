@@ -1,6 +1,6 @@
 # Generated from presence_kit/_async/redis_types.py by .ci/unasync.py: do not edit.
 # Change the asyncio original, then run `make unasync`.
-"""What the Redis store uses of a redis-py asyncio client, as Protocols.
+"""What the Redis store uses of a redis-py client, as Protocols.
 
 ``redis.Redis`` and ``redis.cluster.RedisCluster`` both fit
 :class:`RedisClient`, and their pipelines :class:`Pipeline`; the blocking
@@ -62,7 +62,7 @@ class KeptClient(Protocol):
 
 
 class RedisClient(KeptClient, Protocol):
-    """What the store uses of a redis-py asyncio client, standalone or cluster."""
+    """What the store uses of a redis-py client, standalone or cluster."""
 
     def pipeline(self, transaction: bool = True) -> Pipeline: ...
 
