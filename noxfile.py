@@ -96,6 +96,7 @@ DEPS_TESTS = [
     "tests/test_mixpanel.py",
     "tests/test_server_modes.py",
     "tests/test_sentinel.py",
+    "tests/test_updates.py",
 ]
 SMOKE_TESTS = ["tests/test_store_contract.py"]
 

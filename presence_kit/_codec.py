@@ -53,6 +53,17 @@ RECORD_FIELD = "c:"
 """Prefix of the hash fields that hold connection records (``c:<sid>``)."""
 
 
+META_FIELD = "m:"
+"""Prefix of the hash fields that hold a connection's ``meta`` (``m:<sid>`` -> compact
+JSON object), beside its record; absent when the connection has none."""
+
+
+UPDATE_FIELD = "u:"
+"""Prefix of the hash fields that keep a connection's last applied update (``u:<sid>``
+-> ``seq:status:lesson_changed:version``): later updates are ordered by its ``seq``,
+and a repeat of it gets its outcome again. Absent until the first update."""
+
+
 OUTCOME_FIELD = "o:"
 """Prefix of the hash fields that keep each recorded connect's outcome (``o:<sid>`` ->
 ``first:version:attempt``), returned again to its repeats."""
@@ -78,6 +89,26 @@ def records_of(fields: dict[str, str]) -> dict[str, str]:
     return {k[n:]: v for k, v in fields.items() if k.startswith(RECORD_FIELD)}
 
 
+def metas_of(fields: dict[str, str]) -> dict[str, str]:
+    """``sid -> meta`` (JSON text) from a record hash's fields."""
+    n = len(META_FIELD)
+    return {k[n:]: v for k, v in fields.items() if k.startswith(META_FIELD)}
+
+
+def encode_update_outcome(seq: int, status: str, lesson_changed: bool, version: int) -> str:
+    """The stored outcome of an update (``lua/update.lua`` writes the same text)."""
+    return f"{seq}:{status}:{int(lesson_changed)}:{version}"
+
+
+def decode_update_outcome(text: str | None) -> tuple[int, str, bool, int]:
+    """``(seq, status, lesson_changed, version)`` of a stored update outcome (``(0, "",
+    False, 0)``: never updated)."""
+    if not text:
+        return 0, "", False, 0
+    seq, status, changed, version = text.split(":", 3)
+    return int(seq), status, changed == "1", int(version)
+
+
 def parse_node_entry(text: str | bytes) -> tuple[Id, Id, str]:
     """``(org_id, user_id, role)`` of a node index value (written as the
     :func:`queue_member` of the connection's user and role)."""
@@ -85,15 +116,35 @@ def parse_node_entry(text: str | bytes) -> tuple[Id, Id, str]:
     return org_id, user_id, role
 
 
-def index_entry(user_id: Id, lesson_id: Id) -> str:
-    """The org index value of a connection."""
-    return id_list(user_id, lesson_id)
+def index_entry(user_id: Id, lesson_id: Id, meta: str = "") -> str:
+    """The org index value of a connection: ``[user_id, lesson_id]``, and its ``meta``
+    (JSON text) third when given (``Settings.snapshot_meta``)."""
+    entry = id_list(user_id, lesson_id)
+    return f"{entry[:-1]},{meta}]" if meta else entry
 
 
 def parse_index_entry(text: str | bytes) -> tuple[Id, Id]:
     """``(user_id, lesson_id)`` of an org index value."""
-    user_id, lesson_id = loads(text)
+    user_id, lesson_id, *_meta = loads(text)
     return user_id, lesson_id
+
+
+def parse_index_meta(text: str | bytes) -> dict[str, Any] | None:
+    """The ``meta`` of an org index value (``None``: none kept there)."""
+    _user_id, _lesson_id, *meta = loads(text)
+    return meta[0] if meta and isinstance(meta[0], dict) else None
+
+
+def snapshot_metas(entries: list[Any] | tuple[Any, ...]) -> tuple[dict[str, Any] | None, ...]:
+    """The ``meta`` of each org index entry (empty when none of them keeps one)."""
+    metas = tuple(map(parse_index_meta, entries))
+    return metas if any(meta is not None for meta in metas) else ()
+
+
+def lesson_key(lesson_id: Id) -> str:
+    """A lesson's name in the counts' keys and fields (``str(lesson_id)``: as
+    :meth:`~presence_kit.PresenceKit.online_users` compares lessons, 7 and "7" are one)."""
+    return str(lesson_id)
 
 
 def queue_member(org_id: Id, user_id: Id, role: str) -> str:
@@ -116,6 +167,10 @@ class ConnectionRecord:
     node_id: str
     incarnation: str
     session: Session
+    meta: dict[str, Any] | None = None
+    """The connection's ``meta`` (the integrator's small JSON object, given at connect
+    or by :meth:`~presence_kit.PresenceKit.handle_update`); ``None`` when it has none.
+    Kept beside the record (a hash field of its own), not in :meth:`to_json`."""
 
     def to_json(self) -> str:
         """Serialise compactly (the sid is the hash field, so it is left out).
@@ -148,14 +203,33 @@ class ConnectionRecord:
             room_id = rest[0] if rest else None
             session = make_session(role, org_id, user_id, lesson_id, room_id)
             namespace = rest[1] if len(rest) > 1 else "/"
-            return make_record(sid, namespace, node_id, incarnation, session)
+            return make_record(sid, namespace, node_id, incarnation, session, None)
         except (ValueError, TypeError, AttributeError) as exc:
             raise StoreError(f"corrupt connection record: {str(text)[:80]!r}") from exc
 
 
 make_record = maker(ConnectionRecord)
 """A :class:`ConnectionRecord` from its parts: ``(sid, namespace, node_id, incarnation,
-session)``."""
+session, meta)``."""
+
+
+def compact_meta(meta: dict[str, Any]) -> str:
+    """A ``meta`` object as stored: compact JSON, keys sorted (as validated)."""
+    return json.dumps(meta, separators=(",", ":"), sort_keys=True)
+
+
+def with_meta(record: ConnectionRecord, meta: str | bytes | None) -> ConnectionRecord:
+    """``record`` with the ``meta`` kept beside it (JSON text; ``None``/empty: none)."""
+    if not meta:
+        return record
+    try:
+        value = loads(meta)
+    except ValueError as exc:
+        raise StoreError(f"corrupt connection meta: {str(meta)[:80]!r}") from exc
+    if not isinstance(value, dict):
+        raise StoreError(f"corrupt connection meta: {str(meta)[:80]!r}")
+    s = record
+    return make_record(s.sid, s.namespace, s.node_id, s.incarnation, s.session, value)
 
 
 class Tombstone(NamedTuple):

@@ -28,12 +28,15 @@ from ._model import (
     DisconnectOutcome,
     DisconnectRequest,
     FinishLeaveOutcome,
+    UpdateOutcome,
+    UpdateRequest,
+    UpdateStatus,
 )
 from ._outbox import Outbox, PendingOperation  # also importable from here (tests)
-from ._policies import ConnectFacts, DisconnectFacts, DisconnectPolicy
-from ._prepared import PreparedConnect, hold
+from ._policies import ConnectFacts, DisconnectFacts, DisconnectPolicy, UpdateFacts
+from ._prepared import PreparedConnect, PreparedUpdate, hold
 from ._requests import KitRequests, generate_node_id
-from ._session import Session
+from ._session import Session, parse_session
 from ._settings import Settings
 from ._state import Event, as_granted, grants
 
@@ -60,6 +63,8 @@ class KitStats:
 
     connects: int = 0
     disconnects: int = 0
+    updates: int = 0
+    """Update handler calls."""
     announced_online: int = 0
     announced_offline: int = 0
     store_failures: int = 0
@@ -95,7 +100,11 @@ class KitCore(KitRequests):
         sid: made again with the same attempt, so a lost reply loses no leave."""
         self.outbox = Outbox(self.settings.outbox_size)
         self.local_sessions: dict[str, Mapping[str, Any]] = {}
-        """Sessions of the connections this kit holds, to register them again if fenced."""
+        """Sessions of the connections this kit holds (as last updated), to register
+        them again if fenced."""
+        self.updated_sessions: dict[str, Session] = {}
+        """The current sessions of this kit's connections that were updated: their
+        disconnect leaves these rooms, whatever session the integrator passes."""
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(KitStats.__dataclass_fields__, 0)
 
@@ -153,6 +162,78 @@ class KitCore(KitRequests):
         if policy.tracks_alive and grants(event, outcome).online:
             self.count("announced_online")
         return policy.on_connect(_make_connect_facts(sid, session, outcome, self.settings))
+
+    # --- update ---------------------------------------------------------------------
+
+    def current_session(self, sid: object) -> Session | None:
+        """This kit's own view of connection ``sid``'s session (``None``: not one of its
+        connections, or a session that no longer validates)."""
+        if not isinstance(sid, str):
+            return None
+        session = self.updated_sessions.get(sid)
+        if session is not None:
+            return session
+        raw = self.local_sessions.get(sid)
+        if raw is None:
+            return None
+        try:
+            return parse_session(raw, id_pattern=self._id_pattern)
+        except InvalidSessionError:
+            return None
+
+    def prepare_handler_update(self, sid: object, raw_session: object) -> PreparedUpdate:
+        """Validate an update against this kit's view of the connection and build the
+        store request (raises before any I/O)."""
+        return self.prepare_update(sid, raw_session, self.current_session(sid))
+
+    def updated(
+        self,
+        prepared: PreparedUpdate,
+        raw_session: Mapping[str, Any],
+        outcome: UpdateOutcome | None,
+    ) -> None:
+        """Keep the connection's new session as this kit's view (its disconnect and a
+        re-registration use it), if the connection is this kit's and still live."""
+        sid = prepared.sid
+        old = self.local_sessions.get(sid)
+        if old is None or (outcome is not None and outcome.status is UpdateStatus.UNKNOWN):
+            return
+        new = dict(raw_session)
+        if "meta" not in new and "meta" in old:  # an update without meta keeps it
+            new["meta"] = old["meta"]
+        self.local_sessions[sid] = new
+        self.updated_sessions[sid] = prepared.session
+        self._held.pop(sid, None)  # its disconnect validates the session it is given
+
+    def update_effects(
+        self, prepared: PreparedUpdate, outcome: UpdateOutcome | None
+    ) -> Sequence[Effect]:
+        """Run the role's policy for an update handler call. The session before is this
+        kit's view of the connection, else the store's record."""
+        self.count("updates")
+        previous = prepared.previous
+        if previous is not None:
+            if prepared.sid not in self.local_sessions:
+                return ()  # it disconnected while the store wrote: its rooms are left
+        elif outcome is not None and outcome.status is not UpdateStatus.UNKNOWN:
+            # not this kit's connection: the store's record tells where it was
+            previous = outcome.previous.session if outcome.previous is not None else None
+        elif outcome is not None:
+            return ()  # no live connection, here or in the store: nothing moves
+        facts = UpdateFacts(
+            sid=prepared.sid,
+            session=prepared.session,
+            previous=previous,
+            outcome=outcome,
+            settings=self.settings,
+        )
+        return self.policies.on_update(prepared.session.role, facts)
+
+    def forget(self, sid: str, session: Session) -> Session:
+        """Drop this kit's view of a disconnecting connection; the session it has now
+        (updated since its connect) if the kit knows one, else ``session``."""
+        self.local_sessions.pop(sid, None)
+        return self.updated_sessions.pop(sid, session)
 
     # --- disconnect -----------------------------------------------------------------
 
@@ -242,7 +323,7 @@ class KitCore(KitRequests):
             )
 
     def replayed_effects(
-        self, op: PendingOperation, outcome: ConnectOutcome | DisconnectOutcome
+        self, op: PendingOperation, outcome: ConnectOutcome | DisconnectOutcome | UpdateOutcome
     ) -> Sequence[Effect]:
         """The announcements a replayed operation grants (rooms were handled at the time).
 
@@ -255,8 +336,16 @@ class KitCore(KitRequests):
         call was counted when it was made; only the announcements are counted here.
         """
         self.count("replayed")
-        attempt = op.request.attempt
         effects: Sequence[Effect]
+        if isinstance(outcome, UpdateOutcome):  # its rooms moved when it was made
+            facts = UpdateFacts(
+                sid=op.sid, session=op.session, previous=None, outcome=outcome,
+                settings=self.settings,
+            )  # fmt: skip
+            effects = self.policies.on_update(op.session.role, facts)
+            return [e for e in effects if isinstance(e, (Emit, Track))]
+        assert not isinstance(op.request, UpdateRequest)
+        attempt = op.request.attempt
         if isinstance(outcome, ConnectOutcome):
             assert isinstance(op.request, ConnectRequest)
             grant = grants(Event.CONNECT, outcome, attempt=attempt, replay=True)

@@ -8,6 +8,7 @@ loop: :func:`inline_async_store` makes each of its calls awaitable.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 from ._keys import KeySchema
 from ._model import (
@@ -19,10 +20,13 @@ from ._model import (
     FinishLeaveRequest,
     Heartbeat,
     NodeInfo,
+    OnlineCount,
     OrgQuery,
+    UpdateOutcome,
+    UpdateRequest,
     UserPresence,
 )
-from ._ports import ListsNodes, Store
+from ._ports import CountsOnline, ListsNodes, Store, Updates
 from ._session import Id
 
 __all__ = ["InlineAsyncStore", "inline_async_store"]
@@ -92,20 +96,49 @@ class InlineAsyncStore:
         self._store.close()
 
 
-class _InlineListingAsyncStore(InlineAsyncStore):
-    """:class:`InlineAsyncStore` of a store that also lists the node registry."""
+class _InlineLister(InlineAsyncStore):
+    """The optional :class:`~presence_kit.ListsNodes` member, made awaitable."""
 
-    def __init__(self, store: Store, lister: ListsNodes) -> None:
-        super().__init__(store)
-        self._lister = lister
+    _store: Any
 
     async def nodes(self, keys: KeySchema) -> list[NodeInfo]:
         """Every registered node incarnation."""
-        return self._lister.nodes(keys)
+        return cast("list[NodeInfo]", self._store.nodes(keys))
+
+
+class _InlineUpdater(InlineAsyncStore):
+    """The optional :class:`~presence_kit.Updates` member, made awaitable."""
+
+    _store: Any
+
+    async def update(self, request: UpdateRequest) -> UpdateOutcome:
+        """Change a live connection's lesson, room or meta."""
+        return cast("UpdateOutcome", self._store.update(request))
+
+
+class _InlineCounter(InlineAsyncStore):
+    """The optional :class:`~presence_kit.CountsOnline` member, made awaitable."""
+
+    _store: Any
+
+    async def count_online(self, query: OrgQuery, lesson: str | None) -> OnlineCount:
+        """The users and connections of an org index."""
+        return cast("OnlineCount", self._store.count_online(query, lesson))
+
+
+_OPTIONAL = (
+    (ListsNodes, _InlineLister),
+    (Updates, _InlineUpdater),
+    (CountsOnline, _InlineCounter),
+)
+_CLASSES: dict[tuple[type, ...], type[InlineAsyncStore]] = {}
 
 
 def inline_async_store(store: Store) -> InlineAsyncStore:
-    """``store``'s calls made awaitable (``nodes`` too, if it has it)."""
-    if isinstance(store, ListsNodes):
-        return _InlineListingAsyncStore(store, store)
-    return InlineAsyncStore(store)
+    """``store``'s calls made awaitable (with its optional members: ``nodes``,
+    ``update``, ``count_online``, those it has)."""
+    bases = tuple(mixin for port, mixin in _OPTIONAL if isinstance(store, port))
+    cls = _CLASSES.get(bases)
+    if cls is None:
+        cls = _CLASSES[bases] = type("InlineAsyncStore", (*bases, InlineAsyncStore), {})
+    return cls(store)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 from ._codec import queue_member
 from ._session import Id
 
-__all__ = ["NODE_BUCKETS", "KeySchema", "UserKeys", "node_bucket"]
+__all__ = ["NODE_BUCKETS", "KeySchema", "UserKeys", "count_keys", "node_bucket"]
 
 
 class UserKeys(NamedTuple):
@@ -33,6 +33,9 @@ class UserKeys(NamedTuple):
     """The queue of held-back leaves (one for all users)."""
     queue_member: str
     """The (user, role)'s member of the leave queue (enough to rebuild these keys)."""
+    org_counts: str = ""
+    """The prefix of the organisation's counts in the role (kept with its index, in its
+    slot: see :meth:`KeySchema.org_counts`); empty: not counted."""
 
 
 _make_user_keys = UserKeys._make  # positional, from one tuple: the cheapest way to build
@@ -65,6 +68,7 @@ class KeySchema:
                 self.org_index(org_id, role),
                 self.leave_queue(),
                 queue_member(org_id, user_id, role),
+                self.org_counts(org_id, role),
             )
         )
 
@@ -89,6 +93,13 @@ class KeySchema:
     def org_index(self, org_id: Id, role: str) -> str:
         """Hash ``sid -> [user_id, lesson_id]`` of an organisation's connections in a role."""
         return f"{self.prefix}:{{{self.prefix}:org:{org_id}}}:online:{role}"
+
+    def org_counts(self, org_id: Id, role: str) -> str:
+        """The prefix of the counts kept beside an organisation's index in a role, in its
+        slot (``count_online``): ``<prefix>:users`` (hash ``user -> connections``),
+        ``<prefix>:users:<lesson>`` (the same in one lesson) and ``<prefix>:conns`` (hash
+        of totals: ``org``, and ``l:<lesson>``). The scripts derive the lesson's keys."""
+        return f"{self.prefix}:{{{self.prefix}:org:{org_id}}}:count:{role}"
 
     def leave_queue(self) -> str:
         """Sorted set of held-back leaves, scored by when their grace ends (ms)."""
@@ -124,3 +135,12 @@ bucket under Redis's 128-entry listpack limit (about half the memory of one big 
 def node_bucket(sid: str) -> int:
     """The node-index bucket of a connection."""
     return zlib.crc32(sid.encode()) % NODE_BUCKETS
+
+
+def count_keys(counts_prefix: str, lesson: str | None) -> tuple[str, str, str]:
+    """``(users hash, totals hash, totals field)`` of an organisation's count in a role
+    (``counts_prefix``: :meth:`KeySchema.org_counts`), or in one of its lessons
+    (``lesson``: :func:`~presence_kit._codec.lesson_key`); ``lua/index.lua`` writes them."""
+    if lesson is None:
+        return f"{counts_prefix}:users", f"{counts_prefix}:conns", "org"
+    return f"{counts_prefix}:users:{lesson}", f"{counts_prefix}:conns", f"l:{lesson}"

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
-from ._codec import ConnectionRecord, heartbeat_args
+from ._codec import ConnectionRecord, heartbeat_args, id_list
 from ._keys import KeySchema, UserKeys
 from ._session import Id
 
@@ -29,9 +30,13 @@ __all__ = [
     "Heartbeat",
     "KeySchema",
     "NodeInfo",
+    "OnlineCount",
     "OnlineUser",
     "OrgQuery",
     "StoreLayout",
+    "UpdateOutcome",
+    "UpdateRequest",
+    "UpdateStatus",
     "UserPresence",
     "group_online",
 ]
@@ -73,6 +78,21 @@ class FinishLeaveStatus(str, Enum):
     """Nothing is held back: the leave was cancelled by a reconnect, or already run."""
 
 
+class UpdateStatus(str, Enum):
+    """How a store handled an update (:meth:`~presence_kit.PresenceKit.handle_update`)."""
+
+    UPDATED = "updated"
+    """The connection's lesson, room or meta changed (or, for a replayed update whose
+    reply was lost, that update's own earlier try changed them)."""
+    UNCHANGED = "unchanged"
+    """The same values again: nothing changed."""
+    UNKNOWN = "unknown"
+    """The sid has no live connection: it never connected, or its disconnect already
+    ran. Nothing was written (an update never brings a connection back)."""
+    STALE = "stale"
+    """An older update than one already applied to the connection: nothing changed."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StoreLayout:
     """The parts of :class:`~presence_kit.Settings` a store needs to write values."""
@@ -104,6 +124,11 @@ class OrgQuery:
     def user_keys(self, user_id: Id) -> UserKeys:
         """A user's keys in this role (where to verify an entry of the index)."""
         return self.keys.user(self.org_id, user_id, self.role, tracks_alive=self.tracks_alive)
+
+    @property
+    def counts_prefix(self) -> str:
+        """The prefix of the counts kept beside the index (:meth:`KeySchema.org_counts`)."""
+        return self.keys.org_counts(self.org_id, self.role)
 
 
 class _UserKeyed:
@@ -167,6 +192,9 @@ class ConnectRequest(_UserKeyed):
     """Identifies this connect call (``[A-Za-z0-9.-]``, at most 64 characters); the store
     keeps it with the call's outcome, so a repeat tells whether the first call was this
     one (see :attr:`ConnectOutcome.attempt`)."""
+    meta: str = ""
+    """The connection's ``meta`` as stored (compact JSON), kept beside its record; empty:
+    none."""
 
     @property
     def node_entry(self) -> str:
@@ -203,6 +231,9 @@ class ConnectOutcome:
     online, after which the connection was removed (its disconnect, or a sweep) before
     the replay: the version that first try reached, announced by nobody yet (0: none).
     The replay announces it (and, if it records the connection again, that too)."""
+    snapshot_meta: tuple[dict[str, Any] | None, ...] = ()
+    """The ``meta`` of each :attr:`snapshot` connection, in the same order, when the
+    index keeps it (``Settings.snapshot_meta``; else empty)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -251,6 +282,71 @@ class DisconnectOutcome:
     removal (``None``: the store does not say). A replayed call whose own earlier try
     made it announces the leave; one made by another call (a reconcile, a duplicate
     handler call) was announced by that call."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UpdateRequest(_UserKeyed):
+    """Change connection ``sid``'s lesson, room or meta (its identity stays)."""
+
+    sid: str
+    keys: UserKeys
+    """The (user, role)'s keys."""
+    tombstone_key: str
+    record: ConnectionRecord
+    """The connection's record after the update (its ``meta`` is not part of it)."""
+    index_entry: str
+    """The connection's new org index value, without its closing ``]`` when
+    ``index_meta`` (the store appends ``,<meta>]`` or ``]``: the meta may be the one
+    kept)."""
+    index_meta: bool
+    """The org index keeps each connection's ``meta`` (``Settings.snapshot_meta``)."""
+    meta: str | None
+    """The new ``meta`` (compact JSON; ``""``: clear it), or ``None`` to keep the stored one."""
+    seq: int
+    """The update's place among the connection's updates (assigned by the kit, > 0): an
+    older one than the last applied is ``STALE``, the same one a repeat."""
+    tracks_alive: bool
+    layout: StoreLayout
+
+    @property
+    def identity(self) -> str:
+        """The text every record of this connection starts with (``[org_id,user_id,``):
+        the store checks it, so an update never moves a record to another identity."""
+        s = self.record.session
+        return id_list(s.org_id, s.user_id)[:-1] + ","
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UpdateOutcome:
+    """What an update did (for a repeat of an update, what its first try did)."""
+
+    status: UpdateStatus
+    record: ConnectionRecord | None
+    """The connection after the call, with its ``meta`` (``None`` when ``UNKNOWN``)."""
+    previous: ConnectionRecord | None = None
+    """The connection before the call (``UPDATED`` or ``UNCHANGED``; ``None`` for a
+    repeat, whose first try moved it)."""
+    lesson_changed: bool = False
+    """The update moved the connection to another lesson."""
+    version: int
+    """The alive hash's transition counter after the call: an update of a connection
+    of a role that tracks alive increments it (0 for the other roles)."""
+    at: float
+    """Server time of the call (seconds since the epoch)."""
+    repeat: bool = False
+    """The store had applied this very update before (a retry whose reply was lost):
+    the outcome is that try's."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OnlineCount:
+    """How many users of a role are online in an organisation (or one of its lessons),
+    from :meth:`~presence_kit.PresenceKit.count_online`."""
+
+    users: int
+    """Users with live connections (a teacher within ``leave_grace`` included)."""
+    connections: int
+    """Their live connections."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

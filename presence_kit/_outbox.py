@@ -1,6 +1,6 @@
 """The outbox: the store operations a failed Redis call left to replay, in order.
 
-A connect or disconnect whose store call failed becomes a :class:`PendingOperation`;
+A connect, update or disconnect whose store call failed becomes a :class:`PendingOperation`;
 the facades queue it in the kit's :class:`Outbox`, and the background replays the
 queue once Redis answers again (:meth:`~presence_kit.PresenceKit.replay_outbox`).
 Pure and in-memory, like the rest of the core.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from ._model import ConnectRequest, DisconnectRequest
+from ._model import ConnectRequest, DisconnectRequest, UpdateRequest
 from ._policies import DisconnectPolicy
 from ._session import Session
 
@@ -20,13 +20,13 @@ __all__ = ["Outbox", "PendingOperation"]
 
 @dataclass(frozen=True, slots=True)
 class PendingOperation:
-    """A connect or disconnect the store could not make, kept for replay."""
+    """A connect, update or disconnect the store could not make, kept for replay."""
 
-    kind: str  # "connect" or "disconnect"
+    kind: str  # "connect", "update" or "disconnect"
     sid: str
     session: Session
     policy: DisconnectPolicy
-    request: ConnectRequest | DisconnectRequest
+    request: ConnectRequest | DisconnectRequest | UpdateRequest
 
 
 class Outbox:

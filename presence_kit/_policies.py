@@ -18,6 +18,7 @@ from ._errors import InvalidSessionError
 from ._model import (
     ConnectOutcome,
     DisconnectOutcome,
+    UpdateOutcome,
 )
 from ._roles import ClientRole
 from ._session import Id, Session, validate_role
@@ -32,10 +33,13 @@ __all__ = [
     "PolicyRegistry",
     "TeacherAppPolicy",
     "TeacherHubPolicy",
+    "UpdateFacts",
+    "UpdatePolicy",
     "WantsSnapshot",
     "default_policies",
     "insert_id",
     "lesson_room",
+    "move_lesson_room",
     "org_room",
 ]
 
@@ -92,6 +96,18 @@ class ConnectFacts:
             return []
         return list(dict.fromkeys(user_id for user_id, _lesson in self.outcome.snapshot))
 
+    @property
+    def snapshot_connections(self) -> list[dict[str, object]]:
+        """Each connection of the snapshot: ``user_id``, ``lesson_id`` and ``meta``
+        (``None`` when it has none, or the index keeps none: ``Settings.snapshot_meta``)."""
+        if self.outcome is None:
+            return []
+        metas = self.outcome.snapshot_meta or (None,) * len(self.outcome.snapshot)
+        return [
+            {"user_id": user_id, "lesson_id": lesson_id, "meta": meta}
+            for (user_id, lesson_id), meta in zip(self.outcome.snapshot, metas, strict=False)
+        ]
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DisconnectFacts:
@@ -116,6 +132,55 @@ class DisconnectFacts:
         return grants(Event.DISCONNECT, self.outcome).offline
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UpdateFacts:
+    """What a policy knows when a live connection's lesson, room or meta changes."""
+
+    sid: str
+    session: Session
+    """The connection's session after the update."""
+    previous: Session | None
+    """Its session before (this node's own view of the connection, else the store's
+    record; ``None`` when neither is known: nothing to move from)."""
+    outcome: UpdateOutcome | None
+    """What the store did; ``None`` when the store failed (the update is queued)."""
+    settings: Settings
+
+    @property
+    def updated(self) -> bool:
+        """The store applied this update (now, or in its own earlier try): announce it, once."""
+        return grants(Event.UPDATE, self.outcome).updated
+
+    @property
+    def lesson_changed(self) -> bool:
+        """The update this call applied moved the connection to another lesson."""
+        return self.updated and self.outcome is not None and self.outcome.lesson_changed
+
+
+@runtime_checkable
+class UpdatePolicy(Protocol):
+    """A policy with ``on_update``: effects of a live connection's lesson, room or meta
+    changing. Optional: a policy without it (one written for 0.1) gets
+    :func:`~presence_kit.move_lesson_room`. Looked for once, when the policy is registered."""
+
+    def on_update(self, facts: UpdateFacts) -> Sequence[Effect]:
+        """Effects of an update (pure)."""
+        ...
+
+
+def move_lesson_room(facts: UpdateFacts) -> list[Effect]:
+    """Leave the old lesson's room and join the new one, when the lesson changed (by
+    this node's view of the connection: rooms move at once, even with the store down)."""
+    if facts.previous is None:
+        return []
+    settings = facts.settings
+    old = lesson_room(settings, facts.previous.lesson_id)
+    new = lesson_room(settings, facts.session.lesson_id)
+    if old == new:
+        return []
+    return [_leave(facts.sid, old), _join(facts.sid, new)]
+
+
 @runtime_checkable
 class DisconnectPolicy(Protocol):
     """What one client role does when its connections open and end.
@@ -126,7 +191,8 @@ class DisconnectPolicy(Protocol):
 
     A policy may also have a ``snapshot_of`` attribute naming a role: its connects then
     receive, in ``ConnectFacts.outcome.snapshot``, the org's connections of that role
-    (read in the same round trip where the store allows).
+    (read in the same round trip where the store allows); and an ``on_update(facts)``
+    method (see :class:`~presence_kit.UpdatePolicy`; without it an update moves the lesson room).
     """
 
     tracks_alive: bool
@@ -187,6 +253,20 @@ class TeacherAppPolicy:
         effects.append(_leave(facts.sid, lesson_room(settings, s.lesson_id)))
         return effects
 
+    def on_update(self, facts: UpdateFacts) -> Sequence[Effect]:
+        """Move the lesson room; announce ``teacher_update`` when the lesson changed."""
+        effects = move_lesson_room(facts)
+        settings = facts.settings
+        if facts.lesson_changed and settings.announce_update and facts.outcome is not None:
+            s = facts.session
+            payload: dict[str, object] = {"user_id": s.user_id, "lesson_id": s.lesson_id}
+            if settings.include_version:
+                payload["version"] = facts.outcome.version
+            effects.append(
+                _emit(settings.teacher_update_event, payload, org_room(settings, s.org_id))
+            )
+        return effects
+
 
 class TeacherHubPolicy:
     """``TeacherHub``: listens in the org room; announces nothing."""
@@ -203,18 +283,19 @@ class TeacherHubPolicy:
             _join(facts.sid, lesson_room(settings, s.lesson_id)),
         ]
         if settings.send_presence_snapshot and facts.outcome is not None:
-            effects.append(
-                Emit(
-                    event=settings.presence_state_event,
-                    data={"user_ids": facts.snapshot_users},
-                    to=facts.sid,
-                )
-            )
+            data: dict[str, object] = {"user_ids": facts.snapshot_users}
+            if settings.snapshot_meta:
+                data["connections"] = facts.snapshot_connections
+            effects.append(Emit(event=settings.presence_state_event, data=data, to=facts.sid))
         return effects
 
     def on_disconnect(self, facts: DisconnectFacts) -> Sequence[Effect]:
         """Leave the lesson room; nothing written, nothing emitted."""
         return [_leave(facts.sid, lesson_room(facts.settings, facts.session.lesson_id))]
+
+    def on_update(self, facts: UpdateFacts) -> Sequence[Effect]:
+        """Move the lesson room (the org room stays)."""
+        return move_lesson_room(facts)
 
 
 class ParticipantWebPolicy:
@@ -250,6 +331,10 @@ class ParticipantWebPolicy:
         effects.append(_leave(facts.sid, lesson_room(settings, s.lesson_id)))
         return effects
 
+    def on_update(self, facts: UpdateFacts) -> Sequence[Effect]:
+        """Move the lesson room (the store keeps the new ``room_id`` for the disconnect)."""
+        return move_lesson_room(facts)
+
 
 def _incarnation(outcome: DisconnectOutcome) -> str:
     return outcome.record.incarnation if outcome.record is not None else ""
@@ -261,6 +346,7 @@ class PolicyRegistry(Mapping[str, DisconnectPolicy]):
     def __init__(self, policies: Mapping[str, DisconnectPolicy] | None = None) -> None:
         self._policies: dict[str, DisconnectPolicy] = {}
         self._snapshots: dict[str, WantsSnapshot] = {}
+        self._updates: dict[str, UpdatePolicy] = {}
         for role, policy in (policies or {}).items():
             self.register(role, policy)
 
@@ -276,6 +362,16 @@ class PolicyRegistry(Mapping[str, DisconnectPolicy]):
             self._snapshots[name] = policy
         else:
             self._snapshots.pop(name, None)
+        if isinstance(policy, UpdatePolicy):
+            self._updates[name] = policy
+        else:
+            self._updates.pop(name, None)
+
+    def on_update(self, role: str, facts: UpdateFacts) -> Sequence[Effect]:
+        """The effects of an update of a connection of ``role``: its policy's
+        ``on_update``, or :func:`~presence_kit.move_lesson_room` for a policy without one."""
+        policy = self._updates.get(role)
+        return move_lesson_room(facts) if policy is None else policy.on_update(facts)
 
     def snapshot_of(self, role: str) -> str | None:
         """The role whose connections a connect of ``role`` receives (its policy's

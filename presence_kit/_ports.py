@@ -7,30 +7,35 @@ plain ports, the asyncio facade the ``Async`` ones (written once, in
 :class:`Analytics` is shared, since ``track`` only enqueues and never blocks.
 
 A port's optional members are small Protocols of their own (:class:`ListsNodes`,
-:class:`DeclaresBlocking`, :class:`HasNamespace`, :class:`ListsLocalSids`): the kit
-checks for them with ``isinstance`` and does without them when they are missing. Only
-their presence is checked (and that ``blocking`` is exactly ``False``), so an adapter
-needs no base class for them either.
+:class:`Updates`, :class:`CountsOnline`, :class:`DeclaresBlocking`,
+:class:`HasNamespace`, :class:`ListsLocalSids`): the kit checks for them with
+``isinstance`` and does without them when they are missing. Only their presence is
+checked (and that ``blocking`` is exactly ``False``), so an adapter needs no base
+class for them either.
 """
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ._async.ports import AsyncSockets, AsyncStore
+from ._async.ports import AsyncCountsOnline, AsyncSockets, AsyncStore, AsyncUpdates
 from ._effects import Track
-from ._sync.ports import ListsNodes, Sockets, Store
+from ._sync.ports import CountsOnline, ListsNodes, Sockets, Store, Updates
 
 __all__ = [
     "Analytics",
+    "AsyncCountsOnline",
     "AsyncSockets",
     "AsyncStore",
+    "AsyncUpdates",
+    "CountsOnline",
     "DeclaresBlocking",
     "HasNamespace",
     "ListsLocalSids",
     "ListsNodes",
     "Sockets",
     "Store",
+    "Updates",
 ]
 
 

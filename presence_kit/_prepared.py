@@ -8,11 +8,18 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ._keys import UserKeys
-from ._model import ConnectRequest, DisconnectRequest
+from ._model import ConnectRequest, DisconnectRequest, UpdateRequest
 from ._policies import DisconnectPolicy
 from ._session import Session, make_session
 
-__all__ = ["Held", "PreparedConnect", "PreparedDisconnect", "hold", "same_session"]
+__all__ = [
+    "Held",
+    "PreparedConnect",
+    "PreparedDisconnect",
+    "PreparedUpdate",
+    "hold",
+    "same_session",
+]
 
 
 class PreparedConnect(NamedTuple):
@@ -31,6 +38,17 @@ class PreparedDisconnect(NamedTuple):
     session: Session
     policy: DisconnectPolicy
     request: DisconnectRequest
+
+
+class PreparedUpdate(NamedTuple):
+    """A validated update: its sid, new session and policy, the store request, and the
+    connection's session before it as this node knows it (``None``: not known here)."""
+
+    sid: str
+    session: Session
+    policy: DisconnectPolicy
+    request: UpdateRequest
+    previous: Session | None
 
 
 class Held(NamedTuple):

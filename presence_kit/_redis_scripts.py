@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from ._codec import ConnectionRecord, parse_index_entry, records_of
+from ._codec import (
+    ConnectionRecord,
+    id_list,
+    metas_of,
+    parse_index_entry,
+    records_of,
+    snapshot_metas,
+    with_meta,
+)
 from ._construct import maker
 from ._model import (
     ConnectOutcome,
@@ -27,6 +35,10 @@ from ._model import (
     FinishLeaveRequest,
     FinishLeaveStatus,
     NodeInfo,
+    OnlineCount,
+    UpdateOutcome,
+    UpdateRequest,
+    UpdateStatus,
     UserPresence,
 )
 from ._session import Id
@@ -44,11 +56,20 @@ def _lua(name: str) -> str:
 
 
 _BATCH_LUA = _lua("batch")
+INDEX_LUA = _lua("index")
+"""The functions that change an org index and its counts together (``lua/index.lua``),
+prepended to every script that writes the index."""
 
 
-def _batched(script: str) -> str:
-    """``script`` run once per call of a batch, in one EVALSHA (see ``lua/batch.lua``)."""
-    return _BATCH_LUA.replace("-- BODY\n", script, 1)
+def indexed(name: str) -> str:
+    """Script ``name`` with the index functions before it."""
+    return INDEX_LUA + _lua(name)
+
+
+def _batched(script: str, library: str = "") -> str:
+    """``script`` run once per call of a batch, in one EVALSHA (see ``lua/batch.lua``),
+    with ``library`` (the index functions) defined once, before it."""
+    return library + _BATCH_LUA.replace("-- BODY\n", script, 1)
 
 
 # --- what a call sends -------------------------------------------------------------
@@ -86,6 +107,8 @@ def connect_call(r: ConnectRequest, *, local_index: bool) -> Invocation:
         _flag(snapshot),
         k.queue_member,  # the node entry: the same text
         r.attempt,
+        k.org_counts,
+        r.meta,
     ]
     return keys, args
 
@@ -116,6 +139,7 @@ def disconnect_call(r: DisconnectRequest, *, local_index: bool) -> Invocation:
         _flag(r.remember),
         r.attempt,
         r.owner,
+        k.org_counts,
     ]
     return keys, args
 
@@ -136,8 +160,44 @@ def finish_call(r: FinishLeaveRequest, *, local_index: bool) -> Invocation:
         r.layout.offline_ttl,
         k.queue_member,
         _flag(local_index),
+        k.org_counts,
     ]
     return keys, args
+
+
+def update_call(r: UpdateRequest, *, local_index: bool) -> Invocation:
+    """``lua/update.lua``'s keys and args (``local_index`` as for :func:`connect_call`)."""
+    k = r.keys
+    keys = [k.alive, k.records, r.tombstone_key, k.org_index if local_index else k.alive]
+    record, session = r.record.to_json(), r.record.session
+    owner = f'"{r.record.node_id}/{r.record.incarnation}"'
+    head = id_list(session.org_id, session.user_id, session.lesson_id, session.role)[:-1] + ","
+    tail = record[len(head) + len(owner) :]
+    args: list[str | int] = [
+        r.sid,
+        head,
+        owner[1:-1],
+        tail,
+        _flag(r.tracks_alive),
+        r.seq,
+        _flag(r.meta is not None),
+        r.meta or "",
+        _flag(local_index),
+        r.index_entry,
+        _flag(r.index_meta),
+        r.identity,
+        k.org_counts,
+        r.layout.connection_ttl,
+    ]
+    return keys, args
+
+
+def org_index_call(
+    index_key: str, counts_prefix: str, op: str, items: Sequence[str]
+) -> Invocation:
+    """``lua/org_index.lua``'s keys and args: ``op`` (``set``, ``update``: ``items`` are
+    sid, entry pairs; ``del``: sids) on an org index and its counts (a cluster's)."""
+    return [index_key], [counts_prefix, op, *items]
 
 
 # --- what a reply means ------------------------------------------------------------
@@ -163,7 +223,7 @@ _make_disconnect_outcome = maker(DisconnectOutcome)
 
 def connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
     """What ``lua/connect.lua`` did."""
-    status, first, connections, version, now_ms, resumed, snapshot, attempt, earlier = reply
+    status, first, connections, version, now_ms, resumed, snapshot, attempt, earlier = reply[:9]
     return _make_connect_outcome(
         _CONNECT_STATUS.get(status) or ConnectStatus(text(status)),
         int(first) == 1,
@@ -174,6 +234,7 @@ def connect_outcome(reply: Sequence[Any]) -> ConnectOutcome:
         tuple(map(parse_index_entry, snapshot)) if snapshot else (),
         text(attempt),
         int(earlier),
+        snapshot_metas(snapshot) if snapshot else (),
     )
 
 
@@ -188,6 +249,32 @@ def disconnect_outcome(sid: str, reply: Sequence[Any]) -> DisconnectOutcome:
         int(at_ms) / 1000,
         int(deferred) == 1,
         text(attempt),
+    )
+
+
+def cancelled_leave(reply: Sequence[Any]) -> str:
+    """The sid of the held-back leave a connect cancelled (``""``: none)."""
+    return text(reply[9]) if len(reply) > 9 else ""
+
+
+_UPDATE_STATUS = _by_value(UpdateStatus)
+
+
+def update_outcome(sid: str, reply: Sequence[Any]) -> UpdateOutcome:
+    """What ``lua/update.lua`` did (or, for a repeat, what the update's first try did)."""
+    status, changed, version, now_ms, previous, record, meta, repeat, previous_meta = reply
+    current = with_meta(ConnectionRecord.from_json(sid, record), meta) if record else None
+    before = None
+    if previous:
+        before = with_meta(ConnectionRecord.from_json(sid, previous), previous_meta)
+    return UpdateOutcome(
+        status=_UPDATE_STATUS.get(status) or UpdateStatus(text(status)),
+        record=current,
+        previous=before,
+        lesson_changed=int(changed) == 1,
+        version=int(version),
+        at=int(now_ms) / 1000,
+        repeat=int(repeat) == 1,
     )
 
 
@@ -218,13 +305,17 @@ def user_presence(
 ) -> UserPresence:
     """A (user, role)'s presence from its alive hash and its records hash."""
     fields = {text(k): text(v) for k, v in alive.items()}
-    records = records_of({text(k): text(v) for k, v in record_hash.items()})
+    stored = {text(k): text(v) for k, v in record_hash.items()}
+    records, metas = records_of(stored), metas_of(stored)
     since = fields.get("since")
     return UserPresence(
         state=fields.get(state_field),
         connections=tuple(
             sorted(
-                (ConnectionRecord.from_json(sid, value) for sid, value in records.items()),
+                (
+                    with_meta(ConnectionRecord.from_json(sid, value), metas.get(sid))
+                    for sid, value in records.items()
+                ),
                 key=lambda record: record.sid,
             )
         ),
@@ -264,3 +355,8 @@ def node_infos(
         )
         for member in sorted(counts)
     ]
+
+
+def online_count(users: Any, totals: Any) -> OnlineCount:
+    """``count_online``'s answer from the users hash's ``HLEN`` and the totals' ``HGET``."""
+    return OnlineCount(users=int(users), connections=int(text(totals)) if totals else 0)

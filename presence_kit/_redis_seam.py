@@ -22,7 +22,7 @@ from typing import NamedTuple, Protocol, TypeAlias, Union
 from redis.exceptions import RedisError
 
 from ._errors import StoreError
-from ._redis_scripts import Invocation, _batched, _lua
+from ._redis_scripts import INDEX_LUA, Invocation, _batched, _lua, indexed
 
 __all__ = [
     "Arg",
@@ -131,13 +131,16 @@ class ScriptSet:
             return Lua(register(source).sha, source)
 
         connect, disconnect = _lua("connect"), _lua("disconnect")
-        self.connect, self.disconnect = lua(connect), lua(disconnect)
-        self.finish, self.due = lua(_lua("finish_leave")), lua(_lua("due_leaves"))
+        self.connect, self.disconnect = lua(INDEX_LUA + connect), lua(INDEX_LUA + disconnect)
+        self.update = lua(indexed("update"))
+        self.finish, self.due = lua(indexed("finish_leave")), lua(_lua("due_leaves"))
         self.heartbeat, self.claim = lua(_lua("heartbeat")), lua(_lua("claim_node"))
         self.renew = lua(_lua("renew_claim"))
+        self.org_index, self.rebuild = lua(indexed("org_index")), lua(indexed("rebuild_counts"))
         self.batched = {
-            self.connect.sha: lua(_batched(connect)),
-            self.disconnect.sha: lua(_batched(disconnect)),
+            self.connect.sha: lua(_batched(connect, INDEX_LUA)),
+            self.disconnect.sha: lua(_batched(disconnect, INDEX_LUA)),
+            self.update.sha: lua(_batched(_lua("update"), INDEX_LUA)),
         }
 
 

@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -31,12 +32,14 @@ from ._model import (
     Heartbeat,
     OrgQuery,
     StoreLayout,
+    UpdateRequest,
 )
 from ._policies import DisconnectPolicy, default_policies
-from ._prepared import Held, PreparedConnect, PreparedDisconnect, same_session
+from ._prepared import Held, PreparedConnect, PreparedDisconnect, PreparedUpdate, same_session
 from ._session import (
     Id,
     Session,
+    parse_meta,
     parse_session,
     read_role,
     validate_id,
@@ -87,6 +90,7 @@ class KitRequests:
         # Attempt ids of store calls are "<random>.<n>" (see _next_attempt).
         self._attempt_prefix = secrets.token_hex(4) + "."
         self._attempts = itertools.count(1)
+        self._last_seq = 0  # the last update's sequence number (see next_update_seq)
         self._held: dict[str, Held] = {}  # what local connects validated, by sid
         self._id_pattern = re.compile(self.settings.id_pattern)
         s = self.settings
@@ -138,6 +142,13 @@ class KitRequests:
         self.former_members.append(self.member)
         self.incarnation = secrets.token_hex(3)
 
+    def next_update_seq(self) -> int:
+        """A new update's sequence number: the microseconds of the wall clock, kept
+        increasing. A connection's updates come from its node, in order; should another
+        node update it too, the later update (by the clocks) wins."""
+        self._last_seq = max(self._last_seq + 1, time.time_ns() // 1000)
+        return self._last_seq
+
     def _next_attempt(self) -> str:
         """A new store call's attempt id: unique across kits, cheap per call."""
         return f"{self._attempt_prefix}{next(self._attempts):x}"
@@ -148,13 +159,16 @@ class KitRequests:
         """Validate a connect and build the store request; raises before any I/O."""
         sid = validate_sid(sid)
         session, policy = self._parse(raw_session, connect=True)
+        meta = parse_meta(raw_session).text
         keys = self.user_keys(session, policy)
         snapshot_of = self.policies.snapshot_of(session.role)
         request = _make_connect_request(
             sid,
             keys,
             self.keys.tombstone(keys.alive, sid),
-            index_entry(session.user_id, session.lesson_id),
+            index_entry(
+                session.user_id, session.lesson_id, meta if self.settings.snapshot_meta else ""
+            ),
             self.node_index_key(sid),
             (
                 OrgQuery(
@@ -166,12 +180,48 @@ class KitRequests:
                 if snapshot_of and self.settings.send_presence_snapshot
                 else None
             ),
-            make_record(sid, self.namespace, self.node_id, self.incarnation, session),
+            make_record(sid, self.namespace, self.node_id, self.incarnation, session, None),
             policy.tracks_alive,
             self.layout,
             self._next_attempt(),
+            meta,
         )
         return PreparedConnect(sid, session, policy, request)
+
+    def prepare_update(
+        self, sid: object, raw_session: object, previous: Session | None
+    ) -> PreparedUpdate:
+        """Validate an update of connection ``sid`` (whose session this node knows as
+        ``previous``, if at all) and build the store request; raises
+        :class:`~presence_kit.InvalidSessionError` before any I/O, for a session a
+        connect would refuse, a bad ``meta``, or a new ``role``, ``org_id`` or
+        ``user_id`` (a new identity: connect again)."""
+        sid = validate_sid(sid)
+        session, policy = self._parse(raw_session, connect=True)
+        meta = parse_meta(raw_session)
+        if previous is not None:
+            for field in ("role", "org_id", "user_id"):
+                old, new = getattr(previous, field), getattr(session, field)
+                if type(old) is not type(new) or old != new:
+                    raise InvalidSessionError(
+                        field, "cannot change in an update (a new identity: connect again)"
+                    )
+        keys = self.user_keys(session, policy)
+        snapshot_meta = self.settings.snapshot_meta
+        entry = index_entry(session.user_id, session.lesson_id)
+        request = UpdateRequest(
+            sid=sid,
+            keys=keys,
+            tombstone_key=self.keys.tombstone(keys.alive, sid),
+            record=make_record(sid, self.namespace, self.node_id, self.incarnation, session, None),
+            index_entry=entry[:-1] if snapshot_meta else entry,
+            index_meta=snapshot_meta,
+            meta=meta.text if meta.given else None,
+            seq=self.next_update_seq(),
+            tracks_alive=policy.tracks_alive,
+            layout=self.layout,
+        )
+        return PreparedUpdate(sid, session, policy, request, previous)
 
     def prepare_disconnect(
         self, sid: object, raw_session: object, reason: object
@@ -236,11 +286,13 @@ class KitRequests:
         )
 
     def retargeted(
-        self, request: ConnectRequest | DisconnectRequest
-    ) -> ConnectRequest | DisconnectRequest:
+        self, request: ConnectRequest | DisconnectRequest | UpdateRequest
+    ) -> ConnectRequest | DisconnectRequest | UpdateRequest:
         """``request`` as this incarnation's: one queued before the kit learnt it was
         fenced would write into its former incarnation's index, which the sweepers may
         have cleared already (the attempt is kept: it is the same call)."""
+        if isinstance(request, UpdateRequest):  # the store keeps the record's owner
+            return request
         index = self.node_index_key(request.sid)
         if request.node_index_key == index:
             return request

@@ -8,6 +8,8 @@ field. The patterns that sids, roles and disconnect reasons must match live here
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,8 +23,10 @@ from ._roles import ClientRole
 __all__ = [
     "REASON_PATTERN",
     "Id",
+    "MetaUpdate",
     "Session",
     "SessionDict",
+    "parse_meta",
     "parse_session",
     "read_role",
     "validate_id",
@@ -45,13 +49,16 @@ SessionDict = TypedDict(  # noqa: UP013 (see above)
         "user_id": Id,
         "lesson_id": Id,
         "room_id": NotRequired[Id],
+        "meta": NotRequired[dict[str, str | int | float | bool | None] | None],
     },
 )
 SessionDict.__doc__ = """The session mapping the handlers read, as a type for your own code.
 
 Optional: the handlers take any ``Mapping[str, Any]`` (extra keys are ignored).
 Annotate what your ``authenticate()`` returns with it, and a type checker sees a
-missing or misspelt field. ``room_id`` is needed by ``ParticipantWeb`` at connect.
+missing or misspelt field. ``room_id`` is needed by ``ParticipantWeb`` at connect;
+``meta`` is optional: a JSON object of at most 16 keys (1-64 characters each) with
+scalar values, at most 1 KiB as JSON.
 """
 
 
@@ -202,6 +209,72 @@ def parse_session(
         validate_id("lesson_id", _read(mapping, "lesson_id"), id_pattern),
         room_id,
     )
+
+
+META_KEYS = 16
+"""Most keys a connection's ``meta`` may have."""
+META_KEY_LENGTH = 64
+"""Most characters of one ``meta`` key."""
+META_BYTES = 1024
+"""Most bytes of a ``meta`` object as stored (compact JSON, ASCII)."""
+_META_SCALARS = (str, int, float, bool, type(None))
+_encode_meta = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class MetaUpdate:
+    """A session's ``meta``, validated: whether the session had the key, and the
+    object as stored (compact JSON with sorted keys; ``""`` for ``None``: none)."""
+
+    given: bool
+    text: str
+
+
+NO_META = MetaUpdate(False, "")
+"""A session without a ``meta`` key."""
+
+
+def parse_meta(raw: object) -> MetaUpdate:
+    """Validate a session's optional ``meta``: a JSON object of at most
+    :data:`META_KEYS` keys (each a ``str`` of 1 to :data:`META_KEY_LENGTH` characters)
+    whose values are scalars (``str``, ``int``, ``float``, ``bool``, ``None``), at most
+    :data:`META_BYTES` bytes encoded; ``None`` clears it. Anything else raises
+    :class:`~presence_kit.InvalidSessionError` naming ``"meta"``."""
+    mapping = _check_mapping(raw)
+    if type(mapping) is dict and "meta" not in mapping:  # the usual session: no meta
+        return NO_META
+    try:
+        if "meta" not in mapping:
+            return NO_META
+    except Exception as exc:  # a hostile Mapping's __contains__
+        raise InvalidSessionError("meta", f"could not be read: {type(exc).__name__}") from None
+    meta = _read(mapping, "meta")
+    if meta is None:
+        return MetaUpdate(True, "")
+    if not isinstance(meta, Mapping):
+        raise InvalidSessionError("meta", f"must be a mapping or None, got {type(meta).__name__}")
+    if len(meta) > META_KEYS:
+        raise InvalidSessionError("meta", f"must have at most {META_KEYS} keys, got {len(meta)}")
+    for key, value in meta.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= META_KEY_LENGTH:
+            raise InvalidSessionError(
+                "meta",
+                f"keys must be str of 1-{META_KEY_LENGTH} characters, got {str(key)[:80]!r}",
+            )
+        if not isinstance(value, _META_SCALARS) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            raise InvalidSessionError(
+                "meta",
+                f"{key!r} must be a str, int, float, bool or None (finite), got "
+                f"{type(value).__name__}",
+            )
+    text = _encode_meta({str(key): value for key, value in meta.items()})
+    if len(text) > META_BYTES:
+        raise InvalidSessionError(
+            "meta", f"must be at most {META_BYTES} bytes as JSON, got {len(text)}"
+        )
+    return MetaUpdate(True, text)
 
 
 UNKNOWN_REASON = "unknown"

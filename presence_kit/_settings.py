@@ -86,10 +86,20 @@ class Settings:
     """Event emitted to the org room when a teacher comes online."""
     announce_connect: bool = True
     """Emit ``teacher_connect_event`` on offline -> online."""
+    teacher_update_event: str = "teacher_update"
+    """Event emitted to the org room when a teacher's connection moves to another lesson
+    (:meth:`~presence_kit.PresenceKit.handle_update`): ``{"user_id": ..., "lesson_id": ...}``."""
+    announce_update: bool = True
+    """Emit ``teacher_update_event`` when an update moves a teacher to another lesson."""
     presence_state_event: str = "presence_state"
     """Event sent to a hub's own socket when it connects: the org's online teachers."""
     send_presence_snapshot: bool = True
     """Send ``presence_state_event`` to each connecting hub."""
+    snapshot_meta: bool = False
+    """Also send each connection's ``meta`` in the hub's snapshot (``presence_state``
+    gains ``"connections"``: ``user_id``, ``lesson_id`` and ``meta`` of each). Off by
+    default: 20,000 participants with 1 KiB of meta each would be a 20 MB emit. The org
+    index then keeps each connection's meta beside its entry."""
     include_version: bool = False
     """Add the user's transition counter (``"version"``) to teacher event payloads, so
     hubs can order events that arrive out of order from different nodes. Off by
@@ -154,6 +164,7 @@ class Settings:
             "disconnect_state",
             "teacher_disconnect_event",
             "teacher_connect_event",
+            "teacher_update_event",
             "analytics_disconnect_event",
             "presence_state_event",
         ):
@@ -210,6 +221,8 @@ class Settings:
             "strict_connect",
             "send_presence_snapshot",
             "include_version",
+            "announce_update",
+            "snapshot_meta",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidSettingsError(name, "must be a bool")

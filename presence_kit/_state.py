@@ -35,11 +35,14 @@ from ._model import (
     DisconnectStatus,
     FinishLeaveOutcome,
     FinishLeaveStatus,
+    UpdateOutcome,
+    UpdateStatus,
 )
 
 __all__ = [
     "TABLE",
     "Call",
+    "Change",
     "Event",
     "Flag",
     "Grace",
@@ -71,8 +74,9 @@ class Event(str, Enum):
     """A node matching its records to its live sockets: a record with no socket is
     removed (``lua/disconnect.lua``), a socket with no record is recorded again
     (``lua/connect.lua``, a *repair*)."""
-    # UPDATE ("update", a connection's lesson, room or meta changing) comes with its
-    # rows when the store has the call.
+    UPDATE = "update"
+    """An update handler call (``lua/update.lua``): a live connection's lesson, room or
+    meta changes; or its replay."""
 
 
 class UserState(str, Enum):
@@ -115,6 +119,19 @@ class Call(str, Enum):
     removal that someone else made first."""
 
 
+class Change(str, Enum):
+    """What an update changes (the other events change none of these)."""
+
+    NONE = ""
+    """Not an update."""
+    LESSON = "a new lesson"
+    """The lesson (and maybe the room or meta): its rooms move."""
+    OTHER = "a new room or meta"
+    """The room or the meta, in the same lesson."""
+    SAME = "the same values"
+    """Nothing: the values it had."""
+
+
 class Grace(str, Enum):
     """``Settings.leave_grace``, as a transition needs it (roles that track alive)."""
 
@@ -141,12 +158,16 @@ class Flag(str, Enum):
     went, now."""
     DEFERRED = "deferred"
     """``DisconnectOutcome.deferred``: the last connection went, its leave held back."""
+    LESSON = "lesson_changed"
+    """``UpdateOutcome.lesson_changed``: the update moved the connection to another lesson."""
+    REPEAT = "repeat"
+    """``UpdateOutcome.repeat``: the store had applied this very update (a retry)."""
 
 
-Status = ConnectStatus | DisconnectStatus | FinishLeaveStatus
+Status = ConnectStatus | DisconnectStatus | FinishLeaveStatus | UpdateStatus
 """A store's answer to one call."""
 
-Outcome = ConnectOutcome | DisconnectOutcome | FinishLeaveOutcome
+Outcome = ConnectOutcome | DisconnectOutcome | FinishLeaveOutcome | UpdateOutcome
 """What a store returns for one transition."""
 
 AnOutcome = TypeVar("AnOutcome", ConnectOutcome, DisconnectOutcome)
@@ -169,7 +190,11 @@ class Grant:
     announced now (before this call's own)."""
     own_repeat: bool = False
     """The store answered ``REPEAT`` naming this call's own earlier try: the call acts
-    on that try's outcome (``NEW``, ``REMOVED``; see :func:`as_granted`)."""
+    on that try's outcome (``NEW``, ``REMOVED``; see :func:`as_granted`); or, for an
+    update, the store had applied this very update (its sequence number) before."""
+    updated: bool = False
+    """The connection changed (now, or in the update's own earlier try): the update is
+    announced once (``teacher_update``, when its lesson changed)."""
 
     def __str__(self) -> str:
         parts = [
@@ -179,6 +204,7 @@ class Grant:
                 ("announce online", self.online),
                 ("announce offline", self.offline),
                 ("leave once (track)", self.removed),
+                ("announce update", self.updated),
             )
             if on
         ]
@@ -196,6 +222,12 @@ _CONNECT_GRANTS = {
 _DISCONNECT_GRANTS = {
     (offline, removed, own): Grant(offline=offline, removed=removed, own_repeat=own)
     for offline, removed, own in itertools.product((False, True), repeat=3)
+}
+
+
+_UPDATE_GRANTS = {
+    (updated, own): Grant(updated=updated, own_repeat=own)
+    for updated, own in itertools.product((False, True), repeat=2)
 }
 
 
@@ -222,6 +254,13 @@ def grants(
     """
     if outcome is None:
         return NOTHING
+    if isinstance(outcome, UpdateOutcome):
+        if event is not Event.UPDATE:
+            raise ValueError(f"an update outcome answers {Event.UPDATE}, not {event}")
+        updated = outcome.status is UpdateStatus.UPDATED
+        return _UPDATE_GRANTS[updated, updated and outcome.repeat]
+    if event is Event.UPDATE:
+        raise ValueError(f"{event} is answered by an UpdateOutcome")
     if isinstance(outcome, ConnectOutcome):
         if event is Event.FINISH:
             raise ValueError(f"{event} is answered by a FinishLeaveOutcome")
@@ -272,6 +311,8 @@ def flags_of(outcome: Outcome) -> frozenset[Flag]:
         ]
     elif isinstance(outcome, DisconnectOutcome):
         pairs = [(Flag.LAST, outcome.last), (Flag.DEFERRED, outcome.deferred)]
+    elif isinstance(outcome, UpdateOutcome):
+        pairs = [(Flag.LESSON, outcome.lesson_changed), (Flag.REPEAT, outcome.repeat)]
     else:
         pairs = [(Flag.LAST, outcome.outcome is not None and outcome.outcome.last)]
     return frozenset(flag for flag, on in pairs if on)
@@ -300,6 +341,8 @@ class Transition:
     moved: bool = False
     """The record was moved to a later incarnation of its node (registered again after
     a fence) before a sweep of the former one."""
+    change: Change = Change.NONE
+    """What an update changes."""
     status: Status
     """The store's answer."""
     flags: frozenset[Flag] = frozenset()
@@ -323,7 +366,7 @@ def _flags(names: str) -> frozenset[Flag]:
 
 # Short names for the table's cells.
 _C, _D, _F = Event.CONNECT, Event.DISCONNECT, Event.FINISH
-_S, _R = Event.SWEEP, Event.RECONCILE
+_S, _R, _U = Event.SWEEP, Event.RECONCILE, Event.UPDATE
 _OFF, _ON, _HELD = UserState.OFFLINE, UserState.ONLINE, UserState.HELD
 _NONE, _REC = SidState.NONE, SidState.RECORDED
 _TOMB, _SWEPT = SidState.TOMBSTONED, SidState.SWEPT
@@ -332,6 +375,7 @@ _BOTH_ARRIVALS = Grant(online=True, earlier_online=True)
 _OWN_ARRIVAL = Grant(online=True, own_repeat=True)
 _LEAVE, _REMOVAL = Grant(offline=True, removed=True), Grant(removed=True)
 _OWN_LEAVE = Grant(offline=True, removed=True, own_repeat=True)
+_UPDATE, _OWN_UPDATE = Grant(updated=True), Grant(updated=True, own_repeat=True)
 
 TABLE: tuple[Transition, ...] = (
     # --- connect --------------------------------------------------------------------------
@@ -511,6 +555,54 @@ TABLE: tuple[Transition, ...] = (
         event=_R, user=_OFF, sid=_TOMB, when="a repair whose socket disconnected meanwhile",
         status=ConnectStatus.STALE, user_after=_OFF, sid_after=_TOMB,
         lua="lua/connect.lua: a hard tombstone",
+    ),
+    # --- update (a live connection's lesson, room or meta) --------------------------------
+    Transition(
+        event=_U, user=_ON, sid=_REC, change=Change.LESSON, when="a new lesson: its rooms move",
+        status=UpdateStatus.UPDATED, flags=_flags("lesson_changed"), user_after=_ON,
+        sid_after=_REC, grant=_UPDATE, lua="lua/update.lua: changed, another lesson",
+    ),
+    Transition(
+        event=_U, user=_ON, sid=_REC, change=Change.OTHER, when="a new room or meta, same lesson",
+        status=UpdateStatus.UPDATED, user_after=_ON, sid_after=_REC, grant=_UPDATE,
+        lua="lua/update.lua: changed, the same lesson",
+    ),
+    Transition(
+        event=_U, user=_ON, sid=_REC, change=Change.SAME, when="the values it has",
+        status=UpdateStatus.UNCHANGED, user_after=_ON, sid_after=_REC,
+        lua="lua/update.lua: unchanged",
+    ),
+    Transition(
+        event=_U, user=_ON, sid=_REC, call=Call.RETRY, change=Change.LESSON,
+        when="applied by this update's own try, its reply lost: what that try did",
+        status=UpdateStatus.UPDATED, flags=_flags("lesson_changed repeat"), user_after=_ON,
+        sid_after=_REC, grant=_OWN_UPDATE, lua="lua/update.lua: the same sequence number",
+    ),
+    Transition(
+        event=_U, user=_ON, sid=_REC, call=Call.OTHER, change=Change.LESSON,
+        when="an older update than the last applied (a replay after a newer one)",
+        status=UpdateStatus.STALE, user_after=_ON, sid_after=_REC,
+        lua="lua/update.lua: an older sequence number",
+    ),
+    Transition(
+        event=_U, user=_OFF, sid=_TOMB, change=Change.LESSON,
+        when="after its disconnect: never brought back", status=UpdateStatus.UNKNOWN,
+        user_after=_OFF, sid_after=_TOMB, lua="lua/update.lua: a tombstone",
+    ),
+    Transition(
+        event=_U, user=_HELD, sid=_TOMB, grace=Grace.PENDING, change=Change.LESSON,
+        when="after its disconnect, its leave held back", status=UpdateStatus.UNKNOWN,
+        user_after=_HELD, sid_after=_TOMB, lua="lua/update.lua: a tombstone",
+    ),
+    Transition(
+        event=_U, user=_OFF, sid=_SWEPT, change=Change.LESSON,
+        when="after its sweep", status=UpdateStatus.UNKNOWN, user_after=_OFF, sid_after=_SWEPT,
+        lua="lua/update.lua: a tombstone",
+    ),
+    Transition(
+        event=_U, user=_OFF, sid=_NONE, change=Change.LESSON, when="never connected",
+        status=UpdateStatus.UNKNOWN, user_after=_OFF, sid_after=_NONE,
+        lua="lua/update.lua: no record",
     ),
 )  # fmt: skip
 """Every transition of the state machine (see :class:`Transition`)."""

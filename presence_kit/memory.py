@@ -15,24 +15,34 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from ._codec import (
     HARD_TOMBSTONE,
+    META_FIELD,
     OUTCOME_FIELD,
     RECORD_FIELD,
     SOFT_TOMBSTONE,
+    UPDATE_FIELD,
     ConnectionRecord,
     Tombstone,
     decode_connect_outcome,
     decode_tombstone,
+    decode_update_outcome,
     encode_connect_outcome,
     encode_tombstone,
+    encode_update_outcome,
+    id_list,
+    lesson_key,
+    metas_of,
     parse_index_entry,
     records_of,
+    snapshot_metas,
     split_tombstone,
+    with_meta,
 )
-from ._keys import KeySchema
+from ._keys import KeySchema, UserKeys, count_keys
 from ._model import (
     ConnectOutcome,
     ConnectRequest,
@@ -45,8 +55,12 @@ from ._model import (
     FinishLeaveStatus,
     Heartbeat,
     NodeInfo,
+    OnlineCount,
     OrgQuery,
     StoreLayout,
+    UpdateOutcome,
+    UpdateRequest,
+    UpdateStatus,
     UserPresence,
 )
 from ._session import Id
@@ -56,6 +70,14 @@ __all__ = ["MemoryStore"]
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
+
+
+def _owner(record: str) -> object:
+    """The ``node/incarnation`` that wrote a record (``None``: unreadable)."""
+    try:
+        return json.loads(record)[4]
+    except (ValueError, IndexError, TypeError):
+        return None
 
 
 def _owned(record: str | None, owner: str) -> bool:
@@ -119,6 +141,7 @@ class MemoryStore:
                         version=0,
                         at=now,
                         snapshot=snapshot,
+                        snapshot_meta=self._snapshot_meta(request, now),
                         attempt=request.attempt,
                         earlier_version=earlier,
                     )
@@ -126,7 +149,9 @@ class MemoryStore:
             outcome_field = OUTCOME_FIELD + request.sid
             if field in records:
                 record = request.record.to_json()
-                if records[field] != record:  # an earlier incarnation's: make it ours
+                stored = records[field]
+                if stored != record and _owner(stored) != _owner(record):
+                    # an earlier incarnation's: make it ours
                     records[field] = record
                     node_index = self._hash(request.node_index_key, now) or {}
                     node_index[request.sid] = request.node_entry
@@ -141,6 +166,7 @@ class MemoryStore:
                     version=version,
                     at=now,
                     snapshot=snapshot,
+                    snapshot_meta=self._snapshot_meta(request, now),
                     attempt=attempt,
                 )
             records[field] = request.record.to_json()
@@ -149,9 +175,7 @@ class MemoryStore:
             separate = request.connections_key != request.alive_key
             expiry = now + layout.connection_ttl if separate else None
             self._keys[request.connections_key] = _Entry(records, expiry)
-            index = self._hash(request.org_index_key, now) or {}
-            index[request.sid] = request.index_entry
-            self._keys[request.org_index_key] = _Entry(index)
+            self._index_set(request.keys, request.sid, request.index_entry, now)
             node_index = self._hash(request.node_index_key, now) or {}
             node_index[request.sid] = request.node_entry
             self._keys[request.node_index_key] = _Entry(node_index)
@@ -160,7 +184,7 @@ class MemoryStore:
             resumed = held is not None
             if held is not None:
                 del self._keys[request.held_leave_key]
-                index.pop(held["sid"], None)
+                self._index_del(request.keys.org_index, request.keys.org_counts, held["sid"], now)
                 first = False
             version = 0
             if request.tracks_alive:
@@ -173,6 +197,8 @@ class MemoryStore:
                 alive[layout.state_field] = layout.connect_state
                 self._keys[request.alive_key] = _Entry(alive, None)
             records[outcome_field] = encode_connect_outcome(first, version, request.attempt)
+            if request.meta:
+                records[META_FIELD + request.sid] = request.meta
             return ConnectOutcome(
                 status=ConnectStatus.NEW,
                 first=first,
@@ -181,6 +207,7 @@ class MemoryStore:
                 at=now,
                 resumed=resumed,
                 snapshot=self._snapshot(request, now),
+                snapshot_meta=self._snapshot_meta(request, now),
                 attempt=request.attempt,
                 earlier_version=earlier,
             )
@@ -219,6 +246,8 @@ class MemoryStore:
                 )
             record = records.pop(field)
             connected = records.pop(OUTCOME_FIELD + request.sid, "0:0:")
+            records.pop(META_FIELD + request.sid, None)
+            records.pop(UPDATE_FIELD + request.sid, None)
             count = int(records.pop("n", "1")) - 1
             if count > 0:
                 records["n"] = str(count)
@@ -241,7 +270,7 @@ class MemoryStore:
                     self._mark_offline(alive, layout, request.reason, version, now)
                     self._keys[request.alive_key] = _Entry(alive, now + layout.offline_ttl)
             if not deferred:
-                self._hdel(request.org_index_key, request.sid, now)
+                self._index_del(request.org_index_key, request.keys.org_counts, request.sid, now)
             at_ms = _ms(now)
             stone = Tombstone(last, version, at_ms, deferred, request.attempt, record)
             self._keys[request.tombstone_key] = _Entry(
@@ -257,6 +286,114 @@ class MemoryStore:
                 deferred=deferred,
                 attempt=request.attempt,
             )
+
+    def update(self, request: UpdateRequest) -> UpdateOutcome:
+        """Change a connection's lesson, room or meta atomically (see ``lua/update.lua``)."""
+        with self._lock:
+            now = self._clock()
+            sid = request.sid
+            records = self._hash(request.connections_key, now)
+            current = None if records is None else records.get(RECORD_FIELD + sid)
+            if (
+                self._get(request.tombstone_key, now) is not None
+                or records is None
+                or current is None
+                or not current.startswith(request.identity)
+            ):
+                return UpdateOutcome(status=UpdateStatus.UNKNOWN, record=None, version=0, at=now)
+            tracks = request.tracks_alive
+            version = int(records.get("version", "0")) if tracks else 0
+            stored_meta = records.get(META_FIELD + sid, "")
+            last, status, changed, last_version = decode_update_outcome(
+                records.get(UPDATE_FIELD + sid)
+            )
+            before = with_meta(ConnectionRecord.from_json(sid, current), stored_meta)
+            if request.seq < last:
+                return UpdateOutcome(
+                    status=UpdateStatus.STALE, record=before, previous=before,
+                    version=version, at=now,
+                )  # fmt: skip
+            if request.seq == last:
+                return UpdateOutcome(
+                    status=UpdateStatus(status), record=before, lesson_changed=changed,
+                    version=last_version, at=now, repeat=True,
+                )  # fmt: skip
+            owner = _owner(current)
+            record = request.record
+            if isinstance(owner, str):  # the record keeps the owner that wrote it
+                node_id, _, incarnation = owner.rpartition("/")
+                record = replace(record, node_id=node_id, incarnation=incarnation)
+            text = record.to_json()
+            meta = stored_meta if request.meta is None else request.meta
+            if text == current and meta == stored_meta:
+                records[UPDATE_FIELD + sid] = encode_update_outcome(
+                    request.seq, UpdateStatus.UNCHANGED.value, False, version
+                )
+                return UpdateOutcome(
+                    status=UpdateStatus.UNCHANGED, record=before, previous=before,
+                    version=version, at=now,
+                )  # fmt: skip
+            changed = record.session.lesson_id != before.session.lesson_id or type(
+                record.session.lesson_id
+            ) is not type(before.session.lesson_id)
+            records[RECORD_FIELD + sid] = text
+            if meta:
+                records[META_FIELD + sid] = meta
+            else:
+                records.pop(META_FIELD + sid, None)
+            if tracks:
+                version += 1
+                records["version"] = str(version)
+            records[UPDATE_FIELD + sid] = encode_update_outcome(
+                request.seq, UpdateStatus.UPDATED.value, changed, version
+            )
+            entry = request.index_entry
+            if request.index_meta:
+                entry += f",{meta}]" if meta else "]"
+            index = self._hash(request.org_index_key, now)
+            if index is not None and sid in index:  # never brings an entry back
+                self._index_set(request.keys, sid, entry, now)
+            return UpdateOutcome(
+                status=UpdateStatus.UPDATED,
+                record=with_meta(ConnectionRecord.from_json(sid, text), meta),
+                previous=before,
+                lesson_changed=changed,
+                version=version,
+                at=now,
+            )
+
+    def count_online(self, query: OrgQuery, lesson: str | None) -> OnlineCount:
+        """The counts kept beside an org index (in ``lesson``, if given)."""
+        with self._lock:
+            now = self._clock()
+            users, totals, field = count_keys(query.counts_prefix, lesson)
+            connections = (self._hash(totals, now) or {}).get(field, "0")
+            return OnlineCount(
+                users=len(self._hash(users, now) or {}), connections=int(connections)
+            )
+
+    def rebuild_counts(self, query: OrgQuery) -> tuple[int, int, bool]:
+        """Rebuild the counts of an org index from it: ``(connections, users, changed)``."""
+        with self._lock:
+            now = self._clock()
+            prefix = query.counts_prefix
+            before = {
+                key: dict(entry.value)
+                for key, entry in self._keys.items()
+                if key.startswith(prefix + ":") and isinstance(entry.value, dict)
+            }
+            for key in before:
+                del self._keys[key]
+            for entry in (self._hash(query.index_key, now) or {}).values():
+                self._count(prefix, entry, 1, now)
+            after = {
+                key: dict(entry.value)
+                for key, entry in self._keys.items()
+                if key.startswith(prefix + ":") and isinstance(entry.value, dict)
+            }
+            users, totals, field = count_keys(prefix, None)
+            connections = int((after.get(totals) or {}).get(field, "0"))
+            return connections, len(after.get(users) or {}), after != before
 
     def due_leaves(self, queue_key: str, limit: int) -> list[str]:
         """Queued held-back leaves whose grace has ended."""
@@ -282,7 +419,7 @@ class MemoryStore:
                 )
             del self._keys[request.held_leave_key]
             self._queue.pop(request.queue_member, None)
-            self._hdel(request.org_index_key, held["sid"], now)
+            self._index_del(request.org_index_key, request.keys.org_counts, held["sid"], now)
             layout = request.layout
             alive = self._hash(request.alive_key, now) or {}
             version = int(alive.get("version", "0")) + 1
@@ -304,12 +441,14 @@ class MemoryStore:
         with self._lock:
             now = self._clock()
             alive = self._hash(alive_key, now) or {}
-            records = records_of(self._hash(connections_key, now) or {})
+            fields = self._hash(connections_key, now) or {}
+            records, metas = records_of(fields), metas_of(fields)
             since = alive.get("since")
             return UserPresence(
                 state=alive.get(state_field),
                 connections=tuple(
-                    ConnectionRecord.from_json(sid, records[sid]) for sid in sorted(records)
+                    with_meta(ConnectionRecord.from_json(sid, records[sid]), metas.get(sid))
+                    for sid in sorted(records)
                 ),
                 since=int(since) / 1000 if since else None,
                 last_reason=alive.get("reason"),
@@ -442,11 +581,76 @@ class MemoryStore:
         entry = self._live(key, now)
         return entry.value if entry is not None else None
 
+    def _snapshot_meta(
+        self, request: ConnectRequest, now: float
+    ) -> tuple[dict[str, Any] | None, ...]:
+        if request.snapshot is None:
+            return ()
+        index = self._hash(request.snapshot.index_key, now) or {}
+        return snapshot_metas(list(index.values()))
+
     def _snapshot(self, request: ConnectRequest, now: float) -> tuple[tuple[Id, Id], ...]:
         if request.snapshot is None:
             return ()
         index = self._hash(request.snapshot.index_key, now) or {}
         return tuple(parse_index_entry(entry) for entry in index.values())
+
+    # --- an org index and its counts (lua/index.lua) ----------------------------------
+
+    def _index_set(self, keys: UserKeys, sid: str, entry: str, now: float) -> None:
+        index = self._hash(keys.org_index, now)
+        if index is None:
+            index = {}
+            self._keys[keys.org_index] = _Entry(index)
+        old = index.get(sid)
+        if old == entry:
+            return
+        index[sid] = entry
+        if not keys.org_counts:
+            return
+        moved = False  # the same user's connection, in another lesson
+        if old is not None:
+            (old_user, old_lesson), (user, lesson) = (
+                parse_index_entry(old),
+                parse_index_entry(entry),
+            )
+            if id_list(old_user, lesson_key(old_lesson)) == id_list(user, lesson_key(lesson)):
+                return
+            moved = id_list(old_user) == id_list(user)
+            self._count(keys.org_counts, old, -1, now, only_lesson=moved)
+        self._count(keys.org_counts, entry, 1, now, only_lesson=moved)
+
+    def _index_del(self, index_key: str, counts_prefix: str, sid: str, now: float) -> None:
+        index = self._hash(index_key, now)
+        old = None if index is None else index.get(sid)
+        if old is None:
+            return
+        self._hdel(index_key, sid, now)
+        if counts_prefix:
+            self._count(counts_prefix, old, -1, now)
+
+    def _count(
+        self, prefix: str, entry: str, d: int, now: float, *, only_lesson: bool = False
+    ) -> None:
+        user_id, lesson_id = parse_index_entry(entry)
+        user, lesson = id_list(user_id)[1:-1], lesson_key(lesson_id)
+        users, totals, _ = count_keys(prefix, None)
+        lesson_users, _, lesson_field = count_keys(prefix, lesson)
+        fields = [(lesson_users, user), (totals, lesson_field)]
+        if not only_lesson:
+            fields += [(users, user), (totals, "org")]
+        for key, field in fields:
+            counts = self._hash(key, now)
+            if counts is None:
+                counts = {}
+                self._keys[key] = _Entry(counts)
+            n = int(counts.get(field, "0")) + d
+            if n > 0:
+                counts[field] = str(n)
+            else:
+                counts.pop(field, None)
+                if not counts:
+                    del self._keys[key]
 
     def _hdel(self, key: str, field: str, now: float) -> None:
         index = self._hash(key, now)

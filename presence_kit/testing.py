@@ -30,7 +30,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ._effects import Track
-from ._model import ConnectRequest, DisconnectRequest, FinishLeaveRequest
+from ._model import (
+    ConnectRequest,
+    DisconnectRequest,
+    FinishLeaveRequest,
+    OrgQuery,
+    UpdateRequest,
+)
 from ._policies import DisconnectPolicy
 from ._requests import KitRequests
 from ._settings import Settings
@@ -230,6 +236,16 @@ class RequestBuilder:
         """The request of a connect handler call of ``sid`` with ``session``."""
         return self._kit.prepare_connect(sid, session).request
 
+    def update(
+        self, sid: str, session: Mapping[str, Any], *, previous: Mapping[str, Any] | None = None
+    ) -> UpdateRequest:
+        """The request of an update handler call of ``sid`` to ``session`` (a new
+        sequence number each: the later request is the newer update). With ``previous``
+        (the session the connection had), an identity change is refused as the kit
+        refuses it."""
+        before = None if previous is None else self._kit.parse_session(previous)[0]
+        return self._kit.prepare_update(sid, session, before).request
+
     def disconnect(
         self, sid: str, session: Mapping[str, Any], reason: str | None = None
     ) -> DisconnectRequest:
@@ -259,6 +275,11 @@ class RequestBuilder:
         )
         assert request is not None  # the session was validated above
         return request
+
+    def org_query(self, org_id: Any, role: Any = "TeacherAPP") -> OrgQuery:
+        """The query of an organisation's index of connections in ``role`` (what
+        ``online_users`` and ``count_online`` read)."""
+        return self._kit.org_query(org_id, role)
 
     def finish(self, session: Mapping[str, Any]) -> FinishLeaveRequest:
         """The request that finishes the held-back leave of ``session``'s (user, role)."""

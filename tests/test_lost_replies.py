@@ -179,3 +179,40 @@ async def test_a_replayed_connect_whose_sid_left_meanwhile_announces_its_first_t
     finally:
         await kit.aclose()
         await aclose_client(client)
+
+
+class _UpdateReplyLosingStore(RedisStore):
+    """A real RedisStore whose next update runs but whose reply is lost."""
+
+    lose_next_reply = False
+
+    def update(self, request: Any) -> Any:
+        outcome = super().update(request)
+        if self.lose_next_reply:
+            self.lose_next_reply = False
+            raise StoreError("timed out after the script ran")
+        return outcome
+
+
+def test_a_replayed_update_announces_its_first_try_once(fresh_redis_server: RedisServer) -> None:
+    """An update moves the teacher to lesson 6 but its reply is lost: the rooms moved at
+    once, the update waits in the outbox. Its replay meets the update already applied
+    (the same sequence number), changes nothing twice and announces what the first try
+    did: one teacher_update, with the version that try reached."""
+    store = _UpdateReplyLosingStore(fresh_redis_server.client())
+    sockets = RecordingSockets()
+    kit = PresenceKit(store=store, sockets=sockets, settings=_settings())
+    try:
+        kit.handle_connect("a1", T7)
+        store.lose_next_reply = True
+        assert kit.handle_update("a1", {**T7, "lesson_id": 6}) is None
+        assert sockets.rooms_of("a1") == {"lesson:6"}
+        raw = fresh_redis_server.client(decode_responses=True)
+        alive = raw.hgetall("alive:org_1_user_7")
+        assert kit.replay_outbox() == 1
+        assert raw.hgetall("alive:org_1_user_7") == alive  # nothing changed twice
+        updates = [data for event, data, _to in sockets.emitted if event == "teacher_update"]
+        assert updates == [{"user_id": 7, "lesson_id": 6, "version": 2}]
+        assert kit.stats.updates == 1
+    finally:
+        kit.close()

@@ -231,7 +231,7 @@ def test_session_dict_types_the_mapping_for_integrators_code() -> None:
     from presence_kit.testing import RecordingSockets
 
     assert SessionDict.__required_keys__ == {"role", "org_id", "user_id", "lesson_id"}
-    assert SessionDict.__optional_keys__ == {"room_id"}
+    assert SessionDict.__optional_keys__ == {"room_id", "meta"}
     session: SessionDict = {"role": "TeacherAPP", "org_id": 1, "user_id": 2, "lesson_id": 3}
     with PresenceKit(sockets=RecordingSockets()) as kit:
         kit.handle_connect("sid-1", session)

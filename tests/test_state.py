@@ -24,6 +24,7 @@ from presence_kit import (
 from presence_kit._state import (
     TABLE,
     Call,
+    Change,
     Event,
     Flag,
     Grant,
@@ -128,13 +129,17 @@ def test_a_finish_grants_the_leave_only_when_it_ran_it() -> None:
 
 def test_the_table_is_consistent() -> None:
     keys = [
-        (r.event, r.user, r.others, r.sid, r.call, r.grace, r.moved, type(r.status)) for r in TABLE
+        (r.event, r.user, r.others, r.sid, r.call, r.grace, r.moved, r.change, type(r.status))
+        for r in TABLE
     ]
     assert len(keys) == len(set(keys)), "two rows for the same state and event"
     assert {r.event for r in TABLE} == set(Event)
     for row in TABLE:
         assert (row.sid is None) == (row.event is Event.FINISH) == (row.sid_after is None)
-        repeat = row.status in (ConnectStatus.REPEAT, DisconnectStatus.REPEAT)
+        repeat = row.status in (ConnectStatus.REPEAT, DisconnectStatus.REPEAT) or (
+            Flag.REPEAT in row.flags
+        )
+        assert (row.change is Change.NONE) == (row.event is not Event.UPDATE)
         assert row.grant.own_repeat == (row.call is Call.RETRY and repeat)
         assert row.lua.startswith("lua/") and row.memory.startswith("MemoryStore.")
     # every state appears, before and after

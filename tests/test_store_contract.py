@@ -21,12 +21,17 @@ from presence_kit import (
     DisconnectOutcome,
     DisconnectStatus,
     FinishLeaveOutcome,
+    OnlineCount,
     Settings,
+    UpdateOutcome,
+    UpdateStatus,
     UserKeys,
 )
+from presence_kit._model import group_online
 from presence_kit._state import (
     TABLE,
     Call,
+    Change,
     Event,
     Grace,
     SidState,
@@ -63,10 +68,17 @@ class Harness:
         get: Callable[[str], str | None],
         ttl: Callable[[str], int],
         keys: Callable[[], list[str]],
+        *,
+        update: Callable[[Any], UpdateOutcome],
+        count: Callable[[Any, str | None], OnlineCount],
+        org_connections: Callable[[Any], dict[str, Any]],
     ) -> None:
         self.store_connect = connect
         self.store_disconnect = disconnect
         self.store_finish = finish
+        self.store_update = update
+        self.store_count = count
+        self.store_org_connections = org_connections
         self.hgetall = hgetall
         self.get = get
         self.ttl = ttl
@@ -80,6 +92,23 @@ class Harness:
         self, sid: str, session: dict[str, Any], reason: str = "transport close"
     ) -> DisconnectOutcome:
         return self.store_disconnect(self.requests.disconnect(sid, session, reason))
+
+    def update(self, sid: str, session: dict[str, Any]) -> UpdateOutcome:
+        return self.store_update(self.requests.update(sid, session))
+
+    def count(
+        self, role: str = "TeacherAPP", lesson_id: Any = None, org_id: Any = 1
+    ) -> OnlineCount:
+        query = self.requests.org_query(org_id, role)
+        return self.store_count(query, None if lesson_id is None else str(lesson_id))
+
+    def online(
+        self, role: str = "TeacherAPP", lesson_id: Any = None, org_id: Any = 1
+    ) -> tuple[int, int]:
+        """``(users, connections)`` as online_users lists them (the index, verified)."""
+        entries = self.store_org_connections(self.requests.org_query(org_id, role))
+        users = group_online(entries, lesson_id)
+        return len(users), sum(user.connections for user in users)
 
 
 def _text(value: Any) -> str:
@@ -121,6 +150,9 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
             store.get,
             store.ttl,
             store.keys,
+            update=store.update,
+            count=store.count_online,
+            org_connections=store.org_connections,
         )
         return
     if kind.endswith("cluster"):
@@ -141,6 +173,9 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
             sync_store.disconnect,
             sync_store.finish_leave,
             **_redis_readers(raw),
+            update=sync_store.update,
+            count=sync_store.count_online,
+            org_connections=sync_store.org_connections,
         )
         sync_store.close()
         return
@@ -153,6 +188,9 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
             lambda r: loop.run_until_complete(async_store.disconnect(r)),
             lambda r: loop.run_until_complete(async_store.finish_leave(r)),
             **_redis_readers(raw),
+            update=lambda r: loop.run_until_complete(async_store.update(r)),
+            count=lambda q, lesson: loop.run_until_complete(async_store.count_online(q, lesson)),
+            org_connections=lambda q: loop.run_until_complete(async_store.org_connections(q)),
         )
     finally:
         loop.run_until_complete(async_store.aclose())
@@ -171,7 +209,15 @@ def _cluster_harness(request: pytest.FixtureRequest, *, asynchronous: bool) -> I
     raw = cluster.client()
     if not asynchronous:
         store = RedisStore(cluster.client())
-        yield Harness(store.connect, store.disconnect, store.finish_leave, **_redis_readers(raw))
+        yield Harness(
+            store.connect,
+            store.disconnect,
+            store.finish_leave,
+            **_redis_readers(raw),
+            update=store.update,
+            count=store.count_online,
+            org_connections=store.org_connections,
+        )
         store.close()
         return
     loop = asyncio.new_event_loop()
@@ -183,6 +229,9 @@ def _cluster_harness(request: pytest.FixtureRequest, *, asynchronous: bool) -> I
             lambda r: loop.run_until_complete(async_store.disconnect(r)),
             lambda r: loop.run_until_complete(async_store.finish_leave(r)),
             **_redis_readers(raw),
+            update=lambda r: loop.run_until_complete(async_store.update(r)),
+            count=lambda q, lesson: loop.run_until_complete(async_store.count_online(q, lesson)),
+            org_connections=lambda q: loop.run_until_complete(async_store.org_connections(q)),
         )
     finally:
         loop.run_until_complete(async_store.aclose())
@@ -490,6 +539,8 @@ def arrange(harness: Harness, row: Transition, requests: RequestBuilder) -> Any:
             original = removal
     if row.grace is Grace.DUE:
         time.sleep(0.02)
+    if row.event is Event.UPDATE:
+        return arrange_update(harness, row, requests)
     if row.call is Call.RETRY:
         return original
     if row.event is Event.FINISH:
@@ -501,6 +552,24 @@ def arrange(harness: Harness, row: Transition, requests: RequestBuilder) -> Any:
     if row.event is Event.SWEEP:
         return requests.sweep(SID, TEACHER, member=sweeper)
     return requests.sweep(SID, TEACHER, reason=STALE)
+
+
+UPDATES = {
+    Change.LESSON: {**TEACHER, "lesson_id": 4},
+    Change.OTHER: {**TEACHER, "meta": {"screen": "slides"}},
+    Change.SAME: TEACHER,
+}
+
+
+def arrange_update(harness: Harness, row: Transition, requests: RequestBuilder) -> Any:
+    """The update of a row (its states arranged): a retry is a request already applied;
+    an older one is a request built before another that was applied."""
+    request = requests.update(SID, UPDATES[row.change])
+    if row.call is Call.RETRY:
+        harness.store_update(request)
+    elif row.call is Call.OTHER:
+        harness.store_update(requests.update(SID, {**TEACHER, "lesson_id": 5}))
+    return request
 
 
 @pytest.mark.parametrize(
@@ -518,6 +587,8 @@ def test_the_state_machine_table(harness: Harness, row: Transition) -> None:
         assert sid_state(harness, keys, tombstone_key) is row.sid
     if row.event is Event.FINISH:
         outcome: Any = harness.store_finish(request)
+    elif row.event is Event.UPDATE:
+        outcome = harness.store_update(request)
     elif isinstance(row.status, ConnectStatus):
         outcome = harness.store_connect(request)
     else:
@@ -529,3 +600,115 @@ def test_the_state_machine_table(harness: Harness, row: Transition) -> None:
     assert user_state(harness, keys) is row.user_after
     if row.sid_after is not None:
         assert sid_state(harness, keys, tombstone_key) is row.sid_after
+
+
+# --- updates (handle_update's store call) ------------------------------------------------
+
+
+def test_an_update_moves_the_record_the_index_and_the_counts(harness: Harness) -> None:
+    harness.connect("sid-1", TEACHER)
+    harness.connect("sid-2", TEACHER)
+    assert (harness.count(lesson_id=3), harness.count(lesson_id=10)) == (
+        OnlineCount(users=1, connections=2),
+        OnlineCount(users=0, connections=0),
+    )
+    before = harness.hgetall(ALIVE)["version"]
+    moved = harness.update("sid-1", {**TEACHER, "lesson_id": 10, "meta": {"slide": 4}})
+    assert (moved.status, moved.lesson_changed, moved.repeat) == (
+        UpdateStatus.UPDATED,
+        True,
+        False,
+    )
+    assert moved.version == int(before) + 1 == int(harness.hgetall(ALIVE)["version"])
+    assert moved.record is not None and moved.previous is not None
+    assert (moved.record.session.lesson_id, moved.record.meta) == (10, {"slide": 4})
+    assert (moved.previous.session.lesson_id, moved.previous.meta) == (3, None)
+    assert harness.hgetall(ALIVE)["m:sid-1"] == '{"slide":4}'
+    assert harness.count() == OnlineCount(users=1, connections=2)
+    assert harness.count(lesson_id=3) == OnlineCount(users=1, connections=1)
+    assert harness.count(lesson_id=10) == OnlineCount(users=1, connections=1)
+    assert harness.online(lesson_id=10) == (1, 1)
+    # the same values again: nothing changes, the version stays
+    same = harness.update("sid-1", {**TEACHER, "lesson_id": 10})  # no meta key: kept
+    assert (same.status, same.version) == (UpdateStatus.UNCHANGED, moved.version)
+    assert same.record is not None and same.record.meta == {"slide": 4}
+    # "meta": None clears it
+    cleared = harness.update("sid-1", {**TEACHER, "lesson_id": 10, "meta": None})
+    assert (cleared.status, cleared.lesson_changed) == (UpdateStatus.UPDATED, False)
+    assert "m:sid-1" not in harness.hgetall(ALIVE)
+    # its disconnect removes what the update wrote, and the counts follow
+    harness.disconnect("sid-1", TEACHER)  # the session it connected with: stale
+    assert {k for k in harness.hgetall(ALIVE) if k.endswith(":sid-1")} == set()
+    assert harness.count(lesson_id=10) == OnlineCount(users=0, connections=0)
+    assert harness.count() == OnlineCount(users=1, connections=1)
+    assert harness.online() == (1, 1)
+
+
+def test_a_participants_room_and_meta_change_and_its_leave_reads_them(harness: Harness) -> None:
+    harness.connect("tab-1", {**PARTICIPANT, "meta": {"tab": "quiz"}})
+    moved = harness.update("tab-1", {**PARTICIPANT, "room_id": 78})
+    assert (moved.status, moved.lesson_changed) == (UpdateStatus.UPDATED, False)
+    assert moved.record is not None and moved.record.meta == {"tab": "quiz"}
+    gone = harness.disconnect("tab-1", PARTICIPANT)
+    assert gone.record is not None and gone.record.session.room_id == 78
+
+
+def test_an_update_never_brings_a_connection_back(harness: Harness) -> None:
+    harness.connect("sid-1", TEACHER)
+    late = harness.requests.update("sid-1", {**TEACHER, "lesson_id": 10})
+    harness.disconnect("sid-1", TEACHER)
+    keys = set(harness.all_keys())
+    assert harness.store_update(late).status is UpdateStatus.UNKNOWN
+    assert harness.update("never", TEACHER).status is UpdateStatus.UNKNOWN
+    assert set(harness.all_keys()) == keys
+    assert harness.count() == OnlineCount(users=0, connections=0)
+    assert harness.online() == (0, 0)
+
+
+def test_an_older_update_is_stale_and_a_retried_one_changes_nothing_twice(
+    harness: Harness,
+) -> None:
+    harness.connect("sid-1", TEACHER)
+    older = harness.requests.update("sid-1", {**TEACHER, "lesson_id": 10})
+    newer = harness.requests.update("sid-1", {**TEACHER, "lesson_id": 11})
+    applied = harness.store_update(newer)
+    assert applied.status is UpdateStatus.UPDATED
+    alive = harness.hgetall(ALIVE)
+    stale = harness.store_update(older)
+    assert stale.status is UpdateStatus.STALE
+    assert stale.record is not None and stale.record.session.lesson_id == 11
+    again = harness.store_update(newer)
+    assert (again.status, again.repeat, again.lesson_changed, again.version) == (
+        UpdateStatus.UPDATED,
+        True,
+        True,
+        applied.version,
+    )
+    assert harness.hgetall(ALIVE) == alive
+    assert harness.count(lesson_id=11) == OnlineCount(users=1, connections=1)
+
+
+def test_counts_follow_connects_leaves_and_a_held_back_leave(harness: Harness) -> None:
+    held = RequestBuilder(settings=Settings(leave_grace=60.0))
+    harness.store_connect(held.connect("sid-1", TEACHER))
+    harness.connect("tab-1", PARTICIPANT)
+    harness.connect("tab-2", PARTICIPANT)
+    harness.connect("tab-3", {**PARTICIPANT, "user_id": 6})
+    assert harness.count("ParticipantWeb") == OnlineCount(users=2, connections=3)
+    assert harness.count("ParticipantWeb", org_id=2) == OnlineCount(users=0, connections=0)
+    harness.store_disconnect(held.disconnect("sid-1", TEACHER))  # held back: still online
+    assert harness.count() == OnlineCount(users=1, connections=1) and harness.online() == (1, 1)
+    harness.store_connect(held.connect("sid-2", {**TEACHER, "lesson_id": 9}))  # resumes
+    assert (
+        harness.count()
+        == OnlineCount(users=1, connections=1)
+        == OnlineCount(users=harness.online()[0], connections=harness.online()[1])
+    )
+    assert harness.count(lesson_id=3) == OnlineCount(users=0, connections=0)
+    harness.disconnect("tab-1", PARTICIPANT)
+    assert harness.count("ParticipantWeb") == OnlineCount(users=2, connections=2)
+    again = harness.requests.disconnect("tab-2", PARTICIPANT)
+    harness.store_disconnect(again)
+    harness.store_disconnect(again)  # a retried call counts nothing twice
+    assert harness.count("ParticipantWeb") == OnlineCount(users=1, connections=1)
+    assert harness.online("ParticipantWeb") == (1, 1)

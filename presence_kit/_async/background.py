@@ -27,6 +27,8 @@ from presence_kit._model import (
     ConnectStatus,
     DisconnectOutcome,
     DisconnectRequest,
+    UpdateOutcome,
+    UpdateRequest,
 )
 from presence_kit._outbox import PendingOperation
 from presence_kit._synchronization import AsyncStarted
@@ -50,10 +52,14 @@ class AsyncBackgroundSteps(AsyncHandlers):
         core, replayed = self._core, 0
         while (op := core.outbox.take()) is not None:
             request = core.retargeted(op.request)  # queued before a fence: ours now
-            outcome: ConnectOutcome | DisconnectOutcome
+            outcome: ConnectOutcome | DisconnectOutcome | UpdateOutcome
             try:
                 if isinstance(request, ConnectRequest):
                     outcome = await self._store.connect(request)
+                elif isinstance(request, UpdateRequest):
+                    if self._updater is None:  # (it refused to queue one without)
+                        raise TypeError("the store cannot update connections")
+                    outcome = await self._updater.update(request)
                 else:
                     outcome = await self._store.disconnect(request)
             except BaseException:

@@ -1,4 +1,5 @@
-"""The handlers: a connect and a disconnect, each validate -> one store call -> effects.
+"""The handlers: a connect, an update and a disconnect, each validate -> one store call ->
+effects.
 
 A handler call is: validate (raises :class:`~presence_kit.InvalidSessionError` before
 any I/O) -> one store transition -> the role's pure policy (in
@@ -11,14 +12,14 @@ queued for the background to replay.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from presence_kit._async.ports import AsyncSockets, AsyncStore
+from presence_kit._async.ports import AsyncSockets, AsyncStore, AsyncUpdates
 from presence_kit._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
 from presence_kit._errors import StoreError
 from presence_kit._kit_base import KitBase, log_effect_failure
-from presence_kit._model import ConnectOutcome, DisconnectOutcome
+from presence_kit._model import ConnectOutcome, DisconnectOutcome, UpdateOutcome
 from presence_kit._outbox import PendingOperation
 from presence_kit._policies import DisconnectPolicy
 from presence_kit._ports import Analytics
@@ -27,13 +28,16 @@ from presence_kit._synchronization import AsyncBackground
 
 __all__ = ["AsyncHandlers"]
 
+R = TypeVar("R")
+T = TypeVar("T")
+
 
 class _NotAnEffectError(TypeError):
     """A policy returned something that is not an :class:`~presence_kit.Effect`."""
 
 
 class AsyncHandlers(KitBase):
-    """The connect and disconnect handlers over a store and the sockets."""
+    """The connect, update and disconnect handlers over a store and the sockets."""
 
     def __init__(
         self,
@@ -49,6 +53,7 @@ class AsyncHandlers(KitBase):
         self._sockets = sockets
         self._analytics = analytics
         self._background: AsyncBackground | None = None
+        self._updater = store if isinstance(store, AsyncUpdates) else None
 
     async def handle_connect(self, sid: str, session: Mapping[str, Any]) -> ConnectOutcome | None:
         """Record connection ``sid`` and join its rooms.
@@ -83,6 +88,33 @@ class AsyncHandlers(KitBase):
             raise StoreError("presence store failed during connect") from failure
         return outcome
 
+    async def handle_update(self, sid: str, session: Mapping[str, Any]) -> UpdateOutcome | None:
+        """Change live connection ``sid``'s lesson, room or ``meta`` to ``session``'s.
+
+        ``session`` is the connection's whole new session (save it too, as at connect);
+        without a ``meta`` key the stored meta is kept, ``"meta": None`` clears it.
+        Raises :class:`~presence_kit.InvalidSessionError` (a ``ValueError``) before
+        anything is written or joined: for what a connect would refuse, a ``meta``
+        beyond its limits, or a new ``role``, ``org_id`` or ``user_id`` (a new identity:
+        connect again). The lesson room moves at once; on a store failure ``None`` is
+        returned and the update is queued for replay, in order with the sid's other
+        operations. ``TypeError`` for a third-party store without ``update()`` (see
+        :class:`~presence_kit.Updates`).
+        """
+        core = self._core
+        prepared = core.prepare_handler_update(sid, session)
+        if self._updater is None:
+            raise TypeError(f"{type(self._store).__name__} cannot update connections")
+        if self._background is None:
+            self._start_background()
+        sid, parsed, policy, request, _previous = prepared
+        pending = PendingOperation("update", sid, parsed, policy, request)
+        outcome = await self._write_or_queue(pending, self._updater.update, request)
+        effects = core.update_effects(prepared, outcome)
+        core.updated(prepared, session, outcome)
+        await self._run_effects(effects)
+        return outcome
+
     async def handle_disconnect(
         self, sid: str, session: Mapping[str, Any], reason: str | None = None
     ) -> DisconnectOutcome | None:
@@ -96,21 +128,29 @@ class AsyncHandlers(KitBase):
         sid, parsed, policy, request = core.prepare_disconnect(sid, session, reason)
         if self._background is None:
             self._start_background()
-        core.local_sessions.pop(sid, None)
-        outcome: DisconnectOutcome | None = None
-        if core.outbox:
-            # Redis failed lately and the replay has not caught up: queue behind it,
-            # in order, instead of waiting on Redis again.
-            core.queue(PendingOperation("disconnect", sid, parsed, policy, request))
-        else:
-            try:
-                outcome = await self._store.disconnect(request)
-            except Exception as exc:
-                self._store_failed("disconnect", sid, exc)
-                core.queue(PendingOperation("disconnect", sid, parsed, policy, request))
+        parsed = core.forget(sid, parsed)
+        pending = PendingOperation("disconnect", sid, parsed, policy, request)
+        outcome = await self._write_or_queue(pending, self._store.disconnect, request)
         effects = core.disconnect_effects(sid, parsed, policy, outcome, request.reason)
         await self._run_effects(effects)
         return outcome
+
+    async def _write_or_queue(
+        self, pending: PendingOperation, write: Callable[[R], Awaitable[T]], request: R
+    ) -> T | None:
+        """``write(request)``, or ``None`` with ``pending`` queued for replay: at once
+        while Redis failed lately and the replay has not caught up (in order, instead of
+        waiting on Redis again), or when the write fails (logged and counted)."""
+        core = self._core
+        if core.outbox:
+            core.queue(pending)
+            return None
+        try:
+            return await write(request)
+        except Exception as exc:
+            self._store_failed(pending.kind, pending.sid, exc)
+            core.queue(pending)
+            return None
 
     async def _run_effects(self, effects: Sequence[Effect]) -> None:
         """Make each effect; a failing one is logged and counted, the rest still run."""

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from presence_kit._async.background import AsyncBackgroundSteps
-from presence_kit._async.ports import AsyncListsNodes, AsyncSockets, AsyncStore
-from presence_kit._codec import ConnectionRecord
-from presence_kit._model import NodeInfo, OnlineUser, UserPresence, group_online
+from presence_kit._async.ports import AsyncCountsOnline, AsyncListsNodes, AsyncSockets, AsyncStore
+from presence_kit._codec import ConnectionRecord, lesson_key
+from presence_kit._model import NodeInfo, OnlineCount, OnlineUser, UserPresence, group_online
 from presence_kit._policies import DisconnectPolicy
 from presence_kit._ports import Analytics
 from presence_kit._roles import ClientRole
@@ -50,6 +50,7 @@ class AsyncPresenceKit(AsyncBackgroundSteps):
             policies=policies,
         )
         self._node_lister = port if isinstance(port, AsyncListsNodes) else None
+        self._counter = port if isinstance(port, AsyncCountsOnline) else None
 
     async def online_users(
         self,
@@ -65,6 +66,28 @@ class AsyncPresenceKit(AsyncBackgroundSteps):
         query = self._core.org_query(org_id, role)
         lesson = self._core.lesson_filter(lesson_id)
         return group_online(await self._store.org_connections(query), lesson)
+
+    async def count_online(
+        self,
+        org_id: Id,
+        *,
+        lesson_id: Id | None = None,
+        role: str | ClientRole = ClientRole.TEACHER_APP,
+    ) -> OnlineCount:
+        """How many users of ``role`` are online in ``org_id`` (in ``lesson_id``, if
+        given), and their live connections: what :meth:`online_users` lists, counted.
+
+        O(1): two reads of counts the store keeps beside the index, whatever the answer
+        (a teacher within ``leave_grace`` counts; a dead node's connections count until
+        swept). ``TypeError`` for a third-party store without ``count_online()`` (see
+        :class:`~presence_kit.CountsOnline`)."""
+        query = self._core.org_query(org_id, role)
+        lesson = self._core.lesson_filter(lesson_id)
+        if self._counter is None:
+            raise TypeError(f"{type(self._store).__name__} cannot count (no count_online())")
+        return await self._counter.count_online(
+            query, None if lesson is None else lesson_key(lesson)
+        )
 
     async def presence(
         self, org_id: Id, user_id: Id, role: str | ClientRole = ClientRole.TEACHER_APP

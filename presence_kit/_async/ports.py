@@ -18,12 +18,15 @@ from presence_kit._model import (
     FinishLeaveRequest,
     Heartbeat,
     NodeInfo,
+    OnlineCount,
     OrgQuery,
+    UpdateOutcome,
+    UpdateRequest,
     UserPresence,
 )
 from presence_kit._session import Id
 
-__all__ = ["AsyncListsNodes", "AsyncSockets", "AsyncStore"]
+__all__ = ["AsyncCountsOnline", "AsyncListsNodes", "AsyncSockets", "AsyncStore", "AsyncUpdates"]
 
 
 @runtime_checkable
@@ -125,4 +128,28 @@ class AsyncListsNodes(Protocol):
 
     async def nodes(self, keys: KeySchema) -> list[NodeInfo]:
         """Every registered node incarnation."""
+        ...
+
+
+@runtime_checkable
+class AsyncUpdates(Protocol):
+    """A store that changes a live connection's lesson, room or meta:
+    :meth:`PresenceKit.handle_update <presence_kit.PresenceKit.handle_update>` needs it
+    (``TypeError`` without it). An optional member, like :class:`~presence_kit.ListsNodes`."""
+
+    async def update(self, request: UpdateRequest) -> UpdateOutcome:
+        """Change connection ``request.sid`` atomically; idempotent per (sid, update), and
+        never recording a connection that has none (``UNKNOWN``)."""
+        ...
+
+
+@runtime_checkable
+class AsyncCountsOnline(Protocol):
+    """A store that counts an organisation's online users in O(1):
+    :meth:`PresenceKit.count_online <presence_kit.PresenceKit.count_online>` needs it
+    (``TypeError`` without it). An optional member, like :class:`~presence_kit.ListsNodes`."""
+
+    async def count_online(self, query: OrgQuery, lesson: str | None) -> OnlineCount:
+        """The users and connections of ``query``'s index (in ``lesson``, if given:
+        :func:`str` of the lesson id), from counts kept beside it."""
         ...

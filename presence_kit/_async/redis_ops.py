@@ -25,8 +25,8 @@ from dataclasses import replace
 from redis.exceptions import NoScriptError
 
 from presence_kit._async.redis_types import AsyncKeptClient, AsyncRedisClient
-from presence_kit._codec import RECORD_FIELD
-from presence_kit._keys import KeySchema
+from presence_kit._codec import RECORD_FIELD, compact_meta, parse_index_entry, snapshot_metas
+from presence_kit._keys import KeySchema, count_keys
 from presence_kit._model import (
     ConnectOutcome,
     ConnectRequest,
@@ -38,11 +38,16 @@ from presence_kit._model import (
     FinishLeaveRequest,
     Heartbeat,
     NodeInfo,
+    OnlineCount,
     OrgQuery,
+    UpdateOutcome,
+    UpdateRequest,
+    UpdateStatus,
     UserPresence,
 )
 from presence_kit._redis_scripts import (
     BATCH_CALLS,
+    cancelled_leave,
     connect_call,
     connect_outcome,
     disconnect_call,
@@ -50,10 +55,13 @@ from presence_kit._redis_scripts import (
     finish_call,
     finish_outcome,
     heartbeat_ok,
-    index_entries,
     merged_entries,
     node_infos,
+    online_count,
+    org_index_call,
     text,
+    update_call,
+    update_outcome,
     user_presence,
 )
 from presence_kit._redis_seam import (
@@ -175,20 +183,20 @@ class AsyncRedisOps:
         if not self.cluster:
             call = (self.scripts.connect, connect_call(r, local_index=True))
             return connect_outcome(array(await self._handler_script(call)))
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(r.keys.org_index, r.sid, r.index_entry)
-        pipe.hset(r.node_index_key, r.sid, r.node_entry)
-        await pipe.execute()
+        await self._org_index(r.keys.org_index, r.keys.org_counts, "set", r.sid, r.index_entry)
+        await self.client.execute_command("HSET", r.node_index_key, r.sid, r.node_entry)
         call = (self.scripts.connect, connect_call(r, local_index=False))
-        outcome = connect_outcome(array(await self._handler_script(call)))
+        reply = array(await self._handler_script(call))
+        outcome = connect_outcome(reply)
         if outcome.status is ConnectStatus.STALE:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hdel(r.keys.org_index, r.sid)
-            pipe.hdel(r.node_index_key, r.sid)
-            await pipe.execute()
+            await self._org_index(r.keys.org_index, r.keys.org_counts, "del", r.sid)
+            await self.client.execute_command("HDEL", r.node_index_key, r.sid)
+        elif cancelled := cancelled_leave(reply):  # its entry was kept for the grace
+            await self._org_index(r.keys.org_index, r.keys.org_counts, "del", cancelled)
         if r.snapshot is not None:
-            entries = await self.org_connections(r.snapshot)
-            outcome = replace(outcome, snapshot=tuple(entries.values()))
+            raw = list((await self._verified_index(r.snapshot)).values())
+            snapshot = tuple(map(parse_index_entry, raw))
+            outcome = replace(outcome, snapshot=snapshot, snapshot_meta=snapshot_metas(raw))
         return outcome
 
     async def disconnect(self, r: DisconnectRequest) -> DisconnectOutcome:
@@ -203,11 +211,30 @@ class AsyncRedisOps:
         if outcome.deferred:  # queued until its grace ends; its org index entry stays
             due = outcome.at * 1000 + r.layout.leave_grace_ms
             pipe.zadd(r.keys.leave_queue, {r.keys.queue_member: due})
-        elif not (r.owner and outcome.status is DisconnectStatus.UNKNOWN):
-            # (a record not this owner's may be live: reads verify the entry instead)
-            pipe.hdel(r.keys.org_index, r.sid)
         await pipe.execute()
+        if not outcome.deferred and not (r.owner and outcome.status is DisconnectStatus.UNKNOWN):
+            # (a record not this owner's may be live: reads verify the entry instead)
+            await self._org_index(r.keys.org_index, r.keys.org_counts, "del", r.sid)
         return outcome
+
+    async def update(self, r: UpdateRequest) -> UpdateOutcome:
+        """Change a connection's lesson, room or meta: one script call (on a cluster,
+        then its org index entry and the counts, in the org's slot: only if the entry
+        is still there, so an update racing a disconnect never brings it back)."""
+        call = (self.scripts.update, update_call(r, local_index=not self.cluster))
+        outcome = update_outcome(r.sid, array(await self._handler_script(call)))
+        if self.cluster and outcome.status is UpdateStatus.UPDATED and outcome.record:
+            entry = r.index_entry
+            if r.index_meta:
+                meta = outcome.record.meta
+                entry += f",{compact_meta(meta)}]" if meta else "]"
+            await self._org_index(r.keys.org_index, r.keys.org_counts, "update", r.sid, entry)
+        return outcome
+
+    async def _org_index(self, index_key: str, counts_prefix: str, op: str, *items: str) -> int:
+        """Change entries of an org index and its counts on a cluster (their slot)."""
+        keys, args = org_index_call(index_key, counts_prefix, op, items)
+        return integer(await async_script_call(self.client, self.scripts.org_index, keys, args))
 
     async def disconnect_many(
         self, requests: Sequence[DisconnectRequest]
@@ -236,11 +263,10 @@ class AsyncRedisOps:
         call = (self.scripts.finish, finish_call(r, local_index=not self.cluster))
         finished = finish_outcome(array(await self._script(call)))
         if self.cluster and finished.due is None:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.zrem(r.keys.leave_queue, r.keys.queue_member)
+            await self.client.execute_command("ZREM", r.keys.leave_queue, r.keys.queue_member)
             if finished.outcome is not None and finished.outcome.record is not None:
-                pipe.hdel(r.keys.org_index, finished.outcome.record.sid)
-            await pipe.execute()
+                sid = finished.outcome.record.sid
+                await self._org_index(r.keys.org_index, r.keys.org_counts, "del", sid)
         return finished
 
     # --- reads ----------------------------------------------------------------------
@@ -258,10 +284,18 @@ class AsyncRedisOps:
     async def org_connections(self, query: OrgQuery) -> dict[str, tuple[Id, Id]]:
         """An org index; on a cluster, verified against each user's records (entries
         whose connection is gone, and not held back by a grace period, are removed)."""
-        raw = await self.client.execute_command("HGETALL", query.index_key)
-        entries = index_entries(mapping(raw))
-        if not self.cluster or not entries:
-            return entries
+        return {
+            sid: parse_index_entry(entry)
+            for sid, entry in (await self._verified_index(query)).items()
+        }
+
+    async def _verified_index(self, query: OrgQuery) -> dict[str, str]:
+        """An org index's raw entries (on a cluster, verified: see :meth:`org_connections`)."""
+        raw = mapping(await self.client.execute_command("HGETALL", query.index_key))
+        texts = {text(sid): text(entry) for sid, entry in raw.items()}
+        if not self.cluster or not texts:
+            return texts
+        entries = {sid: parse_index_entry(entry) for sid, entry in texts.items()}
         pipe = self.client.pipeline(transaction=False)
         for sid, (user_id, _lesson) in entries.items():
             keys = query.user_keys(user_id)
@@ -274,8 +308,24 @@ class AsyncRedisOps:
             if not live and (held_sid is None or text(held_sid) != sid)
         ]
         if stale:
-            await self.client.execute_command("HDEL", query.index_key, *stale)
-        return {sid: entry for sid, entry in entries.items() if sid not in stale}
+            await self._org_index(query.index_key, query.counts_prefix, "del", *stale)
+        return {sid: entry for sid, entry in texts.items() if sid not in stale}
+
+    async def count_online(self, query: OrgQuery, lesson: str | None) -> OnlineCount:
+        """The counts kept beside an org index (one round trip, two O(1) reads)."""
+        users, totals, field = count_keys(query.counts_prefix, lesson)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hlen(users)
+        pipe.hget(totals, field)
+        n_users, connections = [replied(reply) for reply in await pipe.execute()]
+        return online_count(integer(n_users), connections)
+
+    async def rebuild_counts(self, query: OrgQuery) -> tuple[int, int, bool]:
+        """Rebuild the counts of an org index from it: ``(connections, users, changed)``."""
+        args: list[str | int] = [query.counts_prefix]
+        reply = await self._script((self.scripts.rebuild, ([query.index_key], args)))
+        connections, users, changed = array(reply)
+        return integer(connections), integer(users), integer(changed) == 1
 
     # --- the node registry ----------------------------------------------------------
 

@@ -28,6 +28,8 @@ from presence_kit._model import (
     ConnectStatus,
     DisconnectOutcome,
     DisconnectRequest,
+    UpdateOutcome,
+    UpdateRequest,
 )
 from presence_kit._outbox import PendingOperation
 from presence_kit._sync.handlers import Handlers
@@ -52,10 +54,14 @@ class BackgroundSteps(Handlers):
         core, replayed = self._core, 0
         while (op := core.outbox.take()) is not None:
             request = core.retargeted(op.request)  # queued before a fence: ours now
-            outcome: ConnectOutcome | DisconnectOutcome
+            outcome: ConnectOutcome | DisconnectOutcome | UpdateOutcome
             try:
                 if isinstance(request, ConnectRequest):
                     outcome = self._store.connect(request)
+                elif isinstance(request, UpdateRequest):
+                    if self._updater is None:  # (it refused to queue one without)
+                        raise TypeError("the store cannot update connections")
+                    outcome = self._updater.update(request)
                 else:
                     outcome = self._store.disconnect(request)
             except BaseException:

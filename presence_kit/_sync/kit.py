@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import TracebackType
 
-from presence_kit._codec import ConnectionRecord
-from presence_kit._model import NodeInfo, OnlineUser, UserPresence, group_online
+from presence_kit._codec import ConnectionRecord, lesson_key
+from presence_kit._model import NodeInfo, OnlineCount, OnlineUser, UserPresence, group_online
 from presence_kit._policies import DisconnectPolicy
 from presence_kit._ports import Analytics
 from presence_kit._roles import ClientRole
 from presence_kit._session import Id
 from presence_kit._settings import Settings
 from presence_kit._sync.background import BackgroundSteps
-from presence_kit._sync.ports import ListsNodes, Sockets, Store
+from presence_kit._sync.ports import CountsOnline, ListsNodes, Sockets, Store
 from presence_kit._synchronization import run_blocking, store_for
 
 __all__ = ["PresenceKit"]
@@ -51,6 +51,7 @@ class PresenceKit(BackgroundSteps):
             policies=policies,
         )
         self._node_lister = port if isinstance(port, ListsNodes) else None
+        self._counter = port if isinstance(port, CountsOnline) else None
 
     def online_users(
         self,
@@ -66,6 +67,26 @@ class PresenceKit(BackgroundSteps):
         query = self._core.org_query(org_id, role)
         lesson = self._core.lesson_filter(lesson_id)
         return group_online(self._store.org_connections(query), lesson)
+
+    def count_online(
+        self,
+        org_id: Id,
+        *,
+        lesson_id: Id | None = None,
+        role: str | ClientRole = ClientRole.TEACHER_APP,
+    ) -> OnlineCount:
+        """How many users of ``role`` are online in ``org_id`` (in ``lesson_id``, if
+        given), and their live connections: what :meth:`online_users` lists, counted.
+
+        O(1): two reads of counts the store keeps beside the index, whatever the answer
+        (a teacher within ``leave_grace`` counts; a dead node's connections count until
+        swept). ``TypeError`` for a third-party store without ``count_online()`` (see
+        :class:`~presence_kit.CountsOnline`)."""
+        query = self._core.org_query(org_id, role)
+        lesson = self._core.lesson_filter(lesson_id)
+        if self._counter is None:
+            raise TypeError(f"{type(self._store).__name__} cannot count (no count_online())")
+        return self._counter.count_online(query, None if lesson is None else lesson_key(lesson))
 
     def presence(
         self, org_id: Id, user_id: Id, role: str | ClientRole = ClientRole.TEACHER_APP

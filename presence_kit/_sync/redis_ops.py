@@ -26,8 +26,8 @@ from dataclasses import replace
 
 from redis.exceptions import NoScriptError
 
-from presence_kit._codec import RECORD_FIELD
-from presence_kit._keys import KeySchema
+from presence_kit._codec import RECORD_FIELD, compact_meta, parse_index_entry, snapshot_metas
+from presence_kit._keys import KeySchema, count_keys
 from presence_kit._model import (
     ConnectOutcome,
     ConnectRequest,
@@ -39,11 +39,16 @@ from presence_kit._model import (
     FinishLeaveRequest,
     Heartbeat,
     NodeInfo,
+    OnlineCount,
     OrgQuery,
+    UpdateOutcome,
+    UpdateRequest,
+    UpdateStatus,
     UserPresence,
 )
 from presence_kit._redis_scripts import (
     BATCH_CALLS,
+    cancelled_leave,
     connect_call,
     connect_outcome,
     disconnect_call,
@@ -51,10 +56,13 @@ from presence_kit._redis_scripts import (
     finish_call,
     finish_outcome,
     heartbeat_ok,
-    index_entries,
     merged_entries,
     node_infos,
+    online_count,
+    org_index_call,
     text,
+    update_call,
+    update_outcome,
     user_presence,
 )
 from presence_kit._redis_seam import (
@@ -173,20 +181,20 @@ class RedisOps:
         if not self.cluster:
             call = (self.scripts.connect, connect_call(r, local_index=True))
             return connect_outcome(array(self._handler_script(call)))
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(r.keys.org_index, r.sid, r.index_entry)
-        pipe.hset(r.node_index_key, r.sid, r.node_entry)
-        pipe.execute()
+        self._org_index(r.keys.org_index, r.keys.org_counts, "set", r.sid, r.index_entry)
+        self.client.execute_command("HSET", r.node_index_key, r.sid, r.node_entry)
         call = (self.scripts.connect, connect_call(r, local_index=False))
-        outcome = connect_outcome(array(self._handler_script(call)))
+        reply = array(self._handler_script(call))
+        outcome = connect_outcome(reply)
         if outcome.status is ConnectStatus.STALE:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hdel(r.keys.org_index, r.sid)
-            pipe.hdel(r.node_index_key, r.sid)
-            pipe.execute()
+            self._org_index(r.keys.org_index, r.keys.org_counts, "del", r.sid)
+            self.client.execute_command("HDEL", r.node_index_key, r.sid)
+        elif cancelled := cancelled_leave(reply):  # its entry was kept for the grace
+            self._org_index(r.keys.org_index, r.keys.org_counts, "del", cancelled)
         if r.snapshot is not None:
-            entries = self.org_connections(r.snapshot)
-            outcome = replace(outcome, snapshot=tuple(entries.values()))
+            raw = list((self._verified_index(r.snapshot)).values())
+            snapshot = tuple(map(parse_index_entry, raw))
+            outcome = replace(outcome, snapshot=snapshot, snapshot_meta=snapshot_metas(raw))
         return outcome
 
     def disconnect(self, r: DisconnectRequest) -> DisconnectOutcome:
@@ -201,11 +209,30 @@ class RedisOps:
         if outcome.deferred:  # queued until its grace ends; its org index entry stays
             due = outcome.at * 1000 + r.layout.leave_grace_ms
             pipe.zadd(r.keys.leave_queue, {r.keys.queue_member: due})
-        elif not (r.owner and outcome.status is DisconnectStatus.UNKNOWN):
-            # (a record not this owner's may be live: reads verify the entry instead)
-            pipe.hdel(r.keys.org_index, r.sid)
         pipe.execute()
+        if not outcome.deferred and not (r.owner and outcome.status is DisconnectStatus.UNKNOWN):
+            # (a record not this owner's may be live: reads verify the entry instead)
+            self._org_index(r.keys.org_index, r.keys.org_counts, "del", r.sid)
         return outcome
+
+    def update(self, r: UpdateRequest) -> UpdateOutcome:
+        """Change a connection's lesson, room or meta: one script call (on a cluster,
+        then its org index entry and the counts, in the org's slot: only if the entry
+        is still there, so an update racing a disconnect never brings it back)."""
+        call = (self.scripts.update, update_call(r, local_index=not self.cluster))
+        outcome = update_outcome(r.sid, array(self._handler_script(call)))
+        if self.cluster and outcome.status is UpdateStatus.UPDATED and outcome.record:
+            entry = r.index_entry
+            if r.index_meta:
+                meta = outcome.record.meta
+                entry += f",{compact_meta(meta)}]" if meta else "]"
+            self._org_index(r.keys.org_index, r.keys.org_counts, "update", r.sid, entry)
+        return outcome
+
+    def _org_index(self, index_key: str, counts_prefix: str, op: str, *items: str) -> int:
+        """Change entries of an org index and its counts on a cluster (their slot)."""
+        keys, args = org_index_call(index_key, counts_prefix, op, items)
+        return integer(script_call(self.client, self.scripts.org_index, keys, args))
 
     def disconnect_many(self, requests: Sequence[DisconnectRequest]) -> list[DisconnectOutcome]:
         """Many disconnects on a standalone Redis (a sweep): batched EVALSHAs in one
@@ -232,11 +259,10 @@ class RedisOps:
         call = (self.scripts.finish, finish_call(r, local_index=not self.cluster))
         finished = finish_outcome(array(self._script(call)))
         if self.cluster and finished.due is None:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.zrem(r.keys.leave_queue, r.keys.queue_member)
+            self.client.execute_command("ZREM", r.keys.leave_queue, r.keys.queue_member)
             if finished.outcome is not None and finished.outcome.record is not None:
-                pipe.hdel(r.keys.org_index, finished.outcome.record.sid)
-            pipe.execute()
+                sid = finished.outcome.record.sid
+                self._org_index(r.keys.org_index, r.keys.org_counts, "del", sid)
         return finished
 
     # --- reads ----------------------------------------------------------------------
@@ -252,10 +278,17 @@ class RedisOps:
     def org_connections(self, query: OrgQuery) -> dict[str, tuple[Id, Id]]:
         """An org index; on a cluster, verified against each user's records (entries
         whose connection is gone, and not held back by a grace period, are removed)."""
-        raw = self.client.execute_command("HGETALL", query.index_key)
-        entries = index_entries(mapping(raw))
-        if not self.cluster or not entries:
-            return entries
+        return {
+            sid: parse_index_entry(entry) for sid, entry in (self._verified_index(query)).items()
+        }
+
+    def _verified_index(self, query: OrgQuery) -> dict[str, str]:
+        """An org index's raw entries (on a cluster, verified: see :meth:`org_connections`)."""
+        raw = mapping(self.client.execute_command("HGETALL", query.index_key))
+        texts = {text(sid): text(entry) for sid, entry in raw.items()}
+        if not self.cluster or not texts:
+            return texts
+        entries = {sid: parse_index_entry(entry) for sid, entry in texts.items()}
         pipe = self.client.pipeline(transaction=False)
         for sid, (user_id, _lesson) in entries.items():
             keys = query.user_keys(user_id)
@@ -268,8 +301,24 @@ class RedisOps:
             if not live and (held_sid is None or text(held_sid) != sid)
         ]
         if stale:
-            self.client.execute_command("HDEL", query.index_key, *stale)
-        return {sid: entry for sid, entry in entries.items() if sid not in stale}
+            self._org_index(query.index_key, query.counts_prefix, "del", *stale)
+        return {sid: entry for sid, entry in texts.items() if sid not in stale}
+
+    def count_online(self, query: OrgQuery, lesson: str | None) -> OnlineCount:
+        """The counts kept beside an org index (one round trip, two O(1) reads)."""
+        users, totals, field = count_keys(query.counts_prefix, lesson)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hlen(users)
+        pipe.hget(totals, field)
+        n_users, connections = [replied(reply) for reply in pipe.execute()]
+        return online_count(integer(n_users), connections)
+
+    def rebuild_counts(self, query: OrgQuery) -> tuple[int, int, bool]:
+        """Rebuild the counts of an org index from it: ``(connections, users, changed)``."""
+        args: list[str | int] = [query.counts_prefix]
+        reply = self._script((self.scripts.rebuild, ([query.index_key], args)))
+        connections, users, changed = array(reply)
+        return integer(connections), integer(users), integer(changed) == 1
 
     # --- the node registry ----------------------------------------------------------
 

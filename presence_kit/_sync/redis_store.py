@@ -27,7 +27,10 @@ from presence_kit._model import (
     FinishLeaveRequest,
     Heartbeat,
     NodeInfo,
+    OnlineCount,
     OrgQuery,
+    UpdateOutcome,
+    UpdateRequest,
     UserPresence,
 )
 from presence_kit._redis_client import (
@@ -130,6 +133,21 @@ class RedisStore:
     def disconnect(self, request: DisconnectRequest) -> DisconnectOutcome:
         """Remove a connection: one atomic script call, idempotent per sid."""
         return self._run("disconnect", self._handler_calls, self._ops.disconnect, request)
+
+    def update(self, request: UpdateRequest) -> UpdateOutcome:
+        """Change a connection's lesson, room or meta: one atomic script call, idempotent
+        per (sid, update), never bringing a connection back."""
+        return self._run("update", self._handler_calls, self._ops.update, request)
+
+    def count_online(self, query: OrgQuery, lesson: str | None) -> OnlineCount:
+        """How many users (and connections) an org index holds, in one lesson if given:
+        O(1), from the counts kept beside it."""
+        return self._run("count_online", 1, self._ops.count_online, query, lesson)
+
+    def rebuild_counts(self, query: OrgQuery) -> tuple[int, int, bool]:
+        """Rebuild the counts of an org index from it (one atomic script):
+        ``(connections, users, changed)``."""
+        return self._run("rebuild_counts", 1, self._ops.rebuild_counts, query)
 
     def due_leaves(self, queue_key: str, limit: int) -> list[str]:
         """Members of the leave queue whose grace has ended (by the Redis clock)."""

@@ -1,7 +1,7 @@
 -- presence_kit: record one connection, atomically for its user.
 -- Returns {status, first (0/1), connections, version, now_ms, resumed (0/1), snapshot,
--- attempt, earlier} with integers and strings only (snapshot: an array of index
--- entries). On a repeat, first, version and attempt are the first call's (kept beside
+-- attempt, earlier, cancelled} with integers and strings only (snapshot: an array of
+-- index entries; cancelled: the sid of a held-back leave this call cancelled, or ''). On a repeat, first, version and attempt are the first call's (kept beside
 -- the record as 'o:<sid>' -> 'first:version:attempt'), so a replay of a call whose
 -- reply was lost announces what that call did, and nothing else does. earlier: when
 -- this call is such a replay and its first try brought the user online at a version
@@ -28,6 +28,9 @@ local with_index = ARGV[8] == '1'     -- write the org and node indexes here (st
 local with_snapshot = ARGV[9] == '1'  -- return a snapshot
 local node_entry = ARGV[10]     -- node index entry
 local this_attempt = ARGV[11]   -- this call's attempt id ([A-Za-z0-9.-]*)
+local counts = ARGV[12]         -- the prefix of the org's counts (index.lua), kept with
+                                -- the org index
+local meta = ARGV[13]           -- the connection's meta (JSON), '' for none
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -56,7 +59,7 @@ if stone then
   if attempt == this_attempt and first == '1' then earlier = tonumber(v) end
   if string.sub(stone, 1, 1) ~= '~' then
     -- this sid already disconnected: a late (or retried) connect must not revive it
-    return {'stale', 0, count(), 0, now_ms, 0, snapshot(), this_attempt, earlier}
+    return {'stale', 0, count(), 0, now_ms, 0, snapshot(), this_attempt, earlier, ''}
   end
   -- swept as a lost node's, which was only cut off: it registers the sid again
   redis.call('DEL', tombstone_key)
@@ -65,20 +68,26 @@ local stored = redis.call('HMGET', records_key, field, outcome_field)
 if stored[1] then
   -- already recorded (a retried, replayed or repeated call): the first call's outcome
   if stored[1] ~= record then
-    -- written by an earlier incarnation of this node, before it learnt it had been
-    -- swept: the connection is this incarnation's now, indexed where its sweep looks
-    redis.call('HSET', records_key, field, record)
-    if with_index then redis.call('HSET', node_index_key, sid, node_entry) end
+    local parsed, fields = pcall(cjson.decode, stored[1])
+    local mine = cjson.decode(record)[5]
+    if not parsed or fields[5] ~= mine then
+      -- written by an earlier incarnation of this node, before it learnt it had been
+      -- swept: the connection is this incarnation's now, indexed where its sweep looks
+      -- (a record this incarnation wrote, or updated since, stays as it is)
+      redis.call('HSET', records_key, field, record)
+      if with_index then redis.call('HSET', node_index_key, sid, node_entry) end
+    end
   end
   local first, v, attempt = '0', version(), '?'  -- '?': recorded before outcomes were kept
   if stored[2] then first, v, attempt = string.match(stored[2], '^(%d):(%d+):(.*)$') end
-  return {'repeat', tonumber(first), count(), tonumber(v), now_ms, 0, snapshot(), attempt, 0}
+  return {'repeat', tonumber(first), count(), tonumber(v), now_ms, 0, snapshot(), attempt, 0,
+    ''}
 end
 
 local n = redis.call('HINCRBY', records_key, 'n', 1)
 if records_key ~= alive_key then redis.call('EXPIRE', records_key, record_ttl) end
 if with_index then
-  redis.call('HSET', org_index_key, sid, index_entry)
+  index_set(org_index_key, counts, sid, index_entry, false)
   redis.call('HSET', node_index_key, sid, node_entry)
 end
 local first = n == 1 and 1 or 0
@@ -87,7 +96,7 @@ local held = redis.call('HGET', held_key, 'sid')
 if held then
   -- a leave held back by the grace period: cancel it; the user never went offline
   redis.call('DEL', held_key)
-  if with_index then redis.call('HDEL', org_index_key, held) end
+  if with_index then index_del(org_index_key, counts, held) end
   first, resumed = 0, 1
 end
 local v = 0
@@ -106,4 +115,5 @@ end
 -- (HSETNX would save the HMGET, but needs a command the documented ACL lacks)
 redis.call('HSET', records_key, field, record,
   outcome_field, first .. ':' .. v .. ':' .. this_attempt)
-return {'new', first, n, v, now_ms, resumed, snapshot(), this_attempt, earlier}
+if meta ~= '' then redis.call('HSET', records_key, 'm:' .. sid, meta) end
+return {'new', first, n, v, now_ms, resumed, snapshot(), this_attempt, earlier, held or ''}

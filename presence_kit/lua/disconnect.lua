@@ -29,6 +29,7 @@ local this_attempt = ARGV[12]   -- this call's attempt id ([A-Za-z0-9.-]*), kept
                                 -- tombstone
 local owner = ARGV[13]          -- remove the record only if this node incarnation wrote
                                 -- it (a sweep's or reconcile's removal; '' = whoever)
+local counts = ARGV[14]         -- the prefix of the org's counts (index.lua)
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -72,12 +73,13 @@ if not record then
   return {'unknown', 0, 0, now_ms, '', 0, this_attempt}
 end
 local last = 0
+-- the record, its connect's outcome, its meta and its last update's outcome go
+local fields = {field, outcome_field, 'm:' .. sid, 'u:' .. sid}
 if redis.call('HINCRBY', records_key, 'n', -1) <= 0 then
   last = 1
-  redis.call('HDEL', records_key, field, outcome_field, 'n')
-else
-  redis.call('HDEL', records_key, field, outcome_field)
+  fields[5] = 'n'
 end
+redis.call('HDEL', records_key, unpack(fields))
 local deferred = 0
 local v = 0
 if tracks then
@@ -98,7 +100,7 @@ if tracks then
     redis.call('EXPIRE', alive_key, offline_ttl)
   end
 end
-if with_index and deferred == 0 then redis.call('HDEL', org_index_key, sid) end
+if with_index and deferred == 0 then index_del(org_index_key, counts, sid) end
 local stone = last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. this_attempt ..
   ':' .. record
 -- with the removed connect's outcome first, for a replay of that connect

@@ -12,6 +12,7 @@ local disconnect_state = ARGV[2]
 local offline_ttl = ARGV[3]     -- seconds
 local queue_member = ARGV[4]    -- leave-queue member
 local with_index = ARGV[5] == '1'  -- update the org index and dequeue here (standalone)
+local counts = ARGV[6]          -- the prefix of the org's counts (index.lua)
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -27,7 +28,7 @@ end
 redis.call('DEL', held_key)
 if with_index then
   redis.call('ZREM', queue_key, queue_member)
-  redis.call('HDEL', org_index_key, held[1])
+  index_del(org_index_key, counts, held[1])
 end
 if tonumber(redis.call('HGET', records_key, 'n') or '0') > 0 then
   -- a connection came back without cancelling (cannot happen through connect.lua)
