@@ -1,5 +1,5 @@
 """The ``presence-kit`` command: ``demo`` (the README's first command), ``status``,
-``nodes``, ``sweep`` and ``--version``.
+``nodes``, ``sweep``, ``rebuild-counts`` and ``--version``.
 
 Standard-library :mod:`argparse` only: the CLI has few commands and no need for a
 framework, and it keeps the runtime dependencies to redis, typing-extensions and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +19,10 @@ from typing import Any
 from . import __version__
 from ._effects import Track
 from ._errors import PresenceError
+from ._keys import KeySchema
+from ._model import OrgQuery
+from ._policies import default_policies
+from ._roles import ClientRole
 from ._settings import Settings
 
 ORG = "demo"
@@ -226,17 +231,22 @@ class _ReportingSockets:
         time.sleep(seconds)
 
 
-def _open_kit(redis_url: str, manager_url: str | None = None, node_timeout: float = 10.0) -> Any:
+def _client(redis_url: str) -> Any:
     import redis
-
-    from ._sync.kit import PresenceKit
-    from .redis import RedisStore
 
     try:
         client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         client.ping()
     except (ValueError, redis.RedisError) as exc:
         raise CLIError(f"cannot use Redis at {redis_url}: {exc}") from None
+    return client
+
+
+def _open_kit(redis_url: str, manager_url: str | None = None, node_timeout: float = 10.0) -> Any:
+    from ._sync.kit import PresenceKit
+    from .redis import RedisStore
+
+    client = _client(redis_url)
     settings = Settings(node_timeout=node_timeout, heartbeat_interval=node_timeout / 5)
     return PresenceKit(
         store=RedisStore(client, timeout=5),
@@ -276,6 +286,61 @@ def _status(redis_url: str, org_id: str) -> None:
     for user in users:
         lessons = ", ".join(str(lesson) for lesson in user.lesson_ids)
         print(f"  {user.user_id!s:<20} {user.connections} connection(s)  lessons: {lessons}")
+    for role in ClientRole:
+        counted = kit.count_online(org_id, role=role)
+        listed = kit.online_users(org_id, role)
+        index = (len(listed), sum(user.connections for user in listed))
+        line = (
+            f"  count_online {role.value:<15} {counted.users} user(s), "
+            f"{counted.connections} connection(s)"
+        )
+        if (counted.users, counted.connections) != index:
+            line += (
+                f"  (the index lists {index[0]} user(s), {index[1]} connection(s): "
+                f"run presence-kit rebuild-counts --org {org_id})"
+            )
+        print(line)
+
+
+_INDEX_KEY = re.compile(
+    r"^(?P<prefix>.+):\{(?P=prefix):org:(?P<org>.+)\}:online:(?P<role>[A-Za-z0-9_\-]{1,64})$"
+)
+
+
+def _rebuild_counts(redis_url: str, org_id: str | None) -> None:
+    """Rebuild the counts beside every org index (or one org's) from the index, one
+    atomic script per (org, role): safe while nodes serve."""
+    from .redis import RedisStore
+
+    client = _client(redis_url)
+    store, settings, policies = RedisStore(client, timeout=5), Settings(), default_policies()
+    schema = KeySchema(alive_template=settings.alive_key, prefix=settings.key_prefix)
+    if org_id is not None:
+        targets = [(org_id, role.value) for role in ClientRole]
+    else:
+        pattern = f"{settings.key_prefix}:{{{settings.key_prefix}:org:*}}:online:*"
+        targets = []
+        for raw in client.scan_iter(match=pattern, count=500):
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            found = _INDEX_KEY.match(key)
+            if found and found["prefix"] == settings.key_prefix:
+                targets.append((found["org"], found["role"]))
+    changed = 0
+    for org, role in sorted(set(targets)):
+        policy = policies.get(role)
+        query = OrgQuery(
+            keys=schema,
+            org_id=org,
+            role=role,
+            tracks_alive=bool(policy is not None and policy.tracks_alive),
+        )
+        connections, users, differed = store.rebuild_counts(query)
+        changed += differed
+        if users or differed:
+            mark = "  (rebuilt: they differed)" if differed else ""
+            print(f"org {org} {role}: {users} user(s), {connections} connection(s){mark}")
+    print(f"rebuilt the counts of {len(set(targets))} index(es); {changed} had differed")
+    store.close()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -305,6 +370,15 @@ def _parser() -> argparse.ArgumentParser:
         description="List node incarnations: last heartbeat and connection count.",
     )
     nodes.add_argument("--redis-url", required=True, help="the deployment's Redis")
+    rebuild = commands.add_parser(
+        "rebuild-counts",
+        help="rebuild count_online's counts from the org indexes",
+        description="Rebuild the counts kept beside each organisation's index (for data "
+        "written before they were kept, or to repair them), one atomic script per "
+        "organisation and role: safe while nodes serve.",
+    )
+    rebuild.add_argument("--redis-url", required=True, help="the deployment's Redis")
+    rebuild.add_argument("--org", help="only this organisation (default: every one, by SCAN)")
     sweep = commands.add_parser(
         "sweep",
         help="recover the connections of dead nodes now",
@@ -337,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _nodes(args.redis_url)
         elif args.command == "sweep":
             _sweep(args.redis_url, args.manager_url, args.node_timeout)
+        elif args.command == "rebuild-counts":
+            _rebuild_counts(args.redis_url, args.org)
         else:
             parser.print_help()
             return 2

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from presence_kit import PresenceKit, Settings
+from presence_kit import OnlineCount, PresenceKit, Settings
+from presence_kit._cli import main
 from presence_kit.redis import RedisStore
 from presence_kit.testing import RecordingSockets
 from tests.support.redis_servers import RedisServer, free_port
@@ -39,6 +40,7 @@ def test_every_flow_works_with_only_the_documented_rule(acl_server: RedisServer)
     def client() -> redis.Redis:
         return redis.Redis(port=acl_server.port, username="presence", password="presence-secret")
 
+    url = f"redis://presence:presence-secret@127.0.0.1:{acl_server.port}"
     fast = Settings(node_timeout=0.3, heartbeat_interval=0.1, leave_grace=0.2)
     sockets = RecordingSockets()
     kit = PresenceKit(store=RedisStore(client()), sockets=sockets, settings=fast)
@@ -54,9 +56,15 @@ def test_every_flow_works_with_only_the_documented_rule(acl_server: RedisServer)
     }
     kit.handle_connect("hub", {"role": "TeacherHub", "org_id": 1, "user_id": 9, "lesson_id": 3})
     kit.handle_connect("t1", teacher)
-    kit.handle_connect("p1", participant)
+    kit.handle_connect("p1", {**participant, "meta": {"tab": 1}})
     assert [u.user_id for u in kit.online_users(1)] == [7]
     assert kit.presence(1, 7).state == "connect"
+    moved = kit.handle_update("p1", {**participant, "lesson_id": 4})
+    assert moved is not None and moved.record is not None and moved.record.meta == {"tab": 1}
+    assert kit.count_online(1, lesson_id=4, role="ParticipantWeb") == OnlineCount(
+        users=1, connections=1
+    )
+    assert main(["rebuild-counts", "--redis-url", url, "--org", "1"]) == 0
     kit.handle_disconnect("t1", teacher)  # held back by the grace
     time.sleep(0.3)
     assert kit.run_due_leaves() == 1

@@ -165,3 +165,54 @@ def test_status_with_a_bad_org_id_is_one_line(
 ) -> None:
     assert main(["status", "--redis-url", redis_server.url, "--org", "a b"]) == 2
     assert capsys.readouterr().err.startswith("presence-kit: error: org_id:")
+
+
+def test_rebuild_counts_heals_counts_and_status_shows_them(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Counts written before they were kept (a 0.2 deployment: deleted here) or damaged
+    are rebuilt from the org index; ``status`` shows the counts beside the index."""
+    quiet = Settings(heartbeat_interval=30, node_timeout=60, reconcile_interval=30)
+    kit = PresenceKit(
+        store=RedisStore(redis_server.client()), sockets=RecordingSockets(), settings=quiet
+    )
+    try:
+        for n, org in enumerate((5, 5, 5, "six")):
+            kit.handle_connect(
+                f"t{n}", {"role": "TeacherAPP", "org_id": org, "user_id": n % 2, "lesson_id": 9}
+            )
+        kit.handle_connect(
+            "p1",
+            {"role": "ParticipantWeb", "org_id": 5, "user_id": 3, "lesson_id": 9, "room_id": 1},
+        )
+        raw = redis_server.client(decode_responses=True)
+        counts = sorted(raw.scan_iter(match="presence:{presence:org:*}:count:*"))
+        assert counts  # written with the index
+        raw.delete(*counts)
+        raw.hset("presence:{presence:org:six}:count:TeacherAPP:conns", "org", 40)
+        assert main(["status", "--redis-url", redis_server.url, "--org", "5"]) == 0
+        out = capsys.readouterr().out
+        assert "count_online TeacherAPP      0 user(s), 0 connection(s)" in out
+        assert "run presence-kit rebuild-counts --org 5" in out
+        assert main(["rebuild-counts", "--redis-url", redis_server.url]) == 0
+        out = capsys.readouterr().out
+        assert "org 5 TeacherAPP: 2 user(s), 3 connection(s)  (rebuilt: they differed)" in out
+        assert "org six TeacherAPP: 1 user(s), 1 connection(s)  (rebuilt: they differed)" in out
+        assert "org 5 ParticipantWeb: 1 user(s), 1 connection(s)" in out
+        assert "had differed" in out
+        for org, role, expected in (
+            (5, "TeacherAPP", (2, 3)),
+            ("six", "TeacherAPP", (1, 1)),
+            (5, "ParticipantWeb", (1, 1)),
+        ):
+            counted = kit.count_online(org, role=role)
+            assert (counted.users, counted.connections) == expected
+            assert kit.count_online(org, role=role, lesson_id=9) == counted
+        # a second run finds nothing to change; one org at a time works too
+        assert main(["rebuild-counts", "--redis-url", redis_server.url, "--org", "5"]) == 0
+        out = capsys.readouterr().out
+        assert "differed)" not in out and "0 had differed" in out
+        assert main(["status", "--redis-url", redis_server.url, "--org", "5"]) == 0
+        assert "rebuild-counts" not in capsys.readouterr().out
+    finally:
+        kit.close()
