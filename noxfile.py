@@ -97,12 +97,13 @@ DEPS_TESTS = [
     "tests/test_server_modes.py",
     "tests/test_sentinel.py",
     "tests/test_updates.py",
+    "tests/test_metrics.py",
 ]
 SMOKE_TESTS = ["tests/test_store_contract.py"]
 
 # The optional-dependency tables whose floors are the package's promise (the others,
 # test/docs/dev/bench, are tools).
-FLOOR_TABLES = ("socketio", "hiredis", "flask", "demo")
+FLOOR_TABLES = ("socketio", "hiredis", "flask", "demo", "otel")
 # Shown in the summary (distribution name -> short label); SHORT_DISTS in the table itself.
 KEY_DISTS = {
     "redis": "redis",
@@ -117,6 +118,7 @@ KEY_DISTS = {
     "uvicorn": "uvicorn",
     "fastapi": "fastapi",
     "flask": "flask",
+    "opentelemetry-api": "otel",
 }
 SHORT_DISTS = (
     "redis",
@@ -238,7 +240,7 @@ LEGS = [
         OLDEST,
         "oldest Python, the floors but fastapi's, typing-extensions at its own floor; "
         "without test_examples (needs fastapi) and the server-mode/Sentinel tests (floors)",
-        floor_tables=("socketio", "hiredis", "flask"),
+        floor_tables=("socketio", "hiredis", "flask", "otel"),
         floor_reqs=DEMO_BUT_FASTAPI,
         tools=TEST_TOOLS,
         exclude=(

@@ -107,6 +107,10 @@ class KitCore(KitRequests):
         disconnect leaves these rooms, whatever session the integrator passes."""
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(KitStats.__dataclass_fields__, 0)
+        self._keyed: dict[str, dict[tuple[str, str], int]] = {
+            "transitions": {},
+            "store_errors": {},
+        }
 
     # --- counters -------------------------------------------------------------------
 
@@ -119,6 +123,27 @@ class KitCore(KitRequests):
         """A snapshot of the counters."""
         with self._lock:
             return KitStats(**self._counts)
+
+    def count_keyed(self, name: str, key: tuple[str, str]) -> None:
+        """Add 1 to counter ``name`` under ``key`` (thread-safe): the breakdowns the
+        metrics report (``transitions`` by (transition, role), ``store_errors`` by
+        (operation, "")). Keys come from closed sets: roles and operation names."""
+        with self._lock:
+            counts = self._keyed[name]
+            counts[key] = counts.get(key, 0) + 1
+
+    def keyed_counts(self, name: str) -> dict[tuple[str, str], int]:
+        """A snapshot of counter ``name``'s breakdown."""
+        with self._lock:
+            return dict(self._keyed[name])
+
+    def local_roles(self) -> list[str]:
+        """The role of each connection this kit holds (read when metrics are collected)."""
+        roles = []
+        for raw in list(self.local_sessions.values()):
+            role = raw.get("role")
+            roles.append(str(getattr(role, "value", role)))
+        return roles
 
     # --- connect --------------------------------------------------------------------
 
@@ -161,6 +186,7 @@ class KitCore(KitRequests):
         """The policy's effects for ``outcome`` (as granted: see :func:`as_granted`)."""
         if policy.tracks_alive and grants(event, outcome).online:
             self.count("announced_online")
+            self.count_keyed("transitions", ("online", session.role))
         return policy.on_connect(_make_connect_facts(sid, session, outcome, self.settings))
 
     # --- update ---------------------------------------------------------------------
@@ -273,6 +299,7 @@ class KitCore(KitRequests):
             session = outcome.record.session
         if policy.tracks_alive and grants(Event.DISCONNECT, outcome).offline:
             self.count("announced_offline")
+            self.count_keyed("transitions", ("offline", session.role))
         facts = _make_disconnect_facts(sid, session, outcome, reason, self.settings)
         return policy.on_disconnect(facts)
 

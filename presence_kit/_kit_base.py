@@ -127,6 +127,7 @@ class KitBase:
         # An outage fails every handler: one warning with the traceback per 5 s, the rest
         # at DEBUG (the counters in kit.stats keep the exact numbers).
         self._core.count("store_failures")
+        self._core.count_keyed("store_errors", (operation, ""))
         extra = {"presence_operation": operation, "presence_sid": sid}
         if self._failure_logs.check("store") is not None:
             logger.warning(

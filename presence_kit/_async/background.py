@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from presence_kit._async.handlers import AsyncHandlers
+from presence_kit._errors import StoreError
 from presence_kit._kit_base import (
     BUCKETS_PER_READ,
     DUE_LEAVES_PER_STEP,
@@ -149,10 +150,13 @@ class AsyncBackgroundSteps(AsyncHandlers):
             member = await store.claim_node(keys, timeout_ms, ttl_ms)
             if member is None:
                 return recovered
+            started = time.perf_counter()
             for buckets in chunks(keys.node_indexes(member), BUCKETS_PER_READ):
                 entries = await store.node_connections(buckets)
                 recovered += await self._sweep_entries(member, list(entries.items()))
             await store.release_node(keys, member)
+            if self._metrics is not None:
+                self._metrics.sweep(time.perf_counter() - started)
             logger.info("swept a lost node", extra={"presence_node": member})
 
     async def _sweep_entries(self, member: str, entries: Sequence[tuple[str, str]]) -> int:
@@ -300,18 +304,22 @@ class AsyncBackgroundSteps(AsyncHandlers):
         reconcile = now >= live.next_reconcile
         if reconcile:
             live.next_reconcile = now + s.reconcile_interval
-        steps: list[Callable[[], Awaitable[object]]] = [self.heartbeat] if beat else []
-        if len(core.outbox):
-            steps.append(self.replay_outbox)
-        steps.append(partial(self.run_due_leaves, DUE_LEAVES_PER_STEP))
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         if beat:
-            steps.append(self._sweep_if_safe)
+            steps.append(("heartbeat", self.heartbeat))
+        if len(core.outbox):
+            steps.append(("replay", self.replay_outbox))
+        steps.append(("due_leaves", partial(self.run_due_leaves, DUE_LEAVES_PER_STEP)))
+        if beat:
+            steps.append(("sweep", self._sweep_if_safe))
         if reconcile:
-            steps.append(self.reconcile)
-        for step in steps:
+            steps.append(("reconcile", self.reconcile))
+        for name, step in steps:
             try:
                 await step()
             except Exception as exc:
+                if isinstance(exc, StoreError):
+                    core.count_keyed("store_errors", (name, ""))
                 log_background_failure(exc)
 
     async def _sweep_if_safe(self) -> int:

@@ -13,12 +13,14 @@ queued for the background to replay.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from time import perf_counter
 from typing import Any, TypeVar
 
 from presence_kit._async.ports import AsyncSockets, AsyncStore, AsyncUpdates
 from presence_kit._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
 from presence_kit._errors import StoreError
 from presence_kit._kit_base import KitBase, log_effect_failure
+from presence_kit._metrics import recorder_for
 from presence_kit._model import ConnectOutcome, DisconnectOutcome, UpdateOutcome
 from presence_kit._outbox import PendingOperation
 from presence_kit._policies import DisconnectPolicy
@@ -47,6 +49,7 @@ class AsyncHandlers(KitBase):
         analytics: Analytics | None,
         settings: Settings | None,
         policies: Mapping[str, DisconnectPolicy] | None,
+        meter_provider: object | None = None,
     ) -> None:
         super().__init__(sockets=sockets, settings=settings, policies=policies)
         self._store = store
@@ -54,6 +57,7 @@ class AsyncHandlers(KitBase):
         self._analytics = analytics
         self._background: AsyncBackground | None = None
         self._updater = store if isinstance(store, AsyncUpdates) else None
+        self._metrics = recorder_for(meter_provider, self._core, analytics)
 
     async def handle_connect(self, sid: str, session: Mapping[str, Any]) -> ConnectOutcome | None:
         """Record connection ``sid`` and join its rooms.
@@ -63,6 +67,7 @@ class AsyncHandlers(KitBase):
         ``None`` is returned and the connect is queued for replay (or
         :class:`~presence_kit.StoreError` raised with ``Settings.strict_connect``).
         """
+        started = perf_counter()
         core = self._core
         prepared = core.prepare_connect(sid, session)
         sid, parsed, policy, request = prepared
@@ -84,6 +89,8 @@ class AsyncHandlers(KitBase):
                     core.queue(PendingOperation("connect", sid, parsed, policy, request))
         core.connected(prepared, session)
         await self._run_effects(core.connect_effects(sid, parsed, policy, outcome))
+        if self._metrics is not None:
+            self._metrics.handler("connect", parsed.role, perf_counter() - started)
         if failure is not None and strict:
             raise StoreError("presence store failed during connect") from failure
         return outcome
@@ -101,6 +108,7 @@ class AsyncHandlers(KitBase):
         operations. ``TypeError`` for a third-party store without ``update()`` (see
         :class:`~presence_kit.Updates`).
         """
+        started = perf_counter()
         core = self._core
         prepared = core.prepare_handler_update(sid, session)
         if self._updater is None:
@@ -113,6 +121,8 @@ class AsyncHandlers(KitBase):
         effects = core.update_effects(prepared, outcome)
         core.updated(prepared, session, outcome)
         await self._run_effects(effects)
+        if self._metrics is not None:
+            self._metrics.handler("update", parsed.role, perf_counter() - started)
         return outcome
 
     async def handle_disconnect(
@@ -124,6 +134,7 @@ class AsyncHandlers(KitBase):
         backend failure is logged and counted, the rooms are left, ``None`` is returned,
         and the operation is queued for the background to replay once Redis answers.
         """
+        started = perf_counter()
         core = self._core
         sid, parsed, policy, request = core.prepare_disconnect(sid, session, reason)
         if self._background is None:
@@ -133,6 +144,8 @@ class AsyncHandlers(KitBase):
         outcome = await self._write_or_queue(pending, self._store.disconnect, request)
         effects = core.disconnect_effects(sid, parsed, policy, outcome, request.reason)
         await self._run_effects(effects)
+        if self._metrics is not None:
+            self._metrics.handler("disconnect", parsed.role, perf_counter() - started)
         return outcome
 
     async def _write_or_queue(

@@ -15,11 +15,13 @@ queued for the background to replay.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from time import perf_counter
 from typing import Any, TypeVar
 
 from presence_kit._effects import Effect, Emit, JoinRoom, LeaveRoom, Track
 from presence_kit._errors import StoreError
 from presence_kit._kit_base import KitBase, log_effect_failure
+from presence_kit._metrics import recorder_for
 from presence_kit._model import ConnectOutcome, DisconnectOutcome, UpdateOutcome
 from presence_kit._outbox import PendingOperation
 from presence_kit._policies import DisconnectPolicy
@@ -49,6 +51,7 @@ class Handlers(KitBase):
         analytics: Analytics | None,
         settings: Settings | None,
         policies: Mapping[str, DisconnectPolicy] | None,
+        meter_provider: object | None = None,
     ) -> None:
         super().__init__(sockets=sockets, settings=settings, policies=policies)
         self._store = store
@@ -56,6 +59,7 @@ class Handlers(KitBase):
         self._analytics = analytics
         self._background: Background | None = None
         self._updater = store if isinstance(store, Updates) else None
+        self._metrics = recorder_for(meter_provider, self._core, analytics)
 
     def handle_connect(self, sid: str, session: Mapping[str, Any]) -> ConnectOutcome | None:
         """Record connection ``sid`` and join its rooms.
@@ -65,6 +69,7 @@ class Handlers(KitBase):
         ``None`` is returned and the connect is queued for replay (or
         :class:`~presence_kit.StoreError` raised with ``Settings.strict_connect``).
         """
+        started = perf_counter()
         core = self._core
         prepared = core.prepare_connect(sid, session)
         sid, parsed, policy, request = prepared
@@ -86,6 +91,8 @@ class Handlers(KitBase):
                     core.queue(PendingOperation("connect", sid, parsed, policy, request))
         core.connected(prepared, session)
         self._run_effects(core.connect_effects(sid, parsed, policy, outcome))
+        if self._metrics is not None:
+            self._metrics.handler("connect", parsed.role, perf_counter() - started)
         if failure is not None and strict:
             raise StoreError("presence store failed during connect") from failure
         return outcome
@@ -103,6 +110,7 @@ class Handlers(KitBase):
         operations. ``TypeError`` for a third-party store without ``update()`` (see
         :class:`~presence_kit.Updates`).
         """
+        started = perf_counter()
         core = self._core
         prepared = core.prepare_handler_update(sid, session)
         if self._updater is None:
@@ -115,6 +123,8 @@ class Handlers(KitBase):
         effects = core.update_effects(prepared, outcome)
         core.updated(prepared, session, outcome)
         self._run_effects(effects)
+        if self._metrics is not None:
+            self._metrics.handler("update", parsed.role, perf_counter() - started)
         return outcome
 
     def handle_disconnect(
@@ -126,6 +136,7 @@ class Handlers(KitBase):
         backend failure is logged and counted, the rooms are left, ``None`` is returned,
         and the operation is queued for the background to replay once Redis answers.
         """
+        started = perf_counter()
         core = self._core
         sid, parsed, policy, request = core.prepare_disconnect(sid, session, reason)
         if self._background is None:
@@ -135,6 +146,8 @@ class Handlers(KitBase):
         outcome = self._write_or_queue(pending, self._store.disconnect, request)
         effects = core.disconnect_effects(sid, parsed, policy, outcome, request.reason)
         self._run_effects(effects)
+        if self._metrics is not None:
+            self._metrics.handler("disconnect", parsed.role, perf_counter() - started)
         return outcome
 
     def _write_or_queue(

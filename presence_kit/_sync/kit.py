@@ -31,6 +31,9 @@ class PresenceKit(BackgroundSteps):
     Call :meth:`handle_connect` from the connect handler and :meth:`handle_disconnect`
     from the disconnect handler. ``store`` defaults to an in-process
     :class:`~presence_kit.memory.MemoryStore`; ``analytics`` is optional.
+    ``meter_provider``: an OpenTelemetry ``MeterProvider`` for the kit's metrics
+    (:mod:`presence_kit.otel`, the extra ``otel``); by default OpenTelemetry's global
+    one when ``opentelemetry-api`` is installed, else none.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class PresenceKit(BackgroundSteps):
         analytics: Analytics | None = None,
         settings: Settings | None = None,
         policies: Mapping[str, DisconnectPolicy] | None = None,
+        meter_provider: object | None = None,
     ) -> None:
         port = store_for(store)
         super().__init__(
@@ -49,6 +53,7 @@ class PresenceKit(BackgroundSteps):
             analytics=analytics,
             settings=settings,
             policies=policies,
+            meter_provider=meter_provider,
         )
         self._node_lister = port if isinstance(port, ListsNodes) else None
         self._counter = port if isinstance(port, CountsOnline) else None
