@@ -9,4 +9,6 @@
 * ``update_count``: ``handle_update`` against a disconnect and a connect; ``count_online``
   at 10 and 20,000 online users.
 * ``metrics_cost``: what the OpenTelemetry metrics add per handler call.
+* ``feed_cost``: what the presence feed adds per handler call, and Redis bytes per feed
+  entry.
 """
