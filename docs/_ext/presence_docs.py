@@ -130,6 +130,8 @@ class KeyTable(_RstDirective):
         schema = KeySchema(alive_template=settings.alive_key, prefix=settings.key_prefix)
         alive = schema.alive("<org_id>", "<user_id>")
         rst = [
+            ".. currentmodule:: presence_kit",  # the docstrings' names are the package's
+            "",
             ".. list-table::",
             "   :header-rows: 1",
             "   :widths: 45 55",
@@ -147,6 +149,8 @@ class KeyTable(_RstDirective):
             positional = [values[p.name] for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
             keywords = {p.name: values[p.name] for p in params if p.kind is p.KEYWORD_ONLY}
             key = getattr(schema, name)(*positional, **keywords)
+            if not isinstance(key, str):  # every key of a kind (feeds): listed one by one
+                continue
             doc = (inspect.getdoc(method) or "").split("\n\n")[0].replace("\n", " ")
             rst += [f"   * - ``{key}``", f"     - {doc}"]
         return self._parse(rst)
@@ -255,7 +259,19 @@ def _candidates(node: Any) -> list[str]:
         for name, module in sys.modules.items()
         if name.startswith("presence_kit._") and hasattr(module, head)
     )
-    return [f"presence_kit.{target}", *(f"{name}.{target}" for name in private)]
+    # ... or to a public submodule that exports it (`feed_shard`: presence_kit.feed)
+    public = sorted(
+        name
+        for name, module in sys.modules.items()
+        if name.startswith("presence_kit.")
+        and not name.split(".")[1].startswith("_")
+        and head in getattr(module, "__all__", ())
+    )
+    return [
+        f"presence_kit.{target}",
+        *(f"{name}.{target}" for name in public),
+        *(f"{name}.{target}" for name in private),
+    ]
 
 
 def _public_alias(
