@@ -98,6 +98,7 @@ DEPS_TESTS = [
     "tests/test_sentinel.py",
     "tests/test_updates.py",
     "tests/test_metrics.py",
+    "tests/test_feed.py",
 ]
 SMOKE_TESTS = ["tests/test_store_contract.py"]
 

@@ -1,5 +1,5 @@
 """The ``presence-kit`` command: ``demo`` (the README's first command), ``status``,
-``nodes``, ``sweep``, ``rebuild-counts`` and ``--version``.
+``nodes``, ``sweep``, ``rebuild-counts``, ``feed`` and ``--version``.
 
 Standard-library :mod:`argparse` only: the CLI has few commands and no need for a
 framework, and it keeps the runtime dependencies to redis, typing-extensions and
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import re
 import sys
 import time
@@ -19,6 +21,7 @@ from typing import Any
 from . import __version__
 from ._effects import Track
 from ._errors import PresenceError
+from ._feed_entry import FeedEntry
 from ._keys import KeySchema
 from ._model import OrgQuery
 from ._policies import default_policies
@@ -343,6 +346,107 @@ def _rebuild_counts(redis_url: str, org_id: str | None) -> None:
     store.close()
 
 
+def _feed_client(redis_url: str) -> Any:
+    """A client of ``redis_url``: a cluster client when the server is a cluster node."""
+    import redis
+    import redis.cluster
+
+    client = _client(redis_url)
+    info = client.info("cluster")
+    if info.get("cluster_enabled"):
+        client.close()
+        return redis.cluster.RedisCluster.from_url(
+            redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+    return client
+
+
+def _entry_line(entry: FeedEntry, as_json: bool) -> str:
+    if as_json:
+        values = {f.name: getattr(entry, f.name) for f in dataclasses.fields(entry)}
+        values["at_ms"] = round(entry.at.timestamp() * 1000)
+        values["observed_ms"] = round(entry.observed_at.timestamp() * 1000)
+        del values["at"], values["observed_at"]
+        return json.dumps(values, separators=(",", ":"))
+    extra = "".join(
+        f" {name}={value}"
+        for name, value in (
+            ("room", entry.room_id),
+            ("reason", entry.reason),
+            ("version", entry.version),
+        )
+        if value is not None
+    )
+    return (
+        f"{entry.id} {entry.at.isoformat(timespec='milliseconds')} {entry.kind:<7} "
+        f"org={entry.org_id} user={entry.user_id} role={entry.role} sid={entry.sid} "
+        f"lesson={entry.lesson_id}{extra} node={entry.node}"
+    )
+
+
+def _feed(
+    redis_url: str,
+    org_id: str | None,
+    start: str,
+    follow: bool,
+    as_json: bool,
+    shards: int,
+    prefix: str,
+) -> None:
+    """Print the feed's entries (plain reads: no consumer group is created)."""
+    from ._feed_entry import parse_feed_entry
+    from ._keys import feed_shard
+
+    if not re.fullmatch(r"0|now|\d+(-\d+)?", start):
+        raise CLIError("--from must be an entry id (<ms>-<seq>), 0 or now")
+    try:
+        settings = Settings(feed=True, feed_shards=shards, key_prefix=prefix)
+    except PresenceError as exc:
+        raise CLIError(str(exc)) from None
+    schema = KeySchema(alive_template=settings.alive_key, prefix=prefix, feed_shards=shards)
+    streams = schema.feeds() if org_id is None else [schema.feed(feed_shard(org_id, shards))]
+    client = _feed_client(redis_url)
+
+    def show(stream: str, items: Any) -> str | None:
+        last = None
+        for raw_id, raw_fields in items:
+            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            last = entry_id
+            fields = {
+                (k.decode() if isinstance(k, bytes) else k): (
+                    v.decode() if isinstance(v, bytes) else v
+                )
+                for k, v in raw_fields.items()
+            }
+            try:
+                entry = parse_feed_entry(entry_id, fields)
+            except ValueError as exc:
+                print(
+                    f"presence-kit: skipping entry {entry_id} of {stream}: {exc}", file=sys.stderr
+                )
+                continue
+            if org_id is None or str(entry.org_id) == org_id:
+                print(_entry_line(entry, as_json), flush=True)
+        return last
+
+    positions: dict[str, str] = {}
+    for stream in streams:
+        if start == "now":
+            positions[stream] = "$"
+            continue
+        last = show(stream, client.xrange(stream, "-" if start == "0" else start, "+"))
+        positions[stream] = last or ("0-0" if start == "0" else start)
+    while follow:
+        for stream in streams:  # shard by shard: on a cluster each is its own slot
+            reply = client.xread({stream: positions[stream]}, block=max(1, 1000 // len(streams)))
+            for _name, items in reply.items() if isinstance(reply, dict) else reply:
+                if isinstance(items, list) and items and isinstance(items[0], list):
+                    items = items[0]  # RESP3 wraps the entries once more
+                last = show(stream, items)
+                if last is not None:
+                    positions[stream] = last
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="presence-kit", description="Presence for python-socketio servers."
@@ -379,6 +483,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     rebuild.add_argument("--redis-url", required=True, help="the deployment's Redis")
     rebuild.add_argument("--org", help="only this organisation (default: every one, by SCAN)")
+    feed = commands.add_parser(
+        "feed",
+        help="print the presence feed",
+        description="Print the presence feed's entries, one per line (plain reads: it "
+        "creates no consumer group). On a cluster it reads every shard.",
+    )
+    feed.add_argument("--redis-url", required=True, help="the deployment's Redis")
+    feed.add_argument("--org", help="only this organisation's entries (from its shard)")
+    feed.add_argument(
+        "--from", dest="start", default="0", help="an entry id, 0 (the start, default) or now"
+    )
+    feed.add_argument("--follow", action="store_true", help="keep printing new entries")
+    feed.add_argument("--json", action="store_true", help="one JSON object per line")
+    feed.add_argument(
+        "--shards", type=int, default=Settings().feed_shards, help="Settings.feed_shards"
+    )
+    feed.add_argument("--prefix", default=Settings().key_prefix, help="Settings.key_prefix")
     sweep = commands.add_parser(
         "sweep",
         help="recover the connections of dead nodes now",
@@ -413,6 +534,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _sweep(args.redis_url, args.manager_url, args.node_timeout)
         elif args.command == "rebuild-counts":
             _rebuild_counts(args.redis_url, args.org)
+        elif args.command == "feed":
+            _feed(
+                args.redis_url, args.org, args.start, args.follow, args.json, args.shards,
+                args.prefix,
+            )  # fmt: skip
         else:
             parser.print_help()
             return 2

@@ -15,7 +15,7 @@ from typing import NamedTuple
 from ._codec import queue_member
 from ._session import Id
 
-__all__ = ["NODE_BUCKETS", "KeySchema", "UserKeys", "count_keys", "node_bucket"]
+__all__ = ["NODE_BUCKETS", "KeySchema", "UserKeys", "count_keys", "feed_shard", "node_bucket"]
 
 
 class UserKeys(NamedTuple):
@@ -36,6 +36,12 @@ class UserKeys(NamedTuple):
     org_counts: str = ""
     """The prefix of the organisation's counts in the role (kept with its index, in its
     slot: see :meth:`KeySchema.org_counts`); empty: not counted."""
+    feed: str = ""
+    """The presence feed's stream of the organisation's shard (:meth:`KeySchema.feed`)."""
+    feed_queue: str = ""
+    """The user's feed queue on a Redis Cluster (:meth:`KeySchema.feed_queue`)."""
+    feed_pending: str = ""
+    """The feed queues to move (:meth:`KeySchema.feed_pending`)."""
 
 
 _make_user_keys = UserKeys._make  # positional, from one tuple: the cheapest way to build
@@ -51,6 +57,8 @@ class KeySchema:
 
     alive_template: str
     prefix: str
+    feed_shards: int = 1
+    """Streams the presence feed is partitioned into (``Settings.feed_shards``)."""
 
     def alive(self, org_id: Id, user_id: Id) -> str:
         """The spec's alive hash of a user."""
@@ -69,6 +77,9 @@ class KeySchema:
                 self.leave_queue(),
                 queue_member(org_id, user_id, role),
                 self.org_counts(org_id, role),
+                self.feed(feed_shard(org_id, self.feed_shards)),
+                self.feed_queue(alive),
+                self.feed_pending(),
             )
         )
 
@@ -100,6 +111,26 @@ class KeySchema:
         ``<prefix>:users:<lesson>`` (the same in one lesson) and ``<prefix>:conns`` (hash
         of totals: ``org``, and ``l:<lesson>``). The scripts derive the lesson's keys."""
         return f"{self.prefix}:{{{self.prefix}:org:{org_id}}}:count:{role}"
+
+    def feed(self, shard: int) -> str:
+        """The presence feed's stream of one shard (each shard its own cluster slot;
+        an organisation's entries are all in the shard :func:`feed_shard` gives)."""
+        return f"{self.prefix}:{{{self.prefix}:feed:{shard}}}"
+
+    def feeds(self) -> list[str]:
+        """Every shard's stream of the presence feed."""
+        return [self.feed(shard) for shard in range(self.feed_shards)]
+
+    def feed_queue(self, alive_key: str) -> str:
+        """A user's feed entries not yet in the stream (a list, in the user's slot):
+        on a cluster the scripts append there and the kit moves them to the stream."""
+        return f"{self.prefix}:{{{alive_key}}}:feedq"
+
+    def feed_pending(self) -> str:
+        """Sorted set of the feed queues that may hold entries (``<shard>|<queue>`` ->
+        when registered, ms): what a kit that died between a script and the move left,
+        for any node to move (cluster)."""
+        return f"{self.prefix}:{{{self.prefix}:feedq}}:pending"
 
     def leave_queue(self) -> str:
         """Sorted set of held-back leaves, scored by when their grace ends (ms)."""
@@ -144,3 +175,9 @@ def count_keys(counts_prefix: str, lesson: str | None) -> tuple[str, str, str]:
     if lesson is None:
         return f"{counts_prefix}:users", f"{counts_prefix}:conns", "org"
     return f"{counts_prefix}:users:{lesson}", f"{counts_prefix}:conns", f"l:{lesson}"
+
+
+def feed_shard(org_id: Id, shards: int) -> int:
+    """The feed shard of an organisation: ``crc32(str(org_id)) % shards`` (so ``7`` and
+    ``"7"`` share one; the same in every language: CRC-32 of the id's UTF-8 text)."""
+    return zlib.crc32(str(org_id).encode()) % shards

@@ -105,6 +105,10 @@ class StoreLayout:
     tombstone_ttl: int
     leave_grace_ms: int = 0
     """Milliseconds a last connection's leave is held back (0: announce at once)."""
+    feed: bool = False
+    """Write each change into the presence feed (``Settings.feed``)."""
+    feed_retention_ms: int = 86_400_000
+    """How long the feed keeps an entry (``Settings.feed_retention``)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -195,6 +199,9 @@ class ConnectRequest(_UserKeyed):
     meta: str = ""
     """The connection's ``meta`` as stored (compact JSON), kept beside its record; empty:
     none."""
+    observed_ms: int = 0
+    """When the handler saw the change (ms since the epoch, this node's clock): the feed
+    entry's ``observed_ms`` (a replay keeps it)."""
 
     @property
     def node_entry(self) -> str:
@@ -261,6 +268,8 @@ class DisconnectRequest(_UserKeyed):
     it; empty: whoever did. A sweep's and a reconcile's removals set it, so a record
     that a node swept while alive moved to its new incarnation is never removed by
     the sweep of the old one (``UNKNOWN``)."""
+    observed_ms: int = 0
+    """When the handler (or sweep) saw the change (ms since the epoch): the feed's."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -307,6 +316,8 @@ class UpdateRequest(_UserKeyed):
     older one than the last applied is ``STALE``, the same one a repeat."""
     tracks_alive: bool
     layout: StoreLayout
+    observed_ms: int = 0
+    """When the handler saw the change (ms since the epoch): the feed's."""
 
     @property
     def identity(self) -> str:
@@ -356,6 +367,8 @@ class FinishLeaveRequest(_UserKeyed):
     keys: UserKeys
     """The (user, role)'s keys (``queue_member`` as queued)."""
     layout: StoreLayout
+    observed_ms: int = 0
+    """When the kit found the leave due (ms since the epoch): the feed's."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

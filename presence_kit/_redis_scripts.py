@@ -10,6 +10,7 @@ results: every reply goes through :func:`text` or ``int``.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -24,6 +25,7 @@ from ._codec import (
     with_meta,
 )
 from ._construct import maker
+from ._keys import UserKeys
 from ._model import (
     ConnectOutcome,
     ConnectRequest,
@@ -36,6 +38,7 @@ from ._model import (
     FinishLeaveStatus,
     NodeInfo,
     OnlineCount,
+    StoreLayout,
     UpdateOutcome,
     UpdateRequest,
     UpdateStatus,
@@ -56,9 +59,10 @@ def _lua(name: str) -> str:
 
 
 _BATCH_LUA = _lua("batch")
-INDEX_LUA = _lua("index")
-"""The functions that change an org index and its counts together (``lua/index.lua``),
-prepended to every script that writes the index."""
+INDEX_LUA = _lua("index") + _lua("feed")
+"""The functions that change an org index and its counts together (``lua/index.lua``)
+and write the presence feed (``lua/feed.lua``), prepended to every script that changes
+presence."""
 
 
 def indexed(name: str) -> str:
@@ -77,6 +81,19 @@ def _batched(script: str, library: str = "") -> str:
 
 def _flag(value: bool) -> int:
     return 1 if value else 0
+
+
+def _feed(
+    keys: UserKeys, layout: StoreLayout, observed_ms: int, local_index: bool
+) -> tuple[str, list[str | int]]:
+    """The feed's key and args of a script call (``lua/feed.lua``'s ``feed_of``): the
+    org's stream on a standalone Redis, the user's feed queue on a cluster (the kit
+    moves it to the stream); the user's alive key and mode ``''`` when the feed is off."""
+    if not layout.feed:
+        return keys.alive, ["", 0, 0]
+    if local_index:
+        return keys.feed, ["s", layout.feed_retention_ms, observed_ms]
+    return keys.feed_queue, ["c", layout.feed_retention_ms, observed_ms]
 
 
 def connect_call(r: ConnectRequest, *, local_index: bool) -> Invocation:
@@ -110,7 +127,8 @@ def connect_call(r: ConnectRequest, *, local_index: bool) -> Invocation:
         k.org_counts,
         r.meta,
     ]
-    return keys, args
+    feed_key, feed_args = _feed(k, r.layout, r.observed_ms, local_index)
+    return [*keys, feed_key], [*args, *feed_args]
 
 
 def disconnect_call(r: DisconnectRequest, *, local_index: bool) -> Invocation:
@@ -141,7 +159,8 @@ def disconnect_call(r: DisconnectRequest, *, local_index: bool) -> Invocation:
         r.owner,
         k.org_counts,
     ]
-    return keys, args
+    feed_key, feed_args = _feed(k, r.layout, r.observed_ms, local_index)
+    return [*keys, feed_key], [*args, *feed_args]
 
 
 def finish_call(r: FinishLeaveRequest, *, local_index: bool) -> Invocation:
@@ -162,7 +181,8 @@ def finish_call(r: FinishLeaveRequest, *, local_index: bool) -> Invocation:
         _flag(local_index),
         k.org_counts,
     ]
-    return keys, args
+    feed_key, feed_args = _feed(k, r.layout, r.observed_ms, local_index)
+    return [*keys, feed_key], [*args, *feed_args]
 
 
 def update_call(r: UpdateRequest, *, local_index: bool) -> Invocation:
@@ -189,7 +209,8 @@ def update_call(r: UpdateRequest, *, local_index: bool) -> Invocation:
         k.org_counts,
         r.layout.connection_ttl,
     ]
-    return keys, args
+    feed_key, feed_args = _feed(k, r.layout, r.observed_ms, local_index)
+    return [*keys, feed_key], [*args, *feed_args]
 
 
 def org_index_call(
@@ -360,3 +381,17 @@ def node_infos(
 def online_count(users: Any, totals: Any) -> OnlineCount:
     """``count_online``'s answer from the users hash's ``HLEN`` and the totals' ``HGET``."""
     return OnlineCount(users=int(users), connections=int(text(totals)) if totals else 0)
+
+
+def time_ms() -> int:
+    """This node's clock in milliseconds (the feed queues' registration times)."""
+    return time.time_ns() // 1_000_000
+
+
+def xadd_of(stream: str, queued: object, retention_ms: int) -> tuple[str | int, ...]:
+    """The ``XADD`` of a feed entry queued by ``lua/feed.lua`` on a cluster (a JSON
+    array of its field names and values), trimmed as the script would have."""
+    fields = json.loads(text(queued))
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    oldest = max(int(values["at_ms"]) - retention_ms, 0)
+    return ("XADD", stream, "MINID", "~", f"{oldest}-0", "*", *fields)

@@ -137,6 +137,7 @@ class ScriptSet:
         self.heartbeat, self.claim = lua(_lua("heartbeat")), lua(_lua("claim_node"))
         self.renew = lua(_lua("renew_claim"))
         self.org_index, self.rebuild = lua(indexed("org_index")), lua(indexed("rebuild_counts"))
+        self.unpend = lua(_lua("feed_unpend"))
         self.batched = {
             self.connect.sha: lua(_batched(connect, INDEX_LUA)),
             self.disconnect.sha: lua(_batched(disconnect, INDEX_LUA)),

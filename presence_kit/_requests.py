@@ -102,8 +102,12 @@ class KitRequests:
             connection_ttl=s.connection_ttl,
             tombstone_ttl=s.tombstone_ttl,
             leave_grace_ms=round(s.leave_grace * 1000),
+            feed=s.feed,
+            feed_retention_ms=round(s.feed_retention * 1000),
         )
-        self.keys = KeySchema(alive_template=s.alive_key, prefix=s.key_prefix)
+        self.keys = KeySchema(
+            alive_template=s.alive_key, prefix=s.key_prefix, feed_shards=s.feed_shards
+        )
         self._node_indexes: tuple[str, list[str]] = ("", [])  # (incarnation, bucket keys)
         self._swept_indexes: tuple[str, list[str]] = ("", [])  # (member, bucket keys)
 
@@ -185,6 +189,7 @@ class KitRequests:
             self.layout,
             self._next_attempt(),
             meta,
+            time.time_ns() // 1_000_000,  # observed
         )
         return PreparedConnect(sid, session, policy, request)
 
@@ -220,6 +225,7 @@ class KitRequests:
             seq=self.next_update_seq(),
             tracks_alive=policy.tracks_alive,
             layout=self.layout,
+            observed_ms=time.time_ns() // 1_000_000,
         )
         return PreparedUpdate(sid, session, policy, request, previous)
 
@@ -252,6 +258,7 @@ class KitRequests:
             True,  # remember: a handler's disconnect leaves a tombstone
             self._next_attempt(),
             "",  # owner: whoever wrote the record
+            time.time_ns() // 1_000_000,  # observed
         )
         return PreparedDisconnect(sid, session, policy, request)
 
@@ -283,6 +290,7 @@ class KitRequests:
             reason is not None,  # remember (a sweep's tombstone is soft)
             self._next_attempt(),
             member,  # owner: only a record that incarnation wrote
+            time.time_ns() // 1_000_000,  # observed
         )
 
     def retargeted(
@@ -328,7 +336,11 @@ class KitRequests:
             return None
         # Only roles that drive the alive hash hold leaves back: records in the alive hash.
         keys = self.keys.user(org_id, user_id, role, tracks_alive=True)
-        return FinishLeaveRequest(keys=keys._replace(queue_member=member), layout=self.layout)
+        return FinishLeaveRequest(
+            keys=keys._replace(queue_member=member),
+            layout=self.layout,
+            observed_ms=time.time_ns() // 1_000_000,
+        )
 
     # --- queries --------------------------------------------------------------------
 

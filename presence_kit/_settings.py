@@ -134,6 +134,18 @@ class Settings:
     lost_reason: str = "node lost"
     """The disconnect reason of connections recovered from a dead node."""
 
+    # --- the presence feed ---
+    feed: bool = False
+    """Write every presence change into Redis Streams (the presence feed: read it with
+    :mod:`presence_kit.feed`). Off by default: a default deployment writes exactly what
+    it wrote before. Turn it on on every node (a mixed deployment leaves gaps)."""
+    feed_retention: float = 86400.0
+    """Seconds the feed keeps an entry (trimmed, approximately, as entries are added;
+    trimming ignores consumers' acknowledgements). At least 1."""
+    feed_shards: int = 1
+    """Streams the feed is partitioned into (each its own cluster slot; an organisation
+    always in one: CRC-32 of its id's text, modulo this)."""
+
     # --- failure handling ---
     outbox_size: int = 10_000
     """Store operations kept for replay while Redis is down (the oldest is dropped
@@ -214,6 +226,19 @@ class Settings:
             or not 1 <= self.sweep_batch <= 10_000
         ):
             raise InvalidSettingsError("sweep_batch", "must be an int from 1 to 10000")
+        if (
+            isinstance(self.feed_retention, bool)
+            or not isinstance(self.feed_retention, (int, float))
+            or not math.isfinite(self.feed_retention)
+            or self.feed_retention < 1
+        ):
+            raise InvalidSettingsError("feed_retention", "must be a number of seconds >= 1")
+        if (
+            isinstance(self.feed_shards, bool)
+            or not isinstance(self.feed_shards, int)
+            or not 1 <= self.feed_shards <= 1024
+        ):
+            raise InvalidSettingsError("feed_shards", "must be an int from 1 to 1024")
         if not isinstance(self.lost_reason, str) or not REASON_PATTERN.fullmatch(self.lost_reason):
             raise InvalidSettingsError("lost_reason", "must be 1-128 printable ASCII characters")
         for name in (
@@ -223,6 +248,7 @@ class Settings:
             "include_version",
             "announce_update",
             "snapshot_meta",
+            "feed",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidSettingsError(name, "must be a bool")

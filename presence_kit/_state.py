@@ -349,6 +349,9 @@ class Transition:
     user_after: UserState
     sid_after: SidState | None
     grant: Grant = NOTHING
+    feed: tuple[str, ...] = ()
+    """The entries it writes into the presence feed (``Settings.feed``), in order, in
+    the same script: exactly once, so a repeat writes none."""
     lua: str
     """Where the Redis store implements it: the script, and the case in it."""
 
@@ -382,18 +385,18 @@ TABLE: tuple[Transition, ...] = (
     Transition(
         event=_C, user=_OFF, sid=_NONE, when="first connection", status=ConnectStatus.NEW,
         flags=_flags("first"), user_after=_ON, sid_after=_REC, grant=_ARRIVAL,
-        lua="lua/connect.lua: a new record, n = 1",
+        feed=("join", "online"), lua="lua/connect.lua: a new record, n = 1",
     ),
     Transition(
         event=_C, user=_ON, others=1, sid=_NONE, when="another connection",
         status=ConnectStatus.NEW, user_after=_ON, sid_after=_REC,
-        lua="lua/connect.lua: a new record, n > 1",
+        feed=("join",), lua="lua/connect.lua: a new record, n > 1",
     ),
     Transition(
         event=_C, user=_HELD, sid=_NONE, grace=Grace.PENDING,
         when="a reconnect within the grace: cancels the held-back leave", status=ConnectStatus.NEW,
         flags=_flags("resumed"), user_after=_ON, sid_after=_REC,
-        lua="lua/connect.lua: a new record, a held-back leave cancelled",
+        feed=("join",), lua="lua/connect.lua: a new record, a held-back leave cancelled",
     ),
     Transition(
         event=_C, user=_ON, sid=_REC, call=Call.OTHER,
@@ -422,30 +425,31 @@ TABLE: tuple[Transition, ...] = (
         event=_C, user=_OFF, sid=_SWEPT, call=Call.OTHER,
         when="a node that was only cut off records the sid again", status=ConnectStatus.NEW,
         flags=_flags("first"), user_after=_ON, sid_after=_REC, grant=_ARRIVAL,
-        lua="lua/connect.lua: a soft tombstone, deleted",
+        feed=("join", "online"), lua="lua/connect.lua: a soft tombstone, deleted",
     ),
     Transition(
         event=_C, user=_OFF, sid=_SWEPT, call=Call.RETRY,
         when="its own first try brought the user online, swept since", status=ConnectStatus.NEW,
         flags=_flags("first earlier"), user_after=_ON, sid_after=_REC, grant=_BOTH_ARRIVALS,
+        feed=("join", "online"),
         lua="lua/connect.lua: a soft tombstone keeping this attempt's outcome",
     ),
     # --- disconnect -----------------------------------------------------------------------
     Transition(
         event=_D, user=_ON, sid=_REC, when="last connection", status=DisconnectStatus.REMOVED,
         flags=_flags("last"), user_after=_OFF, sid_after=_TOMB, grant=_LEAVE,
-        lua="lua/disconnect.lua: last connection, grace 0",
+        feed=("leave", "offline"), lua="lua/disconnect.lua: last connection, grace 0",
     ),
     Transition(
         event=_D, user=_ON, others=1, sid=_REC, when="not the last connection",
         status=DisconnectStatus.REMOVED, user_after=_ON, sid_after=_TOMB, grant=_REMOVAL,
-        lua="lua/disconnect.lua: not the last connection",
+        feed=("leave",), lua="lua/disconnect.lua: not the last connection",
     ),
     Transition(
         event=_D, user=_ON, sid=_REC, grace=Grace.PENDING,
         when="last connection, its leave held back", status=DisconnectStatus.REMOVED,
         flags=_flags("deferred"), user_after=_HELD, sid_after=_TOMB, grant=_REMOVAL,
-        lua="lua/disconnect.lua: last connection, grace > 0",
+        feed=("leave",), lua="lua/disconnect.lua: last connection, grace > 0",
     ),
     Transition(
         event=_D, user=_OFF, sid=_TOMB, call=Call.OTHER,
@@ -475,7 +479,7 @@ TABLE: tuple[Transition, ...] = (
         event=_F, user=_HELD, sid=None, grace=Grace.DUE,
         when="the grace ended: this caller claims the leave", status=FinishLeaveStatus.LEFT,
         flags=_flags("last"), user_after=_OFF, sid_after=None, grant=_LEAVE,
-        lua="lua/finish_leave.lua: left",
+        feed=("offline",), lua="lua/finish_leave.lua: left",
     ),
     Transition(
         event=_F, user=_HELD, sid=None, grace=Grace.PENDING, when="not due yet",
@@ -496,18 +500,18 @@ TABLE: tuple[Transition, ...] = (
     Transition(
         event=_S, user=_ON, sid=_REC, when="last connection", status=DisconnectStatus.REMOVED,
         flags=_flags("last"), user_after=_OFF, sid_after=_SWEPT, grant=_LEAVE,
-        lua="lua/disconnect.lua: owner, no remember, last connection",
+        feed=("leave", "offline"), lua="lua/disconnect.lua: owner, no remember, last connection",
     ),
     Transition(
         event=_S, user=_ON, others=1, sid=_REC, when="not the last connection",
         status=DisconnectStatus.REMOVED, user_after=_ON, sid_after=_SWEPT, grant=_REMOVAL,
-        lua="lua/disconnect.lua: owner, no remember, not the last",
+        feed=("leave",), lua="lua/disconnect.lua: owner, no remember, not the last",
     ),
     Transition(
         event=_S, user=_ON, sid=_REC, grace=Grace.PENDING,
         when="last connection, its leave held back", status=DisconnectStatus.REMOVED,
         flags=_flags("deferred"), user_after=_HELD, sid_after=_SWEPT, grant=_REMOVAL,
-        lua="lua/disconnect.lua: owner, no remember, grace > 0",
+        feed=("leave",), lua="lua/disconnect.lua: owner, no remember, grace > 0",
     ),
     Transition(
         event=_S, user=_ON, sid=_REC, moved=True,
@@ -531,7 +535,8 @@ TABLE: tuple[Transition, ...] = (
     Transition(
         event=_R, user=_ON, sid=_REC, when="a record with no live socket, the last connection",
         status=DisconnectStatus.REMOVED, flags=_flags("last"), user_after=_OFF, sid_after=_TOMB,
-        grant=_LEAVE, lua="lua/disconnect.lua: owner, remember, last connection",
+        grant=_LEAVE, feed=("leave", "offline"),
+        lua="lua/disconnect.lua: owner, remember, last connection",
     ),
     Transition(
         event=_R, user=_OFF, sid=_TOMB, call=Call.RETRY,
@@ -549,7 +554,7 @@ TABLE: tuple[Transition, ...] = (
         event=_R, user=_OFF, sid=_NONE,
         when="a live socket with no record: recorded again (a repair)", status=ConnectStatus.NEW,
         flags=_flags("first"), user_after=_ON, sid_after=_REC, grant=_ARRIVAL,
-        lua="lua/connect.lua: a new record, n = 1",
+        feed=("join", "online"), lua="lua/connect.lua: a new record, n = 1",
     ),
     Transition(
         event=_R, user=_OFF, sid=_TOMB, when="a repair whose socket disconnected meanwhile",
@@ -560,12 +565,13 @@ TABLE: tuple[Transition, ...] = (
     Transition(
         event=_U, user=_ON, sid=_REC, change=Change.LESSON, when="a new lesson: its rooms move",
         status=UpdateStatus.UPDATED, flags=_flags("lesson_changed"), user_after=_ON,
-        sid_after=_REC, grant=_UPDATE, lua="lua/update.lua: changed, another lesson",
+        sid_after=_REC, grant=_UPDATE, feed=("update",),
+        lua="lua/update.lua: changed, another lesson",
     ),
     Transition(
         event=_U, user=_ON, sid=_REC, change=Change.OTHER, when="a new room or meta, same lesson",
         status=UpdateStatus.UPDATED, user_after=_ON, sid_after=_REC, grant=_UPDATE,
-        lua="lua/update.lua: changed, the same lesson",
+        feed=("update",), lua="lua/update.lua: changed, the same lesson",
     ),
     Transition(
         event=_U, user=_ON, sid=_REC, change=Change.SAME, when="the values it has",

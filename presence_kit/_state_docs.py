@@ -86,8 +86,8 @@ def _status(row: Transition) -> str:
 def markdown_table(table: tuple[Transition, ...] = TABLE) -> str:
     """``table`` as a Markdown table: one line per transition."""
     lines = [
-        "| event | (user, role) | sid | condition | answer | grants | where |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| event | (user, role) | sid | condition | answer | grants | feed | where |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in table:
         user = f"{row.user.value} → {row.user_after.value}"
@@ -95,8 +95,9 @@ def markdown_table(table: tuple[Transition, ...] = TABLE) -> str:
         if row.sid is not None and row.sid_after is not None:
             sid = f"{row.sid.value} → {row.sid_after.value}"
         script, _, detail = row.lua.partition(":")
+        feed = ", ".join(f"`{kind}`" for kind in row.feed) or "—"
         lines.append(
             f"| {row.event.value} | {user} | {sid} | {_condition(row)} | {_status(row)} "
-            f"| {row.grant} | `{script}`:{detail}; `{row.memory}` |"
+            f"| {row.grant} | {feed} | `{script}`:{detail}; `{row.memory}` |"
         )
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ import redis
 
 from presence_kit import OnlineCount, PresenceKit, Settings
 from presence_kit._cli import main
+from presence_kit.feed import PresenceFeed
 from presence_kit.redis import RedisStore
 from presence_kit.testing import RecordingSockets
 from tests.support.redis_servers import RedisServer, free_port
@@ -22,7 +23,9 @@ ACL_RULE = (
     "on >presence-secret resetkeys ~alive:* ~presence:* resetchannels -@all "
     "+evalsha +eval +script|load +time +ping "
     "+exists +get +set +del +hget +hmget +hset +hdel +hexists +hlen +hvals +hgetall "
-    "+hincrby +expire +pexpire +persist +zadd +zrem +zrange +zrangebyscore +zscore"
+    "+hincrby +expire +pexpire +persist +zadd +zrem +zrange +zrangebyscore +zscore "
+    "+xadd +rpush +lrange +ltrim +xgroup|create +xreadgroup +xautoclaim +xack "
+    "+xinfo|groups +xinfo|stream +xrange"
 )
 
 
@@ -41,7 +44,7 @@ def test_every_flow_works_with_only_the_documented_rule(acl_server: RedisServer)
         return redis.Redis(port=acl_server.port, username="presence", password="presence-secret")
 
     url = f"redis://presence:presence-secret@127.0.0.1:{acl_server.port}"
-    fast = Settings(node_timeout=0.3, heartbeat_interval=0.1, leave_grace=0.2)
+    fast = Settings(node_timeout=0.3, heartbeat_interval=0.1, leave_grace=0.2, feed=True)
     sockets = RecordingSockets()
     kit = PresenceKit(store=RedisStore(client()), sockets=sockets, settings=fast)
     other = PresenceKit(store=RedisStore(client()), sockets=RecordingSockets(), settings=fast)
@@ -65,6 +68,11 @@ def test_every_flow_works_with_only_the_documented_rule(acl_server: RedisServer)
         users=1, connections=1
     )
     assert main(["rebuild-counts", "--redis-url", url, "--org", "1"]) == 0
+    feed = PresenceFeed(client(), settings=fast, group="audit", consumer="c", claim_idle=0)
+    entries = feed.read(count=50, block=None)
+    assert [e.kind for e in entries][:2] == ["join", "join"] and feed.missed == 0
+    assert feed.read(count=50, block=None)  # the pending ones, taken over (claim_idle 0)
+    assert feed.ack(entries) == len(entries) and feed.lag() == 0
     kit.handle_disconnect("t1", teacher)  # held back by the grace
     time.sleep(0.3)
     assert kit.run_due_leaves() == 1

@@ -3,6 +3,7 @@ and one-line errors with a non-zero exit."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -214,5 +215,63 @@ def test_rebuild_counts_heals_counts_and_status_shows_them(
         assert "differed)" not in out and "0 had differed" in out
         assert main(["status", "--redis-url", redis_server.url, "--org", "5"]) == 0
         assert "rebuild-counts" not in capsys.readouterr().out
+    finally:
+        kit.close()
+
+
+def test_feed_prints_the_entries_and_follows(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``presence-kit feed`` reads the feed's streams with plain reads (no group)."""
+    settings = Settings(feed=True, heartbeat_interval=30, node_timeout=60, reconcile_interval=30)
+    kit = PresenceKit(
+        store=RedisStore(redis_server.client()), sockets=RecordingSockets(), settings=settings
+    )
+    try:
+        kit.handle_connect(
+            "t1", {"role": "TeacherAPP", "org_id": 5, "user_id": "u-7", "lesson_id": 9}
+        )
+        kit.handle_disconnect(
+            "t1", {"role": "TeacherAPP", "org_id": 5, "user_id": "u-7", "lesson_id": 9}
+        )
+        assert main(["feed", "--redis-url", redis_server.url]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split()[2] for line in lines] == ["join", "online", "leave", "offline"]
+        assert "org=5 user=u-7 role=TeacherAPP sid=t1 lesson=9" in lines[0]
+        assert "reason=unknown version=2" in lines[3]
+        assert main(["feed", "--redis-url", redis_server.url, "--json", "--org", "5"]) == 0
+        first = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert (first["kind"], first["org_id"], first["user_id"], first["room_id"]) == (
+            "join",
+            5,
+            "u-7",
+            None,
+        )
+        assert main(["feed", "--redis-url", redis_server.url, "--org", "6"]) == 0
+        assert capsys.readouterr().out == ""
+        assert main(["feed", "--redis-url", redis_server.url, "--from", "now"]) == 0
+        assert capsys.readouterr().out == ""
+        assert main(["feed", "--redis-url", redis_server.url, "--from", "yesterday"]) == 2
+        assert "--from" in capsys.readouterr().err
+        raw = redis_server.client()
+        assert [
+            g for s in raw.scan_iter("presence:{presence:feed:*") for g in raw.xinfo_groups(s)
+        ] == []
+        # --follow prints what comes later (a child process, stopped after it has)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "presence_kit", "feed", "--redis-url", redis_server.url,
+             "--from", "now", "--follow"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            time.sleep(1.0)
+            kit.handle_connect(
+                "t2", {"role": "TeacherAPP", "org_id": 5, "user_id": 8, "lesson_id": 9}
+            )
+            assert child.stdout is not None
+            assert " join " in child.stdout.readline()
+        finally:
+            child.kill()
+            child.wait()
     finally:
         kit.close()

@@ -72,6 +72,7 @@ class Harness:
         update: Callable[[Any], UpdateOutcome],
         count: Callable[[Any, str | None], OnlineCount],
         org_connections: Callable[[Any], dict[str, Any]],
+        feed: Callable[[], list[str]] | None = None,
     ) -> None:
         self.store_connect = connect
         self.store_disconnect = disconnect
@@ -79,6 +80,8 @@ class Harness:
         self.store_update = update
         self.store_count = count
         self.store_org_connections = org_connections
+        self.feed = feed
+        """The kinds of the feed's entries, in order (``None``: a store without a feed)."""
         self.hgetall = hgetall
         self.get = get
         self.ttl = ttl
@@ -121,6 +124,9 @@ def _redis_readers(raw: Any) -> dict[str, Callable[..., Any]]:
         "get": lambda key: None if (value := raw.get(key)) is None else _text(value),
         "ttl": lambda key: int(raw.ttl(key)),
         "keys": lambda: sorted(_text(k) for k in raw.scan_iter(count=1000)),
+        "feed": lambda: [
+            _text(fields[b"kind"]) for _id, fields in raw.xrange("presence:{presence:feed:0}")
+        ],
     }
 
 
@@ -578,13 +584,14 @@ def arrange_update(harness: Harness, row: Transition, requests: RequestBuilder) 
 def test_the_state_machine_table(harness: Harness, row: Transition) -> None:
     """Each transition of the table, on every store: from the row's states, the row's
     event gets the row's answer, leaves the row's states, and grants what the row says."""
-    requests = RequestBuilder(settings=Settings(leave_grace=GRACE_SECONDS[row.grace]))
+    requests = RequestBuilder(settings=Settings(leave_grace=GRACE_SECONDS[row.grace], feed=True))
     probe = requests.disconnect(SID, TEACHER)
     keys, tombstone_key = probe.keys, probe.tombstone_key
     request = arrange(harness, row, requests)
     assert user_state(harness, keys) is row.user
     if row.sid is not None:
         assert sid_state(harness, keys, tombstone_key) is row.sid
+    fed = harness.feed() if harness.feed is not None else []
     if row.event is Event.FINISH:
         outcome: Any = harness.store_finish(request)
     elif row.event is Event.UPDATE:
@@ -600,6 +607,8 @@ def test_the_state_machine_table(harness: Harness, row: Transition) -> None:
     assert user_state(harness, keys) is row.user_after
     if row.sid_after is not None:
         assert sid_state(harness, keys, tombstone_key) is row.sid_after
+    if harness.feed is not None:  # the feed's entries, written with the change
+        assert harness.feed()[len(fed) :] == list(row.feed)
 
 
 # --- updates (handle_update's store call) ------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 from presence_kit._async.handlers import AsyncHandlers
+from presence_kit._async.ports import AsyncMovesFeeds
 from presence_kit._errors import StoreError
 from presence_kit._kit_base import (
     BUCKETS_PER_READ,
@@ -201,6 +202,18 @@ class AsyncBackgroundSteps(AsyncHandlers):
             raise
         return recovered
 
+    async def move_stale_feeds(self) -> int:
+        """Move presence feed entries that a kit left queued on a Redis Cluster (it died
+        between a user's script and the move), at least once. The background does it
+        every ``heartbeat_interval`` with the feed on; returns how many it moved."""
+        if not isinstance(self._store, AsyncMovesFeeds):
+            return 0
+        core = self._core
+        layout, older_than_ms = core.layout, core.node_timeout_ms
+        return await self._store.move_stale_feeds(
+            core.keys, older_than_ms, layout.feed_retention_ms
+        )
+
     async def reconcile(self) -> int:
         """Compare this node's records with its live sockets, both ways; returns how
         many it fixed. A record with no live socket gets its leave run; a live socket
@@ -312,6 +325,8 @@ class AsyncBackgroundSteps(AsyncHandlers):
         steps.append(("due_leaves", partial(self.run_due_leaves, DUE_LEAVES_PER_STEP)))
         if beat:
             steps.append(("sweep", self._sweep_if_safe))
+            if s.feed and isinstance(self._store, AsyncMovesFeeds):
+                steps.append(("feed", self.move_stale_feeds))
         if reconcile:
             steps.append(("reconcile", self.reconcile))
         for name, step in steps:

@@ -26,7 +26,14 @@ from presence_kit._model import (
 )
 from presence_kit._session import Id
 
-__all__ = ["AsyncCountsOnline", "AsyncListsNodes", "AsyncSockets", "AsyncStore", "AsyncUpdates"]
+__all__ = [
+    "AsyncCountsOnline",
+    "AsyncListsNodes",
+    "AsyncMovesFeeds",
+    "AsyncSockets",
+    "AsyncStore",
+    "AsyncUpdates",
+]
 
 
 @runtime_checkable
@@ -152,4 +159,16 @@ class AsyncCountsOnline(Protocol):
     async def count_online(self, query: OrgQuery, lesson: str | None) -> OnlineCount:
         """The users and connections of ``query``'s index (in ``lesson``, if given:
         :func:`str` of the lesson id), from counts kept beside it."""
+        ...
+
+
+@runtime_checkable
+class AsyncMovesFeeds(Protocol):
+    """A store whose presence feed may hold entries a dead kit left queued (the Redis
+    stores on a Redis Cluster): the background moves them. An optional member."""
+
+    async def move_stale_feeds(
+        self, keys: KeySchema, older_than_ms: int, retention_ms: int, limit: int = 100
+    ) -> int:
+        """Move the feed entries queued longer than ``older_than_ms`` ago."""
         ...

@@ -26,7 +26,7 @@ from redis.exceptions import NoScriptError
 
 from presence_kit._async.redis_types import AsyncKeptClient, AsyncRedisClient
 from presence_kit._codec import RECORD_FIELD, compact_meta, parse_index_entry, snapshot_metas
-from presence_kit._keys import KeySchema, count_keys
+from presence_kit._keys import KeySchema, UserKeys, count_keys
 from presence_kit._model import (
     ConnectOutcome,
     ConnectRequest,
@@ -40,6 +40,7 @@ from presence_kit._model import (
     NodeInfo,
     OnlineCount,
     OrgQuery,
+    StoreLayout,
     UpdateOutcome,
     UpdateRequest,
     UpdateStatus,
@@ -60,9 +61,11 @@ from presence_kit._redis_scripts import (
     online_count,
     org_index_call,
     text,
+    time_ms,
     update_call,
     update_outcome,
     user_presence,
+    xadd_of,
 )
 from presence_kit._redis_seam import (
     Arg,
@@ -185,8 +188,10 @@ class AsyncRedisOps:
             return connect_outcome(array(await self._handler_script(call)))
         await self._org_index(r.keys.org_index, r.keys.org_counts, "set", r.sid, r.index_entry)
         await self.client.execute_command("HSET", r.node_index_key, r.sid, r.node_entry)
+        await self._pend_feed(r.keys, r.layout)
         call = (self.scripts.connect, connect_call(r, local_index=False))
         reply = array(await self._handler_script(call))
+        await self._move_feed(r.keys, r.layout)
         outcome = connect_outcome(reply)
         if outcome.status is ConnectStatus.STALE:
             await self._org_index(r.keys.org_index, r.keys.org_counts, "del", r.sid)
@@ -202,10 +207,12 @@ class AsyncRedisOps:
     async def disconnect(self, r: DisconnectRequest) -> DisconnectOutcome:
         """Remove a connection: one script call (on a cluster, then the indexes: a
         held-back leave is queued, its org index entry kept until the leave runs)."""
+        await self._pend_feed(r.keys, r.layout)
         call = (self.scripts.disconnect, disconnect_call(r, local_index=not self.cluster))
         outcome = disconnect_outcome(r.sid, array(await self._handler_script(call)))
         if not self.cluster:
             return outcome
+        await self._move_feed(r.keys, r.layout)
         pipe = self.client.pipeline(transaction=False)
         pipe.hdel(r.node_index_key, r.sid)
         if outcome.deferred:  # queued until its grace ends; its org index entry stays
@@ -221,8 +228,10 @@ class AsyncRedisOps:
         """Change a connection's lesson, room or meta: one script call (on a cluster,
         then its org index entry and the counts, in the org's slot: only if the entry
         is still there, so an update racing a disconnect never brings it back)."""
+        await self._pend_feed(r.keys, r.layout)
         call = (self.scripts.update, update_call(r, local_index=not self.cluster))
         outcome = update_outcome(r.sid, array(await self._handler_script(call)))
+        await self._move_feed(r.keys, r.layout)
         if self.cluster and outcome.status is UpdateStatus.UPDATED and outcome.record:
             entry = r.index_entry
             if r.index_meta:
@@ -230,6 +239,61 @@ class AsyncRedisOps:
                 entry += f",{compact_meta(meta)}]" if meta else "]"
             await self._org_index(r.keys.org_index, r.keys.org_counts, "update", r.sid, entry)
         return outcome
+
+    # --- the presence feed on a cluster (lua/feed.lua) ------------------------------
+
+    async def _pend_feed(self, keys: UserKeys, layout: StoreLayout) -> None:
+        """On a cluster with the feed on, before a user's script: register the user's
+        feed queue as one to move, so that entries the script appends reach the stream
+        even if this kit dies before it moves them (another node's step does)."""
+        if self.cluster and layout.feed:
+            member = f"{keys.feed}|{keys.feed_queue}"
+            await self.client.execute_command("ZADD", keys.feed_pending, time_ms(), member)
+
+    async def _move_feed(self, keys: UserKeys, layout: StoreLayout) -> None:
+        """On a cluster with the feed on, after a user's script: move its feed entries
+        from the user's queue to the org's stream."""
+        if self.cluster and layout.feed:
+            pending, stream, queue = keys.feed_pending, keys.feed, keys.feed_queue
+            await self.move_feed_queue(pending, stream, queue, layout.feed_retention_ms)
+
+    async def move_feed_queue(
+        self, pending_key: str, stream: str, queue: str, retention_ms: int
+    ) -> int:
+        """Move a user's queued feed entries to their stream (at least once: a move cut
+        short is made again), then unregister the queue unless it was registered again
+        meanwhile. Returns how many entries were moved."""
+        member = f"{stream}|{queue}"
+        registered = await self.client.execute_command("ZSCORE", pending_key, member)
+        entries = array(await self.client.execute_command("LRANGE", queue, 0, -1))
+        if entries:
+            pipe = self.client.pipeline(transaction=False)
+            for entry in entries:
+                pipe.execute_command(*xadd_of(stream, entry, retention_ms))
+            for reply in await pipe.execute(raise_on_error=False):
+                replied(reply)
+            await self.client.execute_command("LTRIM", queue, len(entries), -1)
+        if registered is not None:
+            score: str | int = int(float(text(registered)))
+            keys, args = [pending_key], [member, score]
+            await async_script_call(self.client, self.scripts.unpend, keys, args)
+        return len(entries)
+
+    async def move_stale_feeds(
+        self, pending_key: str, older_than_ms: int, retention_ms: int, limit: int
+    ) -> int:
+        """Move the feed queues registered longer than ``older_than_ms`` ago (their kit
+        died between its script and the move); how many entries were moved."""
+        members = array(
+            await self.client.execute_command(
+                "ZRANGEBYSCORE", pending_key, "-inf", time_ms() - older_than_ms, "LIMIT", 0, limit
+            )
+        )
+        moved = 0
+        for member in members:
+            stream, _, queue = text(member).partition("|")
+            moved += await self.move_feed_queue(pending_key, stream, queue, retention_ms)
+        return moved
 
     async def _org_index(self, index_key: str, counts_prefix: str, op: str, *items: str) -> int:
         """Change entries of an org index and its counts on a cluster (their slot)."""
@@ -260,8 +324,10 @@ class AsyncRedisOps:
 
     async def finish_leave(self, r: FinishLeaveRequest) -> FinishLeaveOutcome:
         """Run a held-back leave if due (on a cluster, then unqueue it and clean its index)."""
+        await self._pend_feed(r.keys, r.layout)
         call = (self.scripts.finish, finish_call(r, local_index=not self.cluster))
         finished = finish_outcome(array(await self._script(call)))
+        await self._move_feed(r.keys, r.layout)
         if self.cluster and finished.due is None:
             await self.client.execute_command("ZREM", r.keys.leave_queue, r.keys.queue_member)
             if finished.outcome is not None and finished.outcome.record is not None:
@@ -359,7 +425,9 @@ class AsyncRedisOps:
         pipe.zrem(keys.claimed_nodes(), member)
         pipe.zrem(keys.live_nodes(), member)
         pipe.hdel(keys.node_info(), member)
-        pipe.delete(*keys.node_indexes(member))  # one hash tag: one slot, one command
+        # One hash tag: one slot, one command (as a plain command: redis-py's blocking
+        # cluster pipeline refuses a multi-key delete()).
+        pipe.execute_command("DEL", *keys.node_indexes(member))
         await pipe.execute()
 
     async def nodes(self, keys: KeySchema) -> list[NodeInfo]:

@@ -34,6 +34,7 @@ from presence_kit._model import (
 )
 from presence_kit._outbox import PendingOperation
 from presence_kit._sync.handlers import Handlers
+from presence_kit._sync.ports import MovesFeeds
 from presence_kit._synchronization import Started
 
 __all__ = ["BackgroundSteps"]
@@ -203,6 +204,16 @@ class BackgroundSteps(Handlers):
             raise
         return recovered
 
+    def move_stale_feeds(self) -> int:
+        """Move presence feed entries that a kit left queued on a Redis Cluster (it died
+        between a user's script and the move), at least once. The background does it
+        every ``heartbeat_interval`` with the feed on; returns how many it moved."""
+        if not isinstance(self._store, MovesFeeds):
+            return 0
+        core = self._core
+        layout, older_than_ms = core.layout, core.node_timeout_ms
+        return self._store.move_stale_feeds(core.keys, older_than_ms, layout.feed_retention_ms)
+
     def reconcile(self) -> int:
         """Compare this node's records with its live sockets, both ways; returns how
         many it fixed. A record with no live socket gets its leave run; a live socket
@@ -314,6 +325,8 @@ class BackgroundSteps(Handlers):
         steps.append(("due_leaves", partial(self.run_due_leaves, DUE_LEAVES_PER_STEP)))
         if beat:
             steps.append(("sweep", self._sweep_if_safe))
+            if s.feed and isinstance(self._store, MovesFeeds):
+                steps.append(("feed", self.move_stale_feeds))
         if reconcile:
             steps.append(("reconcile", self.reconcile))
         for name, step in steps:

@@ -28,7 +28,14 @@ from presence_kit._model import (
 )
 from presence_kit._session import Id
 
-__all__ = ["CountsOnline", "ListsNodes", "Sockets", "Store", "Updates"]
+__all__ = [
+    "CountsOnline",
+    "ListsNodes",
+    "MovesFeeds",
+    "Sockets",
+    "Store",
+    "Updates",
+]
 
 
 @runtime_checkable
@@ -150,4 +157,16 @@ class CountsOnline(Protocol):
     def count_online(self, query: OrgQuery, lesson: str | None) -> OnlineCount:
         """The users and connections of ``query``'s index (in ``lesson``, if given:
         :func:`str` of the lesson id), from counts kept beside it."""
+        ...
+
+
+@runtime_checkable
+class MovesFeeds(Protocol):
+    """A store whose presence feed may hold entries a dead kit left queued (the Redis
+    stores on a Redis Cluster): the background moves them. An optional member."""
+
+    def move_stale_feeds(
+        self, keys: KeySchema, older_than_ms: int, retention_ms: int, limit: int = 100
+    ) -> int:
+        """Move the feed entries queued longer than ``older_than_ms`` ago."""
         ...

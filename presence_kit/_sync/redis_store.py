@@ -149,6 +149,18 @@ class RedisStore:
         ``(connections, users, changed)``."""
         return self._run("rebuild_counts", 1, self._ops.rebuild_counts, query)
 
+    def move_stale_feeds(
+        self, keys: KeySchema, older_than_ms: int, retention_ms: int, limit: int = 100
+    ) -> int:
+        """Move the presence feed entries that a kit left queued on a Redis Cluster (it
+        died between a user's script and the move); nothing to do on a standalone Redis,
+        where the scripts write the stream themselves. How many entries were moved."""
+        if self._handler_calls is None:
+            return 0
+        move = self._ops.move_stale_feeds
+        pending = keys.feed_pending()
+        return self._run("feed", None, move, pending, older_than_ms, retention_ms, limit)
+
     def due_leaves(self, queue_key: str, limit: int) -> list[str]:
         """Members of the leave queue whose grace has ended (by the Redis clock)."""
         return self._run("due_leaves", 1, self._ops.due_leaves, queue_key, limit)

@@ -17,6 +17,7 @@ local org_index_key = KEYS[5]   -- org index (sid -> entry), only with with_inde
 local snapshot_key = KEYS[6]    -- org index to snapshot, only with with_snapshot
 local node_index_key = KEYS[7]  -- this node's index (sid -> [org_id, user_id, role]),
                                 -- only with with_index
+local feed = feed_of(KEYS[8], ARGV[14], ARGV[15], ARGV[16])  -- the feed (feed.lua)
 local sid = ARGV[1]
 local record = ARGV[2]
 local tracks = ARGV[3] == '1'   -- this role drives the alive hash
@@ -116,4 +117,6 @@ end
 redis.call('HSET', records_key, field, record,
   outcome_field, first .. ':' .. v .. ':' .. this_attempt)
 if meta ~= '' then redis.call('HSET', records_key, 'm:' .. sid, meta) end
+feed_add(feed, 'join', sid, record, nil, nil, now_ms)
+if tracks and first == 1 then feed_add(feed, 'online', sid, record, nil, v, now_ms) end
 return {'new', first, n, v, now_ms, resumed, snapshot(), this_attempt, earlier, held or ''}

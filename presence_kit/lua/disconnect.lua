@@ -30,6 +30,7 @@ local this_attempt = ARGV[12]   -- this call's attempt id ([A-Za-z0-9.-]*), kept
 local owner = ARGV[13]          -- remove the record only if this node incarnation wrote
                                 -- it (a sweep's or reconcile's removal; '' = whoever)
 local counts = ARGV[14]         -- the prefix of the org's counts (index.lua)
+local feed = feed_of(KEYS[8], ARGV[15], ARGV[16], ARGV[17])  -- the feed (feed.lua)
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -101,6 +102,8 @@ if tracks then
   end
 end
 if with_index and deferred == 0 then index_del(org_index_key, counts, sid) end
+feed_add(feed, 'leave', sid, record, reason, nil, now_ms)
+if tracks and last == 1 then feed_add(feed, 'offline', sid, record, reason, v, now_ms) end
 local stone = last .. ':' .. v .. ':' .. now_ms .. ':' .. deferred .. ':' .. this_attempt ..
   ':' .. record
 -- with the removed connect's outcome first, for a replay of that connect

@@ -13,6 +13,7 @@ local offline_ttl = ARGV[3]     -- seconds
 local queue_member = ARGV[4]    -- leave-queue member
 local with_index = ARGV[5] == '1'  -- update the org index and dequeue here (standalone)
 local counts = ARGV[6]          -- the prefix of the org's counts (index.lua)
+local feed = feed_of(KEYS[6], ARGV[7], ARGV[8], ARGV[9])  -- the feed (feed.lua)
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -37,4 +38,5 @@ end
 local v = redis.call('HINCRBY', alive_key, 'version', 1)
 redis.call('HSET', alive_key, state_field, disconnect_state, 'reason', held[3], 'since', now_ms)
 redis.call('EXPIRE', alive_key, offline_ttl)
+feed_add(feed, 'offline', held[1], held[2], held[3], v, now_ms)
 return {'left', v, now_ms, held[1], held[2], held[3], due}

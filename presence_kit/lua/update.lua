@@ -25,6 +25,7 @@ local index_meta = ARGV[11] == '1'  -- the org index keeps the meta
 local identity = ARGV[12]       -- '[<org>,<user>,': how every record of the sid starts
 local counts = ARGV[13]         -- the prefix of the org's counts (index.lua)
 local record_ttl = ARGV[14]     -- safety TTL (s) of a separate record hash
+local feed = feed_of(KEYS[5], ARGV[15], ARGV[16], ARGV[17])  -- the feed (feed.lua)
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -92,4 +93,5 @@ if with_index then
   end
   index_set(org_index_key, counts, sid, entry, true)
 end
+feed_add(feed, 'update', sid, record, nil, tracks and v or nil, now_ms)
 return {'updated', changed, v, now_ms, current, record, new_meta, 0, stored_meta}
