@@ -367,3 +367,15 @@ def test_the_settings_page_lists_every_field(site: Path) -> None:
     text = (site / "reference" / "settings.html").read_text("utf-8")
     for field in dataclasses.fields(presence_kit.Settings):
         assert f"presence_kit.Settings.{field.name}" in text, field.name
+
+
+def test_the_docs_list_every_instrument() -> None:
+    """docs/howto/metrics.md shows the table generated from INSTRUMENTS (paste the rows
+    of ``Instrument.row()`` there when an instrument changes)."""
+    from presence_kit.otel import INSTRUMENTS
+
+    page = (Path(__file__).parent.parent / "docs" / "howto" / "metrics.md").read_text()
+    start = page.index("<!-- generated: presence_kit.otel.INSTRUMENTS -->")
+    end = page.index("<!-- end of presence_kit.otel.INSTRUMENTS -->")
+    rows = [line for line in page[start:end].splitlines() if line.startswith("| `")]
+    assert rows == [instrument.row() for instrument in INSTRUMENTS]
