@@ -103,8 +103,10 @@ async def test_the_feed_holds_exactly_what_the_hub_heard(redis: RedisServer) -> 
     holder: dict[str, Any] = {}
 
     def setup(sio: Any) -> None:
-        kit = holder["kit"] = AsyncPresenceKit(
-            store=AsyncRedisStore(client), sockets=AsyncSocketIORooms(sio), settings=settings
+        kit = holder["kit"] = AsyncPresenceKit(  # (a generous deadline: loaded CI machines)
+            store=AsyncRedisStore(client, timeout=5),
+            sockets=AsyncSocketIORooms(sio),
+            settings=settings,
         )
 
         async def connect(sid: str, environ: dict[str, Any], auth: dict[str, Any]) -> None:
@@ -130,7 +132,7 @@ async def test_the_feed_holds_exactly_what_the_hub_heard(redis: RedisServer) -> 
             sids.add(tab3.sid)
             await pupil.disconnect()
             await tab3.disconnect()
-            await hub.wait_for("teacher_disconnect", timeout=5)
+            await hub.wait_for("teacher_disconnect", timeout=20)
             await srv.barrier(hub)
             heard = [
                 (name.removeprefix("teacher_"), data["version"])
@@ -138,7 +140,7 @@ async def test_the_feed_holds_exactly_what_the_hub_heard(redis: RedisServer) -> 
                 for (data,) in hub.received(name)
             ]
             await hub.disconnect()
-            await eventually(lambda: holder["kit"].stats.disconnects == 5)
+            await eventually(lambda: holder["kit"].stats.disconnects == 5, timeout=20)
             await holder["kit"].aclose()
         feed = AsyncPresenceFeed(client, settings=settings, group="g", consumer="c")
         entries = await feed.read(count=100, block=None)
@@ -421,6 +423,7 @@ async def test_on_a_cluster_the_asyncio_consumer_reads_every_shard(
         feed=True, feed_shards=3, heartbeat_interval=30, node_timeout=60, reconcile_interval=30
     )
     client = redis_cluster.async_client()
+    await client.initialize()  # the topology, before the first call's deadline
     kit = AsyncPresenceKit(
         store=AsyncRedisStore(client), sockets=RecordingSockets(), settings=settings
     )

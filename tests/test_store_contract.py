@@ -228,6 +228,9 @@ def _cluster_harness(request: pytest.FixtureRequest, *, asynchronous: bool) -> I
         return
     loop = asyncio.new_event_loop()
     client = cluster.async_client()
+    # The topology first (as a server's first calls would have done), not inside the
+    # first call's deadline: on a loaded machine discovering it can take that long.
+    loop.run_until_complete(client.initialize())
     async_store = AsyncRedisStore(client)
     try:
         yield Harness(

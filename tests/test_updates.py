@@ -120,6 +120,7 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
         cluster.flush()
         redis_client = cluster.async_client()
+        await redis_client.initialize()  # the topology, before the first call's deadline
     try:
         yield redis_client
     finally:
@@ -398,7 +399,7 @@ def test_count_online_equals_online_users_under_churn(
 
 _DYING_KIT = """
 import os, sys
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from presence_kit import PresenceKit, Settings
 from presence_kit.redis import RedisStore
 from presence_kit.testing import RecordingSockets
@@ -409,15 +410,21 @@ ran = {"scripts": 0}
 class DyingCluster(RedisCluster):
     # The process dies (SIGKILL-like: no cleanup, no replay) at the chosen point.
     def execute_command(self, *args, **kwargs):
-        name = args[0]
-        if phase == "connect" and name == "HSET":  # the org's call made, the user's not
-            os._exit(9)
-        if phase == "disconnect" and name == "EVALSHA" and ran["scripts"] == 1:
-            os._exit(9)  # the user's script ran, the org's call not
+        if phase == "connect" and args[0] == "EVALSHA":
+            os._exit(9)  # the org's call made (pipelined before), the user's not
         reply = super().execute_command(*args, **kwargs)
-        if name == "EVALSHA":
+        if args[0] == "EVALSHA":
             ran["scripts"] += 1
         return reply
+
+_execute = ClusterPipeline.execute
+
+def execute(self, *args, **kwargs):
+    if phase == "disconnect" and ran["scripts"] == 1:
+        os._exit(9)  # the user's script ran, the org's call (pipelined after) not
+    return _execute(self, *args, **kwargs)
+
+ClusterPipeline.execute = execute
 
 # timeout=None: the store uses this client itself (not a copy with its own deadlines)
 client = DyingCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in ports])
@@ -447,6 +454,9 @@ def test_counts_converge_after_a_kit_dies_between_the_calls(
         store=RedisStore(redis_cluster.client()), sockets=RecordingSockets(), settings=QUIET
     )
     try:
+        # (the scripts are loaded where they run: the dying kit's calls fail no NOSCRIPT)
+        kit.handle_connect("warm", {**TEACHER, "user_id": 99})
+        kit.handle_disconnect("warm", {**TEACHER, "user_id": 99})
         if phase == "disconnect":
             kit.handle_connect("d-1", TEACHER)
         ports = [str(node.port) for node in redis_cluster.startup_nodes]

@@ -186,16 +186,18 @@ class AsyncRedisOps:
         if not self.cluster:
             call = (self.scripts.connect, connect_call(r, local_index=True))
             return connect_outcome(array(await self._handler_script(call)))
-        await self._org_index(r.keys.org_index, r.keys.org_counts, "set", r.sid, r.index_entry)
-        await self.client.execute_command("HSET", r.node_index_key, r.sid, r.node_entry)
-        await self._pend_feed(r.keys, r.layout)
+        extra: list[tuple[Arg, ...]] = [("HSET", r.node_index_key, r.sid, r.node_entry)]
+        if r.layout.feed:
+            extra.append(self._pending_feed(r.keys))
+        k = r.keys
+        await self._org_index(k.org_index, k.org_counts, "set", r.sid, r.index_entry, extra=extra)
         call = (self.scripts.connect, connect_call(r, local_index=False))
         reply = array(await self._handler_script(call))
         await self._move_feed(r.keys, r.layout)
         outcome = connect_outcome(reply)
         if outcome.status is ConnectStatus.STALE:
-            await self._org_index(r.keys.org_index, r.keys.org_counts, "del", r.sid)
-            await self.client.execute_command("HDEL", r.node_index_key, r.sid)
+            unindex: list[tuple[Arg, ...]] = [("HDEL", r.node_index_key, r.sid)]
+            await self._org_index(k.org_index, k.org_counts, "del", r.sid, extra=unindex)
         elif cancelled := cancelled_leave(reply):  # its entry was kept for the grace
             await self._org_index(r.keys.org_index, r.keys.org_counts, "del", cancelled)
         if r.snapshot is not None:
@@ -213,15 +215,16 @@ class AsyncRedisOps:
         if not self.cluster:
             return outcome
         await self._move_feed(r.keys, r.layout)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hdel(r.node_index_key, r.sid)
+        extra: list[tuple[Arg, ...]] = [("HDEL", r.node_index_key, r.sid)]
         if outcome.deferred:  # queued until its grace ends; its org index entry stays
-            due = outcome.at * 1000 + r.layout.leave_grace_ms
-            pipe.zadd(r.keys.leave_queue, {r.keys.queue_member: due})
-        await pipe.execute()
+            due = round(outcome.at * 1000) + r.layout.leave_grace_ms
+            extra.append(("ZADD", r.keys.leave_queue, due, r.keys.queue_member))
         if not outcome.deferred and not (r.owner and outcome.status is DisconnectStatus.UNKNOWN):
             # (a record not this owner's may be live: reads verify the entry instead)
-            await self._org_index(r.keys.org_index, r.keys.org_counts, "del", r.sid)
+            k = r.keys
+            await self._org_index(k.org_index, k.org_counts, "del", r.sid, extra=extra)
+        else:
+            await self._send(extra)
         return outcome
 
     async def update(self, r: UpdateRequest) -> UpdateOutcome:
@@ -247,8 +250,12 @@ class AsyncRedisOps:
         feed queue as one to move, so that entries the script appends reach the stream
         even if this kit dies before it moves them (another node's step does)."""
         if self.cluster and layout.feed:
-            member = f"{keys.feed}|{keys.feed_queue}"
-            await self.client.execute_command("ZADD", keys.feed_pending, time_ms(), member)
+            await self.client.execute_command(*self._pending_feed(keys))
+
+    @staticmethod
+    def _pending_feed(keys: UserKeys) -> tuple[Arg, ...]:
+        """The command that registers a user's feed queue (see :meth:`_pend_feed`)."""
+        return ("ZADD", keys.feed_pending, time_ms(), f"{keys.feed}|{keys.feed_queue}")
 
     async def _move_feed(self, keys: UserKeys, layout: StoreLayout) -> None:
         """On a cluster with the feed on, after a user's script: move its feed entries
@@ -295,10 +302,33 @@ class AsyncRedisOps:
             moved += await self.move_feed_queue(pending_key, stream, queue, retention_ms)
         return moved
 
-    async def _org_index(self, index_key: str, counts_prefix: str, op: str, *items: str) -> int:
-        """Change entries of an org index and its counts on a cluster (their slot)."""
+    async def _org_index(
+        self,
+        index_key: str,
+        counts_prefix: str,
+        op: str,
+        *items: str,
+        extra: Sequence[tuple[Arg, ...]] = (),
+    ) -> None:
+        """Change entries of an org index and its counts on a cluster (their slot),
+        with ``extra`` plain commands in the same round trip (a pipeline; the script
+        is loaded and called again alone if Redis lost it)."""
         keys, args = org_index_call(index_key, counts_prefix, op, items)
-        return integer(await async_script_call(self.client, self.scripts.org_index, keys, args))
+        script = self.scripts.org_index
+        call: tuple[Arg, ...] = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        replies = await self._send([call, *extra])
+        if isinstance(replies[0], NoScriptError):
+            await async_script_call(self.client, script, keys, args)
+        for reply in replies:
+            if not isinstance(reply, NoScriptError):
+                replied(reply)
+
+    async def _send(self, commands: Sequence[tuple[Arg, ...]]) -> list[PipelineReply]:
+        """Plain commands in one pipelined round trip; their replies or failures."""
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def disconnect_many(
         self, requests: Sequence[DisconnectRequest]
@@ -329,10 +359,12 @@ class AsyncRedisOps:
         finished = finish_outcome(array(await self._script(call)))
         await self._move_feed(r.keys, r.layout)
         if self.cluster and finished.due is None:
-            await self.client.execute_command("ZREM", r.keys.leave_queue, r.keys.queue_member)
+            unqueue: list[tuple[Arg, ...]] = [("ZREM", r.keys.leave_queue, r.keys.queue_member)]
             if finished.outcome is not None and finished.outcome.record is not None:
-                sid = finished.outcome.record.sid
-                await self._org_index(r.keys.org_index, r.keys.org_counts, "del", sid)
+                sid, k = finished.outcome.record.sid, r.keys
+                await self._org_index(k.org_index, k.org_counts, "del", sid, extra=unqueue)
+            else:
+                await self._send(unqueue)
         return finished
 
     # --- reads ----------------------------------------------------------------------

@@ -184,16 +184,18 @@ class RedisOps:
         if not self.cluster:
             call = (self.scripts.connect, connect_call(r, local_index=True))
             return connect_outcome(array(self._handler_script(call)))
-        self._org_index(r.keys.org_index, r.keys.org_counts, "set", r.sid, r.index_entry)
-        self.client.execute_command("HSET", r.node_index_key, r.sid, r.node_entry)
-        self._pend_feed(r.keys, r.layout)
+        extra: list[tuple[Arg, ...]] = [("HSET", r.node_index_key, r.sid, r.node_entry)]
+        if r.layout.feed:
+            extra.append(self._pending_feed(r.keys))
+        k = r.keys
+        self._org_index(k.org_index, k.org_counts, "set", r.sid, r.index_entry, extra=extra)
         call = (self.scripts.connect, connect_call(r, local_index=False))
         reply = array(self._handler_script(call))
         self._move_feed(r.keys, r.layout)
         outcome = connect_outcome(reply)
         if outcome.status is ConnectStatus.STALE:
-            self._org_index(r.keys.org_index, r.keys.org_counts, "del", r.sid)
-            self.client.execute_command("HDEL", r.node_index_key, r.sid)
+            unindex: list[tuple[Arg, ...]] = [("HDEL", r.node_index_key, r.sid)]
+            self._org_index(k.org_index, k.org_counts, "del", r.sid, extra=unindex)
         elif cancelled := cancelled_leave(reply):  # its entry was kept for the grace
             self._org_index(r.keys.org_index, r.keys.org_counts, "del", cancelled)
         if r.snapshot is not None:
@@ -211,15 +213,16 @@ class RedisOps:
         if not self.cluster:
             return outcome
         self._move_feed(r.keys, r.layout)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hdel(r.node_index_key, r.sid)
+        extra: list[tuple[Arg, ...]] = [("HDEL", r.node_index_key, r.sid)]
         if outcome.deferred:  # queued until its grace ends; its org index entry stays
-            due = outcome.at * 1000 + r.layout.leave_grace_ms
-            pipe.zadd(r.keys.leave_queue, {r.keys.queue_member: due})
-        pipe.execute()
+            due = round(outcome.at * 1000) + r.layout.leave_grace_ms
+            extra.append(("ZADD", r.keys.leave_queue, due, r.keys.queue_member))
         if not outcome.deferred and not (r.owner and outcome.status is DisconnectStatus.UNKNOWN):
             # (a record not this owner's may be live: reads verify the entry instead)
-            self._org_index(r.keys.org_index, r.keys.org_counts, "del", r.sid)
+            k = r.keys
+            self._org_index(k.org_index, k.org_counts, "del", r.sid, extra=extra)
+        else:
+            self._send(extra)
         return outcome
 
     def update(self, r: UpdateRequest) -> UpdateOutcome:
@@ -245,8 +248,12 @@ class RedisOps:
         feed queue as one to move, so that entries the script appends reach the stream
         even if this kit dies before it moves them (another node's step does)."""
         if self.cluster and layout.feed:
-            member = f"{keys.feed}|{keys.feed_queue}"
-            self.client.execute_command("ZADD", keys.feed_pending, time_ms(), member)
+            self.client.execute_command(*self._pending_feed(keys))
+
+    @staticmethod
+    def _pending_feed(keys: UserKeys) -> tuple[Arg, ...]:
+        """The command that registers a user's feed queue (see :meth:`_pend_feed`)."""
+        return ("ZADD", keys.feed_pending, time_ms(), f"{keys.feed}|{keys.feed_queue}")
 
     def _move_feed(self, keys: UserKeys, layout: StoreLayout) -> None:
         """On a cluster with the feed on, after a user's script: move its feed entries
@@ -291,10 +298,33 @@ class RedisOps:
             moved += self.move_feed_queue(pending_key, stream, queue, retention_ms)
         return moved
 
-    def _org_index(self, index_key: str, counts_prefix: str, op: str, *items: str) -> int:
-        """Change entries of an org index and its counts on a cluster (their slot)."""
+    def _org_index(
+        self,
+        index_key: str,
+        counts_prefix: str,
+        op: str,
+        *items: str,
+        extra: Sequence[tuple[Arg, ...]] = (),
+    ) -> None:
+        """Change entries of an org index and its counts on a cluster (their slot),
+        with ``extra`` plain commands in the same round trip (a pipeline; the script
+        is loaded and called again alone if Redis lost it)."""
         keys, args = org_index_call(index_key, counts_prefix, op, items)
-        return integer(script_call(self.client, self.scripts.org_index, keys, args))
+        script = self.scripts.org_index
+        call: tuple[Arg, ...] = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        replies = self._send([call, *extra])
+        if isinstance(replies[0], NoScriptError):
+            script_call(self.client, script, keys, args)
+        for reply in replies:
+            if not isinstance(reply, NoScriptError):
+                replied(reply)
+
+    def _send(self, commands: Sequence[tuple[Arg, ...]]) -> list[PipelineReply]:
+        """Plain commands in one pipelined round trip; their replies or failures."""
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute(raise_on_error=False))
 
     def disconnect_many(self, requests: Sequence[DisconnectRequest]) -> list[DisconnectOutcome]:
         """Many disconnects on a standalone Redis (a sweep): batched EVALSHAs in one
@@ -323,10 +353,12 @@ class RedisOps:
         finished = finish_outcome(array(self._script(call)))
         self._move_feed(r.keys, r.layout)
         if self.cluster and finished.due is None:
-            self.client.execute_command("ZREM", r.keys.leave_queue, r.keys.queue_member)
+            unqueue: list[tuple[Arg, ...]] = [("ZREM", r.keys.leave_queue, r.keys.queue_member)]
             if finished.outcome is not None and finished.outcome.record is not None:
-                sid = finished.outcome.record.sid
-                self._org_index(r.keys.org_index, r.keys.org_counts, "del", sid)
+                sid, k = finished.outcome.record.sid, r.keys
+                self._org_index(k.org_index, k.org_counts, "del", sid, extra=unqueue)
+            else:
+                self._send(unqueue)
         return finished
 
     # --- reads ----------------------------------------------------------------------
