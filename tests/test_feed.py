@@ -140,7 +140,9 @@ async def test_the_feed_holds_exactly_what_the_hub_heard(redis: RedisServer) -> 
                 for (data,) in hub.received(name)
             ]
             await hub.disconnect()
-            await eventually(lambda: holder["kit"].stats.disconnects == 5, timeout=20)
+            # (>= 5: python-socketio may call a disconnect handler twice for one sid;
+            # the second call is a repeat that writes nothing)
+            await eventually(lambda: holder["kit"].stats.disconnects >= 5, timeout=20)
             await holder["kit"].aclose()
         feed = AsyncPresenceFeed(client, settings=settings, group="g", consumer="c")
         entries = await feed.read(count=100, block=None)
