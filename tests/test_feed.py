@@ -5,7 +5,6 @@ python-socketio server with real clients."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import subprocess
 import sys
@@ -446,13 +445,6 @@ async def test_on_a_cluster_the_asyncio_consumer_reads_every_shard(
     finally:
         await kit.aclose()
         await aclose_client(client)
-
-
-def test_an_unused_event_loop_is_not_needed(redis: RedisServer) -> None:
-    """The blocking consumer needs no event loop (it is generated from the asyncio one)."""
-    with pytest.raises(RuntimeError):
-        asyncio.get_running_loop()
-    assert PresenceFeed(redis.client(), group="g", consumer="c").read(block=None) == []
 
 
 def test_a_new_group_on_an_untrimmed_stream_missed_nothing(redis: RedisServer) -> None:

@@ -219,9 +219,7 @@ async def test_every_instrument_reads_back_what_happened(
                     assert value in CLOSED[key], (name, key, value)
 
 
-def test_analytics_drops_are_read_from_the_adapter(
-    redis_server: RedisServer, reader: InMemoryMetricReader
-) -> None:
+def test_analytics_drops_are_read_from_the_adapter(reader: InMemoryMetricReader) -> None:
     class Dropping(RecordingAnalytics):
         @property
         def stats(self) -> Any:

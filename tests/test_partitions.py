@@ -204,6 +204,37 @@ async def churn(
     return done
 
 
+async def test_an_update_whose_reply_is_lost_on_a_node_cut_off_for_long(
+    cluster: Cluster,
+) -> None:
+    """node-2's update of a teacher's tab runs in Redis but its reply is lost; the cut
+    lasts longer than node_timeout, while node-1 serves the same teacher, sweeps node-2
+    and sees a participant of node-2 move too (its update queued). After the heal
+    node-2 registers its sockets again, from the sessions as updated, and replays:
+    Redis ends with every connection in its new lesson, the counts equal, and no
+    presence announced twice or lost."""
+    tab = await cluster.connect("node-2", teacher(1))
+    pupil = await cluster.connect("node-2", participant(50))
+    await cluster.connect("node-1", teacher(1))
+    await cluster.settle()
+    cluster.hold("node-2", "replies")  # its commands run; their replies never come
+    try:
+        await cluster.move(tab, {"lesson_id": 7})
+        await asyncio.sleep(0.3)
+        cluster.hold("node-2", "both")
+        await cluster.move(pupil, {"lesson_id": 8, "room_id": "r-8"})
+        await asyncio.sleep(LONG_CUT)  # node-1 sweeps node-2 meanwhile
+    finally:
+        cluster.heal("node-2", "reset")
+    await cluster.settle(timeout=NODE_TIMEOUT + 10)
+    assert cluster.heard_users("teacher_connect") == [1]
+    assert cluster.heard("teacher_disconnect") == []  # node-1's tab kept the teacher online
+    states = await cluster.node_states()
+    assert states["node-2"]["stats"]["fenced"] == 1
+    assert states["node-2"]["stats"]["updates"] == 2
+    await finish(cluster)
+
+
 async def test_a_long_cut_during_churn(cluster3: Cluster) -> None:
     cluster = cluster3
     rng = random.Random(18)

@@ -165,6 +165,12 @@ async def main() -> None:
         session = await sio.get_session(sid)
         await times.timed("disconnect", kit.handle_disconnect(sid, session, reason=reason))
 
+    async def move(sid: str, changes: dict[str, Any]) -> None:
+        # The server's own decision (here: what the test asks): a new lesson or room.
+        session = {**await sio.get_session(sid), **changes}
+        await times.timed("update", kit.handle_update(sid, session))
+        await sio.save_session(sid, session)
+
     async def state(request: web.Request) -> web.Response:
         sockets: dict[str, Any] = {}
         for sid in sorted(rooms.local_sids()):
@@ -190,6 +196,7 @@ async def main() -> None:
 
     sio.on("connect", connect)
     sio.on("disconnect", disconnect)
+    sio.on("move", move)
     app = web.Application()
     app.router.add_get("/_test/state", state)
     sio.attach(app)

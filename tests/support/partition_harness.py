@@ -197,6 +197,11 @@ class Cluster:
     async def disconnect(self, tracked: Tracked) -> None:
         await tracked.client.disconnect()
 
+    async def move(self, tracked: Tracked, changes: dict[str, Any]) -> None:
+        """Ask ``tracked``'s node to update its connection (``handle_update``)."""
+        tracked.auth.update(changes)
+        await tracked.client.client.emit("move", changes)
+
     async def disconnect_all(self) -> None:
         await asyncio.gather(*(t.client.disconnect() for t in self.clients if t.live))
 
@@ -319,6 +324,16 @@ class Cluster:
                 )
             await asyncio.sleep(0.2)
 
+    def expected_lessons(self, role: str) -> dict[int, set[Any]]:
+        """The lessons of each user's live clients in ``role`` (as last moved)."""
+        lessons: dict[int, set[Any]] = defaultdict(set)
+        for tracked in self.clients:
+            if tracked.live and tracked.auth["role"] == role:
+                lessons[tracked.auth["user_id"]].add(tracked.auth["lesson_id"])
+        if role == HUB["role"] and self.hub is not None and self.hub.connected:
+            lessons[HUB["user_id"]].add(HUB["lesson_id"])
+        return dict(lessons)
+
     def expected(self) -> dict[str, Counter[int]]:
         """Live client connections per role and user (what Redis must say)."""
         live: dict[str, Counter[int]] = defaultdict(Counter)
@@ -358,6 +373,14 @@ class Cluster:
             want = dict(expected[role.value])
             if got != want:
                 found.append(f"online_users({role.value}): Redis {got} != clients {want}")
+            lessons = {u.user_id: set(u.lesson_ids) for u in online}
+            want_lessons = self.expected_lessons(role.value)
+            if lessons != want_lessons:
+                found.append(f"lessons ({role.value}): Redis {lessons} != clients {want_lessons}")
+            counted = await self.query.count_online(ORG, role=role)
+            listed = (len(online), sum(u.connections for u in online))
+            if (counted.users, counted.connections) != listed:
+                found.append(f"count_online({role.value}) {counted} != online_users {listed}")
         for user in sorted(self.users["TeacherAPP"]):
             live = expected["TeacherAPP"][user]
             state = await self.raw.hget(f"alive:org_{ORG}_user_{user}", "state")
