@@ -363,20 +363,22 @@ def test_bad_consumer_arguments_are_refused(redis: RedisServer) -> None:
 
 _DYING_NODE = """
 import os, sys
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from presence_kit import PresenceKit, Settings
 from presence_kit.redis import RedisStore
 from presence_kit.testing import RecordingSockets
 
 ports = [int(p) for p in sys.argv[1:]]
+_queue = ClusterPipeline.execute_command
 
-class DyingCluster(RedisCluster):
-    def execute_command(self, *args, **kwargs):
-        if args[0] == "ZSCORE":  # the user's script ran; its entries are not moved yet
-            os._exit(9)
-        return super().execute_command(*args, **kwargs)
+def execute_command(self, *args, **kwargs):
+    if args[0] == "ZSCORE":  # the user's script ran; its entries are not moved yet
+        os._exit(9)
+    return _queue(self, *args, **kwargs)
 
-client = DyingCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in ports])
+ClusterPipeline.execute_command = execute_command
+
+client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in ports])
 settings = Settings(feed=True, heartbeat_interval=30, node_timeout=60, reconcile_interval=30)
 kit = PresenceKit(store=RedisStore(client, timeout=None), sockets=RecordingSockets(),
                   settings=settings)

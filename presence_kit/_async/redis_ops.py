@@ -271,13 +271,13 @@ class AsyncRedisOps:
         short is made again), then unregister the queue unless it was registered again
         meanwhile. Returns how many entries were moved."""
         member = f"{stream}|{queue}"
-        registered = await self.client.execute_command("ZSCORE", pending_key, member)
-        entries = array(await self.client.execute_command("LRANGE", queue, 0, -1))
+        # one round trip: the registration as it is now, and the entries to move
+        found, queued = await self._send(
+            [("ZSCORE", pending_key, member), ("LRANGE", queue, 0, -1)]
+        )
+        registered, entries = replied(found), array(replied(queued))
         if entries:
-            pipe = self.client.pipeline(transaction=False)
-            for entry in entries:
-                pipe.execute_command(*xadd_of(stream, entry, retention_ms))
-            for reply in await pipe.execute(raise_on_error=False):
+            for reply in await self._send([xadd_of(stream, e, retention_ms) for e in entries]):
                 replied(reply)
             await self.client.execute_command("LTRIM", queue, len(entries), -1)
         if registered is not None:
