@@ -70,6 +70,14 @@ async def run_kill_scenario(redis_server: RedisServer, endpoint: MixpanelEndpoin
                     await client.disconnect()
 
 
+def registered(redis_server: RedisServer, node_id: str) -> bool:
+    """Whether ``node_id`` has heartbeat into the registry: a node registers with its
+    background's first step, after its first handler call; one cut off before that is
+    not in the registry, so nobody can sweep it (what these tests are not about)."""
+    live = redis_server.client().zrange("presence:{presence:nodes}:live", 0, -1)
+    return any(member.decode().startswith(f"{node_id}/") for member in live)
+
+
 async def test_a_killed_node_is_recovered_exactly_once(
     redis_server: RedisServer, mixpanel_endpoint: MixpanelEndpoint
 ) -> None:
@@ -98,6 +106,7 @@ async def test_a_stalled_node_is_swept_then_fenced_and_registers_again(
         teacher = await connect_async_client(node2.url, T1)
         try:
             await eventually(lambda: teacher_events(hub, "teacher_connect") == [1], 5)
+            await eventually(lambda: registered(redis_server, "node-2"), 5)
             node2.proc.send_signal(signal.SIGSTOP)
             try:
                 await eventually(lambda: teacher_events(hub, "teacher_disconnect") == [1], 10)
@@ -130,6 +139,7 @@ async def test_a_node_cut_off_from_redis_is_swept_then_fenced(
         await eventually(lambda: raw.pubsub_numsub("socketio")[0][1] >= 1, 5)
         teacher = await connect_async_client(node2.url, T1)
         await eventually(lambda: teacher_events(hub, "teacher_connect") == [1], 5)
+        await eventually(lambda: registered(redis_server, "node-2"), 5)
         proxy.hold("both")
         proxy.heal("reset")  # the open connections reset
         proxy.hold("both")  # new ones hang
